@@ -1,0 +1,1 @@
+"""Input pipelines (grain) and data sources. Nothing in this package imports JAX."""

@@ -1,0 +1,72 @@
+"""Layers shared by the backbones, written so that torchvision weights map onto them one to one.
+
+Convolutions use explicit symmetric padding (PyTorch's), never 'SAME': for a stride-2 convolution on an
+even input 'SAME' pads only at the end, which would shift every feature map by half a pixel against the
+PyTorch model and break exact weight import.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# He initialisation over the fan-out, as torchvision initialises its convolutions.
+conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count under a width multiplier (tests run tiny versions of the real networks)."""
+  return max(1, int(round(channels * width)))
+
+
+def conv(cin, cout, kernel, *, stride=1, padding=None, bias=False, dtype=jnp.float32, rngs):
+  pad = (kernel - 1) // 2 if padding is None else padding
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                  use_bias=bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init, rngs=rngs)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """BatchNorm with PyTorch's defaults and an optional freeze.
+
+  A frozen BatchNorm normalises with its running statistics and never updates them, also in training
+  mode (fine-tuning with frozen batch statistics); `model.train()` does not unfreeze it.
+  """
+
+  def __init__(self, features, *, frozen=False, dtype=jnp.float32, scale_init=nnx.initializers.ones, rngs):
+    # PyTorch: running = 0.9 * running + 0.1 * batch, eps 1e-5. Flax's momentum is the kept fraction.
+    super().__init__(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                     scale_init=scale_init, rngs=rngs)
+    self.frozen = frozen
+
+  def __call__(self, x):
+    return super().__call__(x, use_running_average=True if self.frozen else None)
+
+
+def max_pool(x, kernel, stride, padding=0):
+  # Padding with -inf (flax's max pool pads with the reduction's identity), as PyTorch does.
+  return nnx.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2)
+
+
+def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
+  # PyTorch's AdaptiveAvgPool bins: [floor(i * in / out), ceil((i + 1) * in / out)).
+  m = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    lo, hi = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
+def adaptive_avg_pool(x, out_hw: tuple[int, int]):
+  """torch.nn.AdaptiveAvgPool2d on NHWC input, as two small averaging matrices (exact, any input size)."""
+  ph = jnp.asarray(_adaptive_matrix(x.shape[1], out_hw[0]), x.dtype)
+  pw = jnp.asarray(_adaptive_matrix(x.shape[2], out_hw[1]), x.dtype)
+  return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
+
+
+def global_avg_pool(x):
+  return jnp.mean(x, axis=(1, 2))
+
+
+relu = jax.nn.relu

@@ -1,0 +1,138 @@
+"""Exact import of torchvision ImageNet weights from a file the user already has.
+
+    model = build_backbone("resnet50", num_classes=200)
+    load_torchvision(model, "resnet50-11ad3fa6.pth")        # needs torch
+    load_torchvision(model, "resnet50.safetensors")         # NumPy only
+
+Nothing is downloaded. Strict: every parameter the model expects must be in the file and nothing else
+may be; both lists are in the error. The one planned exception is the class layer: a file trained for
+another class count (ImageNet's 1000) loads everything but that layer (a backbone-only import), and
+the report says so. Each backbone lists its torchvision names in `torchvision_modules()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fgattn_jax.models import layers
+from fgattn_jax.models.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+class WeightImportError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class ImportReport:
+  loaded: list[str]
+  dropped: dict[str, str]  # file key -> why it was not imported
+
+  def summary(self) -> str:
+    lines = [f"imported {len(self.loaded)} tensors"]
+    lines += [f"  not imported: {k} ({why})" for k, why in sorted(self.dropped.items())]
+    return "\n".join(lines)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a state dict from .safetensors (NumPy) or .pth/.pt/.bin (torch, CPU, weights only)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Weight file {path} does not exist. Point model.pretrained at a torchvision "
+                            ".pth or .safetensors file you have; nothing is downloaded.")
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    raw = load_file(path)
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise WeightImportError(f"Reading {path} needs PyTorch (`pip install torch`); or convert it once to "
+                              ".safetensors, which loads with NumPy alone.") from e
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):  # training checkpoints wrap the state dict
+      if isinstance(raw, Mapping) and wrapper in raw and isinstance(raw[wrapper], Mapping):
+        raw = raw[wrapper]
+    raw = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in raw.items()}
+  # (Distributed)DataParallel saves every key under 'module.'.
+  return {k.removeprefix("module."): np.asarray(v) for k, v in raw.items()}
+
+
+def _expected(model: Backbone):
+  """torchvision key -> (nnx variable, transform from the torch layout to ours)."""
+  conv_t = lambda w: w.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)  # noqa: E731
+  same = lambda w: w  # noqa: E731
+  out = {}
+  try:
+    names = list(model.torchvision_modules())
+  except NotImplementedError as e:
+    raise WeightImportError(str(e)) from None
+  for prefix, module, transform in names:
+    if isinstance(module, nnx.Conv):
+      out[f"{prefix}.weight"] = (module.kernel, transform or conv_t)
+      if module.bias is not None:
+        out[f"{prefix}.bias"] = (module.bias, same)
+    elif isinstance(module, nnx.Linear):
+      out[f"{prefix}.weight"] = (module.kernel, transform or (lambda w: w.T))
+      out[f"{prefix}.bias"] = (module.bias, same)
+    elif isinstance(module, layers.BatchNorm):
+      out.update({f"{prefix}.weight": (module.scale, same), f"{prefix}.bias": (module.bias, same),
+                  f"{prefix}.running_mean": (module.mean, same), f"{prefix}.running_var": (module.var, same)})
+    else:
+      raise TypeError(f"no torchvision conversion for {type(module).__name__} at {prefix}")
+  return out
+
+
+def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, np.ndarray]) -> ImportReport:
+  """Loads torchvision weights (a file path or a state dict of arrays) into `model` in place."""
+  sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+  expected = _expected(model)
+  ignored = model.torchvision_ignored()
+  class_keys = {k for k in expected if k.startswith(model.torchvision_class_layer() + ".")}
+  dropped = {k: "bookkeeping counter" for k in sd if k.endswith("num_batches_tracked")}
+  for k in sd:
+    for prefix, why in ignored.items():
+      if k.startswith(prefix):
+        dropped[k] = why
+
+  problems = []
+  missing = sorted(k for k in expected if k not in sd)
+  unexpected = sorted(k for k in sd if k not in expected and k not in dropped)
+  if missing:
+    problems.append(f"missing from the file ({len(missing)}): {', '.join(missing)}")
+  if unexpected:
+    problems.append(f"unexpected in the file ({len(unexpected)}): {', '.join(unexpected)}")
+
+  converted = {}
+  for key, (var, transform) in expected.items():
+    if key not in sd:
+      continue
+    value = transform(sd[key].astype(np.float32))
+    if value.shape == var.value.shape:
+      converted[key] = value
+    elif key in class_keys:  # another class count: backbone-only import, on purpose
+      dropped[key] = (f"class layer of {sd[key].shape[0]} classes, the model has {var.value.shape[-1]}: "
+                      "kept its fresh initialisation (backbone-only import)")
+    else:
+      problems.append(f"shape mismatch at {key}: file {sd[key].shape} -> {value.shape}, model {var.value.shape}"
+                      " (another depth or width multiplier?)")
+  if problems:
+    raise WeightImportError(f"Cannot import torchvision weights into {type(model).__name__}:\n  "
+                            + "\n  ".join(problems))
+
+  for key, value in converted.items():
+    var = expected[key][0]
+    var.value = jnp.asarray(value, var.value.dtype)
+  report = ImportReport(loaded=sorted(converted), dropped=dropped)
+  for k, why in dropped.items():
+    if "bookkeeping" not in why:
+      log.warning("not imported: %s: %s", k, why)
+  return report

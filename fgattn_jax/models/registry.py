@@ -1,0 +1,42 @@
+"""Every backbone built by name from one table."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+
+import jax.numpy as jnp
+from flax import nnx
+
+from fgattn_jax.models import resnet, vgg, wideresnet
+from fgattn_jax.models.backbone import Backbone
+
+BACKBONES = {}
+for _name in vgg.DEPTHS:
+  BACKBONES[_name] = functools.partial(vgg.VGG, _name, bn=False)
+  BACKBONES[_name + "_bn"] = functools.partial(vgg.VGG, _name, bn=True)
+for _name in (*resnet.IMAGENET_DEPTHS, *resnet.CIFAR_DEPTHS):
+  BACKBONES[_name] = functools.partial(resnet.ResNet, _name)
+for _name in wideresnet.CONFIGS:
+  BACKBONES[_name] = functools.partial(wideresnet.WideResNet, _name)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build_backbone(name: str, num_classes: int, *, dtype="float32", rngs: nnx.Rngs | int = 0,
+                   **kwargs) -> Backbone:
+  """Builds backbone `name` (see BACKBONES) with `num_classes` outputs.
+
+  dtype is the compute dtype (parameters stay float32); kwargs go to the family's constructor:
+  width, frozen_bn, freeze_features for all; head ('classifier' | 'gap') and dropout for VGG; dropout for WRN.
+  """
+  if name not in BACKBONES:
+    near = difflib.get_close_matches(name, BACKBONES, n=3)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    raise ValueError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(BACKBONES)}")
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise ValueError(f"Unknown compute dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    dtype = DTYPES[dtype]
+  rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
+  return BACKBONES[name](num_classes, dtype=dtype, rngs=rngs, **kwargs)
