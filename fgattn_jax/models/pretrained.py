@@ -116,13 +116,13 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, n
     if key not in sd:
       continue
     value = transform(sd[key].astype(np.float32))
-    if value.shape == var.value.shape:
+    if value.shape == var.get_value().shape:
       converted[key] = value
     elif key in class_keys:  # another class count: backbone-only import, on purpose
-      dropped[key] = (f"class layer of {sd[key].shape[0]} classes, the model has {var.value.shape[-1]}: "
+      dropped[key] = (f"class layer of {sd[key].shape[0]} classes, the model has {var.get_value().shape[-1]}: "
                       "kept its fresh initialisation (backbone-only import)")
     else:
-      problems.append(f"shape mismatch at {key}: file {sd[key].shape} -> {value.shape}, model {var.value.shape}"
+      problems.append(f"shape mismatch at {key}: file {sd[key].shape} -> {value.shape}, model {var.get_value().shape}"
                       " (another depth or width multiplier?)")
   if problems:
     raise WeightImportError(f"Cannot import torchvision weights into {type(model).__name__}:\n  "
@@ -130,7 +130,7 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, n
 
   for key, value in converted.items():
     var = expected[key][0]
-    var.value = jnp.asarray(value, var.value.dtype)
+    var.set_value(jnp.asarray(value, var.get_value().dtype))
   report = ImportReport(loaded=sorted(converted), dropped=dropped)
   for k, why in dropped.items():
     if "bookkeeping" not in why:

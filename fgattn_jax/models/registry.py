@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -23,20 +24,27 @@ for _name in wideresnet.CONFIGS:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def compute_dtype(name: str):
+  """'auto' is bfloat16 on an accelerator and float32 on the CPU (where bfloat16 is emulated and slow)."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  if name not in DTYPES:
+    raise ValueError(f"Unknown compute dtype {name!r}; use 'auto' or one of {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
 def build_backbone(name: str, num_classes: int, *, dtype="float32", rngs: nnx.Rngs | int = 0,
                    **kwargs) -> Backbone:
   """Builds backbone `name` (see BACKBONES) with `num_classes` outputs.
 
-  dtype is the compute dtype (parameters stay float32); kwargs go to the family's constructor:
-  width, frozen_bn, freeze_features for all; head ('classifier' | 'gap') and dropout for VGG; dropout for WRN.
+  dtype is the compute dtype ('auto', 'bfloat16', 'float32' or a jnp dtype; parameters stay float32).
+  kwargs go to the family's constructor: width, frozen_bn, freeze_features for all; head
+  ('classifier' | 'gap') and dropout for VGG; dropout for WRN.
   """
   if name not in BACKBONES:
     near = difflib.get_close_matches(name, BACKBONES, n=3)
     hint = f" Did you mean {', '.join(near)}?" if near else ""
     raise ValueError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(BACKBONES)}")
-  if isinstance(dtype, str):
-    if dtype not in DTYPES:
-      raise ValueError(f"Unknown compute dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    dtype = DTYPES[dtype]
+  dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
   rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
   return BACKBONES[name](num_classes, dtype=dtype, rngs=rngs, **kwargs)

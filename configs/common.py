@@ -1,0 +1,96 @@
+"""What every scheme's config shares; each key is documented here once.
+
+A scheme's config file starts from `get_config()` and changes what differs, e.g.
+
+    from configs import common
+
+    PRESETS = {"": "embedded synthetic data, CPU-sized", "cub": "CUB-200-2011 at 448"}
+
+    def get_config(arg=None):
+      c = common.get_config()
+      if arg:
+        common.use_dataset(c, arg)
+      return c
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+# The data sets the presets name, at the papers' sizes: train on a random `image_size` crop of the image
+# resized to `resize_size` (shorter side), evaluate on the centre crop.
+DATASETS = {
+    "synthetic": dict(source="synthetic", name="synthetic", num_classes=10, image_size=96, resize_size=112),
+    "cub": dict(source="folder", name="cub200", num_classes=200, image_size=448, resize_size=512),
+    "aircraft": dict(source="folder", name="fgvc_aircraft", num_classes=100, image_size=448, resize_size=512),
+    "cars": dict(source="tfds", name="cars196", num_classes=196, image_size=448, resize_size=512),
+    "dogs": dict(source="tfds", name="stanford_dogs", num_classes=120, image_size=448, resize_size=512),
+    "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32),
+    "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameters, data order and augmentation all derive from it
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # 'synthetic' (embedded, no files) | 'tfds' | 'folder' (the data set's own layout)
+  c.data.name = "synthetic"  # TFDS name or folder layout: cub200, fgvc_aircraft, stanford_cars, imagefolder
+  c.data.root = placeholder(str)  # folder layouts: the data set's folder; TFDS: its data_dir
+  c.data.num_classes = 10
+  c.data.image_size = 96  # the network's input side
+  c.data.resize_size = 112  # shorter side before cropping
+  c.data.batch_size = 32  # global, over all devices and hosts
+  c.data.eval_batch_size = 64
+  c.data.num_workers = 2  # decoding processes per host (0: in the main process)
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.flip = True
+  c.data.augment.rotation = 0.0  # maximum degrees either way
+  c.data.augment.brightness = 0.0  # maximum relative change
+  c.data.augment.colour = 0.0  # maximum relative saturation change
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "vgg19"  # any name of fgattn_jax.models.BACKBONES
+  c.model.width = 1.0  # channel multiplier (tests run tiny networks)
+  c.model.head = "gap"  # VGG only: 'gap' (global average pool + linear) | 'classifier' (torchvision's FC-4096)
+  c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; parameters float32
+  c.model.pretrained = placeholder(str)  # torchvision .pth or .safetensors you have; nothing is downloaded
+  c.model.frozen_bn = False  # use and keep the (pretrained) running statistics of every BatchNorm
+  c.model.freeze_features = False  # train the head only
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"  # 'sgd' (momentum) | 'adamw'
+  c.optim.lr = 0.01  # peak learning rate for the global batch
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4  # not applied to BatchNorm parameters and biases
+  c.optim.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
+  c.optim.new_layer_lr_mult = 10.0  # layers not loaded from pretrained weights learn this much faster
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = "cosine"  # 'cosine' | 'step' | 'constant'
+  c.schedule.epochs = 10
+  c.schedule.warmup_epochs = 0.0
+  c.schedule.boundaries = ()  # 'step': epochs at which the rate is multiplied by `decay`
+  c.schedule.decay = 0.1
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the 'data' (batch) axis; -1 = all
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 3
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 20
+  c.log.tensorboard = True
+  return c
+
+
+def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Points c.data at one of DATASETS (source, name, class count and the papers' input sizes)."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown data set {name!r}; known: {', '.join(DATASETS)}")
+  for key, value in DATASETS[name].items():
+    c.data[key] = value
+  return c

@@ -1,0 +1,162 @@
+"""Config files and command-line overrides.
+
+A config file is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict` and, if it has
+presets, a module-level `PRESETS = {name: one-line description}`. On the command line:
+
+    --config configs/macnn.py            the bare name: the embedded default
+    --config configs/macnn.py:cub        a preset
+    --config.optim.lr=0.01               an override (also `--config.optim.lr 0.01`)
+
+The config is locked after loading: an unknown key or a value of the wrong type is refused with a message
+that names the nearest valid keys. Values are parsed by the type of the field they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config file, preset, key or value that cannot be used; the message says what to do instead."""
+
+
+def _load_module(path: str):
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file {path!r} not found. Give a path such as configs/macnn.py[:preset].")
+  # Config files import their shared defaults as `from configs import common`: make the folder that
+  # holds configs/ importable while the file runs.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  name = "_fgattn_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, root)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(root)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config(arg) function, so it is not a config file.")
+  return module
+
+
+def presets(path: str) -> dict[str, str]:
+  """The presets a config file offers, name -> description ('' is the embedded default)."""
+  return dict(getattr(_load_module(path), "PRESETS", {}))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path.py` or `path.py:preset`; the result is locked (no new keys)."""
+  path, _, preset = spec.partition(":")
+  module = _load_module(path)
+  known = getattr(module, "PRESETS", None)
+  if preset and known is not None and preset not in known:
+    near = difflib.get_close_matches(preset, known, n=3, cutoff=0.4)
+    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    raise ConfigError(f"{path} has no preset {preset!r}.{hint} Presets: {', '.join(known) or 'none'}.")
+  cfg = module.get_config(preset or None)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(cfg).__name__}")
+  cfg.lock()
+  return cfg
+
+
+def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf key, dotted: ['data.batch_size', 'optim.lr', ...]."""
+  keys = []
+  for k in cfg.keys():
+    v = cfg[k]
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += flat_keys(v, f"{prefix}{k}.")
+    else:
+      keys.append(prefix + k)
+  return keys
+
+
+def _nearest(key: str, cfg) -> str:
+  keys = flat_keys(cfg)
+  near = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+  near += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.5) if k not in near]
+  return f" Did you mean {' or '.join(near[:3])}?" if near else ""
+
+
+_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+
+
+def parse_value(text: str, field_type: type, key: str):
+  """Parses command-line text as a value of the type of field `key`."""
+  bad = lambda what: ConfigError(  # noqa: E731
+      f"--config.{key}={text!r} is not {what}; {key} holds a {field_type.__name__}.")
+  if field_type is bool:
+    if text.lower() not in _TRUE | _FALSE:
+      raise bad("true or false")
+    return text.lower() in _TRUE
+  if field_type in (int, float):
+    try:
+      value = field_type(text)
+    except ValueError:
+      raise bad("a number of the right kind") from None
+    return value
+  if field_type is str:
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if field_type in (tuple, list):
+      raise bad("a list such as 1,2,3 or (1, 2, 3)") from None
+    return text  # an untyped (None) field: take the text as a string
+  if field_type in (tuple, list):
+    value = value if isinstance(value, (tuple, list)) else (value,)
+    return field_type(value)
+  return value
+
+
+def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets cfg[key] (dotted) from command-line text, refusing unknown keys and values of the wrong type."""
+  node, parts = cfg, key.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(f"Unknown config key {key!r}.{_nearest(key, cfg)}")
+    if i < len(parts) - 1:
+      node = node[part]
+  leaf = parts[-1]
+  field_type = node.get_type(leaf)
+  if field_type is ml_collections.ConfigDict:
+    raise ConfigError(f"{key!r} is a section, not a value; set one of: "
+                      + ", ".join(k for k in flat_keys(cfg) if k.startswith(key + ".")))
+  value = parse_value(text, field_type, key)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f"--config.{key}={text!r}: {e}") from None
+
+
+def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+  """Separates `--config.key=value` / `--config.key value` pairs from the other arguments."""
+  pairs, rest, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, eq, text = arg[len("--config."):].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+        i, text = i + 1, argv[i + 1]
+      pairs.append((key, text))
+    else:
+      rest.append(arg)
+    i += 1
+  return pairs, rest
+
+
+def config_from_args(spec: str, pairs: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+  cfg = load_config(spec)
+  for key, text in pairs:
+    override(cfg, key, text)
+  return cfg
+

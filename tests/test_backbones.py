@@ -1,0 +1,128 @@
+"""Backbone shapes, dtypes, freezing and gradient flow, on tiny widths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fgattn_jax.models import BACKBONES, build_backbone
+
+# name -> (expected stage names, their strides in input pixels)
+FAMILIES = {
+    "vgg": (("conv1_", "conv2_", "conv3_", "conv4_", "conv5_"), (1, 2, 4, 8, 16)),
+    "imagenet_resnet": (("stem", "layer1", "layer2", "layer3", "layer4"), (4, 4, 8, 16, 32)),
+    "cifar": (("stem", "layer1", "layer2", "layer3"), (1, 1, 2, 4)),
+}
+
+
+def family(name):
+  if name.startswith("vgg"):
+    return "vgg"
+  return "imagenet_resnet" if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152") else "cifar"
+
+
+def tiny(name, **kw):
+  return build_backbone(name, 7, width=1 / 16, rngs=0, **kw)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_returns_logits_and_named_stages(name):
+  model = tiny(name)
+  model.eval()
+  logits, feats = model(jnp.ones((2, 64, 96, 3)))
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  names, strides = FAMILIES[family(name)]
+  stage_keys = [k for k in feats if k != "pre_logits"]
+  assert len(stage_keys) == len(names)
+  for key, prefix, stride in zip(stage_keys, names, strides):
+    assert key.startswith(prefix)
+    assert feats[key].shape[:3] == (2, 64 // stride, 96 // stride), key
+  assert feats["pre_logits"].shape[0] == 2 and feats["pre_logits"].ndim == 2
+  assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_vgg_stage_names_count_the_convolutions():
+  assert list(tiny("vgg19").stage_names) == ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"]
+  assert list(tiny("vgg16_bn").stage_names) == ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"]
+  assert list(tiny("vgg11").stage_names) == ["conv1_1", "conv2_1", "conv3_2", "conv4_2", "conv5_2"]
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  model = tiny("resnet18", dtype="bfloat16")
+  model.eval()
+  logits, feats = model(jnp.ones((1, 64, 64, 3)))
+  assert feats["layer4"].dtype == jnp.bfloat16
+  assert logits.dtype == jnp.float32
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert params and all(p.dtype == jnp.float32 for p in params)
+
+
+def test_width_multiplier_scales_channels():
+  full = build_backbone("resnet50", 5, rngs=0)
+  assert full.head.fc.in_features == 2048
+  assert tiny("resnet50").head.fc.in_features == 128
+
+
+def test_vgg_heads():
+  gap, clf = tiny("vgg16", head="gap"), tiny("vgg16", head="classifier")
+  gap.eval(), clf.eval()
+  x = jnp.ones((1, 64, 80, 3))
+  assert gap(x)[1]["pre_logits"].shape == (1, 32)  # pooled conv5_3
+  assert clf(x)[1]["pre_logits"].shape == (1, 256)  # 4096 / 16
+  with pytest.raises(ValueError, match="head"):
+    tiny("vgg16", head="fc")
+
+
+def test_unknown_backbone_names_the_nearest():
+  with pytest.raises(ValueError, match="Did you mean .*resnet50"):
+    build_backbone("resnet05", 10)
+  with pytest.raises(ValueError, match="compute dtype"):
+    build_backbone("resnet18", 10, dtype="bf16")
+
+
+def _batch_stats(model):
+  return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+
+
+def _loss_grads(model, x, wrt=nnx.Param):
+  def loss(m):
+    return jnp.mean(m(x)[0] ** 2)
+  return nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(model)
+
+
+def test_gradients_reach_every_parameter():
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  for name in ("resnet18", "vgg11_bn", "resnet20", "wrn16_8"):
+    model = tiny(name, **({"head": "classifier", "dropout": 0.0} if name.startswith("vgg") else {}))
+    grads = nnx.to_flat_state(_loss_grads(model, x))
+    assert len(grads) == len(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, g in grads:
+      assert np.any(np.asarray(g.get_value()) != 0), f"{name}: no gradient at {path}"
+
+
+def test_training_mode_updates_batch_statistics_and_frozen_bn_does_not():
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) * 3 + 1
+  live = tiny("resnet18")
+  before = _batch_stats(live)
+  live(x)
+  assert any(not np.allclose(a, b) for a, b in zip(before, _batch_stats(live)))
+
+  frozen = tiny("resnet18", frozen_bn=True)
+  frozen.train()  # train mode must not unfreeze it
+  before = _batch_stats(frozen)
+  train_out = frozen(x)[0]
+  assert all(np.array_equal(a, b) for a, b in zip(before, _batch_stats(frozen)))
+  frozen.eval()
+  np.testing.assert_allclose(np.asarray(train_out), np.asarray(frozen(x)[0]), rtol=1e-6)
+
+
+def test_frozen_features_train_only_the_head():
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  model = tiny("resnet18", freeze_features=True)
+  grads = nnx.to_flat_state(_loss_grads(model, x, model.trainable()))
+  assert {path[0] for path, _ in grads} == {"head"}
+  before = _batch_stats(model)
+  model(x)  # train mode: the frozen feature extractor keeps its statistics
+  assert all(np.array_equal(a, b) for a, b in zip(before, _batch_stats(model)))
+  assert tiny("resnet18").trainable() is nnx.Param

@@ -1,0 +1,98 @@
+"""Config files, presets and command-line overrides."""
+
+import textwrap
+
+import pytest
+
+from configs import common
+from fgattn_jax.config import ConfigError, config_from_args, load_config, override, presets, split_overrides
+
+CONFIG = '''
+from configs import common
+
+PRESETS = {"": "synthetic", "cub": "CUB-200-2011 at 448", "cifar100": "CIFAR-100"}
+
+def get_config(arg=None):
+  c = common.get_config()
+  if arg:
+    common.use_dataset(c, arg)
+  return c
+'''
+
+
+@pytest.fixture
+def config_file(tmp_path):
+  # A config of its own folder structure: <root>/configs/x.py importing configs.common from <root>.
+  # Here <root> is a temp dir, so `configs` must still resolve to the project's package.
+  path = tmp_path / "scheme.py"
+  path.write_text(textwrap.dedent(CONFIG))
+  return str(path)
+
+
+def test_bare_name_and_presets(config_file):
+  assert load_config(config_file).data.source == "synthetic"
+  cub = load_config(config_file + ":cub")
+  assert (cub.data.num_classes, cub.data.image_size, cub.data.resize_size) == (200, 448, 512)
+  assert presets(config_file) == {"": "synthetic", "cub": "CUB-200-2011 at 448", "cifar100": "CIFAR-100"}
+
+
+def test_unknown_preset_names_the_nearest(config_file):
+  with pytest.raises(ConfigError, match="no preset 'cubb'.*Did you mean 'cub'"):
+    load_config(config_file + ":cubb")
+
+
+def test_missing_file_and_non_config():
+  with pytest.raises(ConfigError, match="not found"):
+    load_config("configs/nope.py")
+  with pytest.raises(ConfigError, match="no get_config"):
+    load_config("configs/__init__.py")
+
+
+def test_overrides_are_parsed_by_type(config_file):
+  pairs, rest = split_overrides(["--config.optim.lr=0.1", "--workdir", "/tmp/w", "--config.data.batch_size", "8",
+                                 "--config.model.frozen_bn=true", "--config.schedule.boundaries=150,225",
+                                 "--config.model.pretrained=/w/r50.pth", "--config.model.backbone=resnet50",
+                                 "--config.optim.weight_decay=1"])
+  assert rest == ["--workdir", "/tmp/w"]
+  cfg = config_from_args(config_file, pairs)
+  assert cfg.optim.lr == 0.1 and cfg.data.batch_size == 8 and cfg.model.frozen_bn is True
+  assert cfg.schedule.boundaries == (150, 225)
+  assert cfg.model.pretrained == "/w/r50.pth" and cfg.model.backbone == "resnet50"
+  assert isinstance(cfg.optim.weight_decay, float) and cfg.optim.weight_decay == 1.0
+
+
+def test_unknown_key_names_the_nearest(config_file):
+  cfg = load_config(config_file)
+  with pytest.raises(ConfigError, match=r"Unknown config key 'optim.lrr'.*optim.lr"):
+    override(cfg, "optim.lrr", "0.1")
+  with pytest.raises(ConfigError, match=r"Unknown config key 'lr'.*optim.lr"):
+    override(cfg, "lr", "0.1")
+  with pytest.raises(ConfigError, match=r"Unknown config key 'data.batchsize'.*data.batch_size"):
+    override(cfg, "data.batchsize", "4")
+
+
+def test_wrong_types_are_refused(config_file):
+  cfg = load_config(config_file)
+  with pytest.raises(ConfigError, match="data.batch_size holds a int"):
+    override(cfg, "data.batch_size", "eight")
+  with pytest.raises(ConfigError, match="data.batch_size"):
+    override(cfg, "data.batch_size", "8.5")
+  with pytest.raises(ConfigError, match="true or false"):
+    override(cfg, "model.frozen_bn", "maybe")
+  with pytest.raises(ConfigError, match="is a section"):
+    override(cfg, "optim", "sgd")
+  with pytest.raises(ConfigError, match="needs a value"):
+    split_overrides(["--config.optim.lr"])
+
+
+def test_configs_are_locked(config_file):
+  cfg = load_config(config_file)
+  with pytest.raises(AttributeError):
+    cfg.optim.learning_rate = 0.1
+
+
+def test_common_datasets():
+  c = common.use_dataset(common.get_config(), "cifar100")
+  assert (c.data.source, c.data.name, c.data.num_classes, c.data.image_size) == ("tfds", "cifar100", 100, 32)
+  with pytest.raises(ValueError, match="Unknown data set"):
+    common.use_dataset(c, "imagenet22k")

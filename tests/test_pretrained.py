@@ -1,0 +1,137 @@
+"""Exact torchvision weight import: parity with PyTorch reference modules, strictness, file formats."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.numpy import save_file
+
+from fgattn_jax.models import build_backbone
+from fgattn_jax.models.pretrained import WeightImportError, load_torchvision, read_state_dict
+from torch_reference import TorchResNet, TorchVGG, randomize_
+
+# name -> (width, reference factory); the ResNets at full width, the VGGs at a quarter (their FC-4096 head
+# at full width is 120M parameters, which only slows the test down: the key mapping does not depend on it).
+MODELS = {
+    "vgg16_bn": (0.25, lambda: TorchVGG("vgg16", 10, bn=True, width=0.25)),
+    "vgg19": (0.25, lambda: TorchVGG("vgg19", 10, width=0.25)),
+    "resnet18": (1.0, lambda: TorchResNet("resnet18", 10)),
+    "resnet50": (1.0, lambda: TorchResNet("resnet50", 10)),
+}
+
+
+def state_dict_arrays(ref):
+  return {k: v.numpy() for k, v in ref.state_dict().items()}
+
+
+def rel_err(ours, ref):
+  ref = ref.numpy()
+  ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref  # NCHW -> NHWC
+  return float(np.max(np.abs(np.asarray(ours) - ref)) / np.max(np.abs(ref)))
+
+
+def weights(model):
+  return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))]
+
+
+def run_both(ref, ours, hw, seed=0):
+  x = np.random.RandomState(seed).randn(2, 3, *hw).astype(np.float32)
+  with torch.no_grad():
+    t_logits, t_feats = ref(torch.from_numpy(x))
+  ours.eval()
+  j_logits, j_feats = ours(jnp.asarray(x.transpose(0, 2, 3, 1)))
+  return (j_logits, j_feats), (t_logits, t_feats)
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def converted(request):
+  width, factory = MODELS[request.param]
+  ref = randomize_(factory(), seed=len(request.param))
+  ours = build_backbone(request.param, 10, width=width, head="classifier", rngs=1) if "vgg" in request.param \
+      else build_backbone(request.param, 10, width=width, rngs=1)
+  report = load_torchvision(ours, state_dict_arrays(ref))
+  return ref, ours, report
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (64, 96)], ids=["square", "non-square"])
+def test_logits_and_every_stage_match_pytorch(converted, hw):
+  ref, ours, report = converted
+  assert not [k for k, why in report.dropped.items() if "bookkeeping" not in why]
+  (j_logits, j_feats), (t_logits, t_feats) = run_both(ref, ours, hw)
+  assert set(j_feats) == set(t_feats)
+  assert rel_err(j_logits, t_logits) < 1e-4
+  for name in t_feats:
+    assert j_feats[name].shape == tuple(t_feats[name].permute(0, 2, 3, 1).shape if t_feats[name].ndim == 4
+                                        else t_feats[name].shape)
+    assert rel_err(j_feats[name], t_feats[name]) < 1e-4, name
+
+
+def test_another_class_count_imports_the_backbone_only():
+  ref = randomize_(TorchResNet("resnet18", 1000, width=0.25))
+  ours = build_backbone("resnet18", 10, width=0.25, rngs=3)
+  fresh_fc = np.asarray(ours.head.fc.kernel.get_value())
+  report = load_torchvision(ours, state_dict_arrays(ref))
+  assert set(k for k, why in report.dropped.items() if "backbone-only" in why) == {"fc.weight", "fc.bias"}
+  assert "backbone-only" in report.summary()
+  np.testing.assert_array_equal(np.asarray(ours.head.fc.kernel.get_value()), fresh_fc)
+  (_, j_feats), (_, t_feats) = run_both(ref, ours, (64, 64))
+  assert rel_err(j_feats["pre_logits"], t_feats["pre_logits"]) < 1e-4
+
+
+def test_vgg_gap_head_takes_the_convolutions_and_drops_the_fc_classifier():
+  ref = randomize_(TorchVGG("vgg16", 1000, bn=True, width=0.25))
+  ours = build_backbone("vgg16_bn", 10, width=0.25, head="gap", rngs=0)
+  report = load_torchvision(ours, state_dict_arrays(ref))
+  assert {k for k, why in report.dropped.items() if "gap" in why} == {
+      f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")}
+  (_, j_feats), (_, t_feats) = run_both(ref, ours, (64, 80))
+  assert rel_err(j_feats["conv5_3"], t_feats["conv5_3"]) < 1e-4
+
+
+def test_pth_and_safetensors_files_load_the_same(tmp_path):
+  ref = randomize_(TorchResNet("resnet18", 10, width=0.25))
+  sd = ref.state_dict()
+  # A DataParallel training checkpoint: wrapped and prefixed.
+  torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, tmp_path / "ckpt.pth")
+  save_file(state_dict_arrays(ref), str(tmp_path / "w.safetensors"))
+  a, b = (build_backbone("resnet18", 10, width=0.25, rngs=s) for s in (0, 1))
+  load_torchvision(a, tmp_path / "ckpt.pth")
+  load_torchvision(b, str(tmp_path / "w.safetensors"))
+  for x, y in zip(weights(a), weights(b)):
+    np.testing.assert_array_equal(x, y)
+  (j_logits, _), (t_logits, _) = run_both(ref, a, (32, 32))
+  assert rel_err(j_logits, t_logits) < 1e-4
+
+
+def test_missing_and_unexpected_keys_are_listed():
+  sd = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
+  del sd["layer2.1.bn2.running_var"]
+  sd["layer5.0.conv1.weight"] = np.zeros((1, 1, 1, 1), np.float32)
+  model = build_backbone("resnet18", 10, width=0.25)
+  before = weights(model)
+  with pytest.raises(WeightImportError) as e:
+    load_torchvision(model, sd)
+  assert "missing from the file (1): layer2.1.bn2.running_var" in str(e.value)
+  assert "unexpected in the file (1): layer5.0.conv1.weight" in str(e.value)
+  # Nothing was half-loaded.
+  for x, y in zip(before, weights(model)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_wrong_architecture_is_a_shape_error():
+  sd = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
+  with pytest.raises(WeightImportError, match="shape mismatch at conv1.weight.*width"):
+    load_torchvision(build_backbone("resnet18", 10, width=0.5), sd)
+  with pytest.raises(WeightImportError, match="missing from the file.*conv3"):
+    load_torchvision(build_backbone("resnet50", 10, width=0.25), sd)
+
+
+def test_models_without_torchvision_counterpart_and_missing_files(tmp_path):
+  with pytest.raises(WeightImportError, match="torchvision has no CIFAR ResNet"):
+    load_torchvision(build_backbone("resnet20", 10), {})
+  with pytest.raises(WeightImportError, match="no torchvision counterpart"):
+    load_torchvision(build_backbone("wrn16_8", 10, width=0.1), {})
+  with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    read_state_dict(tmp_path / "resnet50.pth")
