@@ -20,10 +20,10 @@ from ml_collections.config_dict import placeholder
 # resized to `resize_size` (shorter side), evaluate on the centre crop.
 DATASETS = {
     "synthetic": dict(source="synthetic", name="synthetic", num_classes=10, image_size=96, resize_size=112),
-    "cub": dict(source="folder", name="cub200", num_classes=200, image_size=448, resize_size=512),
-    "aircraft": dict(source="folder", name="fgvc_aircraft", num_classes=100, image_size=448, resize_size=512),
-    "cars": dict(source="tfds", name="cars196", num_classes=196, image_size=448, resize_size=512),
-    "dogs": dict(source="tfds", name="stanford_dogs", num_classes=120, image_size=448, resize_size=512),
+    "cub": dict(source="folder", name="cub", num_classes=200, image_size=448, resize_size=512),
+    "aircraft": dict(source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512),
+    "cars": dict(source="folder", name="cars", num_classes=196, image_size=448, resize_size=512),
+    "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
     "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32),
     "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32),
 }
@@ -35,14 +35,23 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # 'synthetic' (embedded, no files) | 'tfds' | 'folder' (the data set's own layout)
-  c.data.name = "synthetic"  # TFDS name or folder layout: cub200, fgvc_aircraft, stanford_cars, imagefolder
+  c.data.name = "synthetic"  # folder layouts: cub, aircraft, cars, dogs, folder; or a TFDS name (cars196, ...)
   c.data.root = placeholder(str)  # folder layouts: the data set's folder; TFDS: its data_dir
   c.data.num_classes = 10
   c.data.image_size = 96  # the network's input side
   c.data.resize_size = 112  # shorter side before cropping
   c.data.batch_size = 32  # global, over all devices and hosts
   c.data.eval_batch_size = 64
-  c.data.num_workers = 2  # decoding processes per host (0: in the main process)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.level = "variant"  # FGVC-Aircraft only: 'variant' (100 classes) | 'family' (70) | 'manufacturer' (30)
+  c.data.balanced = False  # training: sample every class equally often (for imbalanced data sets)
+  c.data.num_workers = 0  # decoding processes per host; 0 = threads in the main process
+  c.data.synthetic = ml_collections.ConfigDict()  # the embedded data set (data.source = 'synthetic')
+  c.data.synthetic.num_train = 2000
+  c.data.synthetic.num_test = 500
+  c.data.synthetic.num_parts = 4
+  c.data.synthetic.resolution = 0  # side of the generated images; 0 = data.resize_size
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.flip = True
   c.data.augment.rotation = 0.0  # maximum degrees either way

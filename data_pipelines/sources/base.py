@@ -1,0 +1,99 @@
+"""What every data source gives: a grain random-access source of examples with a fixed set of keys.
+
+    len(source)            number of examples in the split
+    source[i] -> {
+      "image":  bytes (an encoded JPEG/PNG file, decoded later in the workers) or uint8 HxWx3 array,
+      "label":  int, in [0, num_classes),
+      "box":    float32 (4,) object box (x0, y0, x1, y1) in pixels of the stored image; NaN if unknown,
+      "parts":  float32 (num_parts, 2) part points (x, y) in pixels; NaN rows for parts not visible,
+      "index":  int, i itself (so that a skipped image can be named in the report),
+    }
+    source.num_classes, source.class_names, source.num_parts
+    source.labels          int array of every example's label, without decoding images
+    source.describe(i)     a human-readable name of example i (its file path) for error reports
+
+Pixel coordinates are continuous: pixel (row r, column c) covers [c, c + 1) x [r, r + 1), so its centre
+is (c + 0.5, r + 0.5). Decoding happens in the transform (through `source.load_image`), not in
+__getitem__, so that a corrupt file is caught in the worker, counted and skipped instead of crashing
+the pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+class DataError(Exception):
+  """A data set that cannot be read as configured; the message says what is expected and where to get it."""
+
+
+def decode_image(raw) -> np.ndarray:
+  """Encoded bytes or an array -> uint8 HxWx3 RGB. Raises on a corrupt or truncated file."""
+  if isinstance(raw, np.ndarray):
+    img = raw
+  else:
+    with Image.open(io.BytesIO(raw)) as im:
+      im.load()  # decode fully now: a truncated file fails here, not later
+      img = np.asarray(im.convert("RGB"))
+  if img.ndim == 2:
+    img = np.repeat(img[..., None], 3, axis=-1)
+  elif img.shape[-1] == 1:
+    img = np.repeat(img, 3, axis=-1)
+  elif img.shape[-1] == 4:
+    img = img[..., :3]
+  if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
+    raise ValueError(f"expected a uint8 RGB image, got {img.dtype} of shape {img.shape}")
+  return img
+
+
+class Source:
+  """Base class of the sources; subclasses fill the attributes and implement _example(i)."""
+
+  name: str = "source"
+  num_classes: int
+  class_names: list[str]
+  num_parts: int = 0
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  @property
+  def labels(self) -> np.ndarray:
+    raise NotImplementedError
+
+  def describe(self, index: int) -> str:
+    return f"{self.name} example {index}"
+
+  def load_image(self, raw) -> np.ndarray:
+    """Decodes example["image"] to uint8 HxWx3; a source may override it (e.g. to cut off a banner),
+    keeping box and part coordinates valid in the returned image."""
+    return decode_image(raw)
+
+  def _example(self, index: int) -> dict:
+    """image, label and, where known, box and parts; __getitem__ fills in the rest."""
+    raise NotImplementedError
+
+  def __getitem__(self, index: int) -> dict:
+    ex = self._example(int(index))
+    box = ex.get("box")
+    parts = ex.get("parts")
+    return {
+        "image": ex["image"],
+        "label": int(ex["label"]),
+        "box": np.full(4, np.nan, np.float32) if box is None else np.asarray(box, np.float32).reshape(4),
+        "parts": (np.full((self.num_parts, 2), np.nan, np.float32) if parts is None
+                  else np.asarray(parts, np.float32).reshape(self.num_parts, 2)),
+        "index": int(index),
+    }
+
+  def __repr__(self):
+    return f"{type(self).__name__}({self.name}: {len(self)} examples, {self.num_classes} classes)"
+
+
+def check_nonempty(source: Source, split: str) -> Source:
+  if len(source) == 0:
+    raise DataError(f"The {split!r} split of {source.name} is empty: check the data directory and the split name.")
+  return source

@@ -1,0 +1,133 @@
+"""The embedded synthetic fine-grained data set: no files, no download, generated from (seed, split, index).
+
+Each image shows one "bird": an ellipse body of random colour, size, position and orientation on a
+cluttered background, with `num_parts` small square parts at fixed places on the body. A part's texture is
+one of four stripe patterns (horizontal, vertical, diagonal, checker) of two random colours; a class is a
+combination of part patterns, so two classes often differ in a single part. The patterns share their mean
+colour and have a period of a few pixels: downsampled by four they blur to the same flat patch, so a plain
+CNN at low resolution finds the task hard while one that looks closely at the parts (attention) does not.
+Two distractor patches with random patterns sit in the background.
+
+Ground truth: the object box (the body's extent) and the part centres, in pixels.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from data_pipelines.sources.base import DataError, Source
+
+PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def class_codes(num_classes: int, num_parts: int) -> np.ndarray:
+  """(num_classes, num_parts) pattern ids: distinct codes in a fixed shuffled order (the same for every
+  split and seed, so that train and test agree on what a class is)."""
+  total = len(PATTERNS) ** num_parts
+  if num_classes > total:
+    raise DataError(f"The synthetic set with {num_parts} parts has at most {total} classes; "
+                    f"asked for {num_classes}. Raise data.synthetic.num_parts.")
+  order = np.random.default_rng(1234).permutation(total)[:num_classes]
+  return np.array(list(itertools.product(range(len(PATTERNS)), repeat=num_parts)))[order]
+
+
+def _texture(pattern: int, size: int, period: int) -> np.ndarray:
+  """0/1 stripes of `period` pixels: horizontal, vertical, diagonal or a checkerboard (all half ones)."""
+  r, c = np.mgrid[:size, :size]
+  return [(r // period) % 2, (c // period) % 2, ((r + c) // period) % 2,
+          (r // period + c // period) % 2][pattern]
+
+
+class SyntheticBirds(Source):
+  name = "synthetic"
+
+  def __init__(self, split: str = "train", *, num_examples: int = 2000, resolution: int = 112,
+               num_classes: int = 10, num_parts: int = 4, seed: int = 0):
+    if split not in SPLITS:
+      raise DataError(f"The synthetic set has no split {split!r}; use one of {', '.join(SPLITS)}.")
+    if resolution < 32:
+      raise DataError(f"data.synthetic.resolution={resolution} is too small to draw parts; use 32 or more.")
+    self.split, self.resolution, self.seed = split, resolution, seed
+    self._n = num_examples
+    self.num_classes, self.num_parts = num_classes, num_parts
+    self.codes = class_codes(num_classes, num_parts)
+    self.class_names = ["-".join(PATTERNS[p][0] for p in code) for code in self.codes]
+
+  def __len__(self):
+    return self._n
+
+  @property
+  def labels(self):
+    return np.arange(self._n) % self.num_classes
+
+  def describe(self, index):
+    return f"synthetic {self.split} example {index}"
+
+  def _example(self, index):
+    if not 0 <= index < self._n:
+      raise IndexError(index)
+    rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+    label = index % self.num_classes
+    image, box, parts = render(rng, self.codes[label], self.resolution)
+    return {"image": image, "label": label, "box": box, "parts": parts}
+
+
+def render(rng: np.random.Generator, code: np.ndarray, res: int):
+  """Draws one image; returns (uint8 image, box (x0, y0, x1, y1), parts (P, 2) as (x, y))."""
+  yy, xx = np.mgrid[:res, :res] + 0.5  # pixel centres
+  # Background: a random two-colour gradient plus low-frequency waves.
+  c0, c1 = rng.uniform(40, 215, (2, 3))
+  t = np.clip((xx * np.cos(a := rng.uniform(0, 2 * np.pi)) + yy * np.sin(a)) / res * 0.7 + 0.5, 0, 1)
+  img = c0 + t[..., None] * (c1 - c0)
+  for _ in range(3):
+    f, ph, d = rng.uniform(1, 4) * 2 * np.pi / res, rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+    img += rng.uniform(5, 20) * np.sin(f * (xx * np.cos(d) + yy * np.sin(d)) + ph)[..., None]
+
+  # Body: a rotated ellipse that fits in the image with its parts.
+  a = rng.uniform(0.2, 0.3) * res
+  b = a * rng.uniform(0.55, 0.8)
+  theta = rng.uniform(0, 2 * np.pi)
+  ext_x = np.sqrt((a * np.cos(theta)) ** 2 + (b * np.sin(theta)) ** 2)
+  ext_y = np.sqrt((a * np.sin(theta)) ** 2 + (b * np.cos(theta)) ** 2)
+  half = max(2, int(round(0.045 * res)))  # part half-side
+  margin = half + 1
+  cx = rng.uniform(ext_x + margin, res - ext_x - margin)
+  cy = rng.uniform(ext_y + margin, res - ext_y - margin)
+  dx, dy = xx - cx, yy - cy
+  u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
+  v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
+  body = u ** 2 + v ** 2 <= 1
+  img[body] = rng.uniform(60, 200, 3)
+
+  # Parts at fixed angles on the body, 70% of the way to the rim.
+  angles = 2 * np.pi * np.arange(len(code)) / len(code)
+  pu, pv = 0.7 * np.cos(angles) * a, 0.7 * np.sin(angles) * b
+  px = cx + pu * np.cos(theta) - pv * np.sin(theta)
+  py = cy + pu * np.sin(theta) + pv * np.cos(theta)
+  period = max(1, int(round(res / 64)))
+  for x, y, pattern in zip(px, py, code):
+    _stamp(img, rng, x, y, half, pattern, period)
+
+  # Distractors: random patterns away from the body.
+  for _ in range(2):
+    for _try in range(10):
+      x, y = rng.uniform(half, res - half, 2)
+      if ((x - cx) / (ext_x + 2 * half)) ** 2 + ((y - cy) / (ext_y + 2 * half)) ** 2 > 1:
+        _stamp(img, rng, x, y, half, rng.integers(len(PATTERNS)), period)
+        break
+
+  box = np.array([cx - ext_x, cy - ext_y, cx + ext_x, cy + ext_y], np.float32)
+  parts = np.stack([px, py], axis=1).astype(np.float32)
+  return np.clip(img, 0, 255).astype(np.uint8), box, parts
+
+
+def _stamp(img, rng, x, y, half, pattern, period):
+  """A (2 half)^2 square of two-colour stripes centred on pixel (x, y)."""
+  r0, c0 = int(y) - half, int(x) - half
+  tex = _texture(int(pattern), 2 * half, period)[..., None]
+  mean = rng.uniform(70, 190, 3)
+  contrast = rng.uniform(50, 65) * rng.choice([-1, 1], 3)
+  img[r0:r0 + 2 * half, c0:c0 + 2 * half] = mean + contrast * (2 * tex - 1)

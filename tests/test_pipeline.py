@@ -1,0 +1,167 @@
+"""The grain pipeline: batches, evaluation padding, determinism, exact restore, sharding, bad input."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import common
+from data_pipelines import pipeline
+from data_pipelines.sources.base import DataError, Source
+
+
+def config(**data):
+  c = common.get_config()
+  c.data.synthetic.num_train, c.data.synthetic.num_test = 40, 26
+  c.data.image_size, c.data.resize_size, c.data.batch_size, c.data.eval_batch_size = 48, 56, 8, 12
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def take(p, n):
+  return [next(p) for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_training_batches():
+  p = pipeline.build(config(), "train")
+  assert p.steps_per_epoch == 5 and p.batch_size == 8
+  b = next(iter(p))
+  assert b["image"].shape == (8, 48, 48, 3) and b["image"].dtype == np.uint8
+  assert b["label"].dtype == np.int32 and b["box"].shape == (8, 4) and b["parts"].shape == (8, 4, 2)
+  assert b["mask"].all() and "corrupt" not in b
+  # An epoch is a permutation: five batches see 40 distinct examples.
+  seen = np.concatenate([b["index"]] + [x["index"] for x in take(p, 4)])
+  assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_evaluation_sees_every_example_once_with_a_padded_last_batch():
+  p = pipeline.build(config(), "test")
+  batches = list(p)
+  assert len(batches) == 3 == len(p)  # 26 examples in batches of 12
+  index = np.concatenate([b["index"] for b in batches])
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert index[mask].tolist() == list(range(26))
+  assert (index[~mask] == -1).all() and (~mask).sum() == 10
+  assert_same(batches, list(p))  # a second pass is the same
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+  a, b = pipeline.build(config(), "train"), pipeline.build(config(), "train")
+  first = take(a, 3)
+  assert_same(first, take(b, 3))
+  c = config()
+  c.seed = 1
+  other = take(pipeline.build(c, "train"), 1)[0]
+  assert not np.array_equal(other["index"], first[0]["index"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_pipeline_continues_exactly(workers):
+  c = config(num_workers=workers)
+  c.data.augment.rotation = 20.0
+  uninterrupted = pipeline.build(c, "train")
+  take(uninterrupted, 4)
+  state = uninterrupted.get_state()
+  expected = take(uninterrupted, 4)  # crosses the epoch boundary at step 5
+  restored = pipeline.build(c, "train")
+  restored.set_state(state)
+  assert restored.step == 4
+  assert_same(take(restored, 4), expected)
+  uninterrupted.close(), restored.close()
+
+
+def test_processes_share_out_the_data():
+  shards = [pipeline.build(config(), "test", process_index=i, process_count=2) for i in range(2)]
+  assert all(s.batch_size == 6 for s in shards)
+  index = np.concatenate([b["index"][b["mask"]] for s in shards for b in s])
+  assert sorted(index.tolist()) == list(range(26))
+  with pytest.raises(ValueError, match="does not split evenly"):
+    pipeline.build(config(), "test", process_count=5)
+
+
+def test_balanced_sampling_evens_out_classes():
+  class Imbalanced(Source):
+    name, num_classes, class_names = "imbalanced", 2, ["rare", "common"]
+
+    def __len__(self):
+      return 100
+
+    @property
+    def labels(self):
+      return np.array([0] * 10 + [1] * 90)
+
+    def _example(self, i):
+      return {"image": np.zeros((8, 8, 3), np.uint8), "label": self.labels[i]}
+
+  c = config(balanced=True, num_classes=2, image_size=8, resize_size=8, batch_size=50)
+  p = pipeline.build(c, "train", source=Imbalanced())
+  labels = np.concatenate([b["label"] for b in take(p, 8)])
+  assert 0.4 < labels.mean() < 0.6  # unbalanced sampling would give 0.9
+
+
+def jpeg(colour):
+  buf = io.BytesIO()
+  Image.new("RGB", (30, 20), colour).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+class Files(Source):
+  """Five JPEG 'files', two of them corrupt (garbage, and a truncated JPEG)."""
+  name, num_classes, class_names = "files", 2, ["a", "b"]
+
+  def __init__(self):
+    good = jpeg((200, 0, 0))
+    self.blobs = [good, b"not an image", good, good[: len(good) // 2], good]
+
+  def __len__(self):
+    return len(self.blobs)
+
+  @property
+  def labels(self):
+    return np.arange(5) % 2
+
+  def describe(self, i):
+    return f"/data/img{i}.jpg"
+
+  def _example(self, i):
+    return {"image": self.blobs[i], "label": i % 2}
+
+
+def test_unreadable_images_are_skipped_counted_and_named(caplog):
+  c = config(num_classes=2, image_size=16, resize_size=16, eval_batch_size=5, batch_size=5)
+  p = pipeline.build(c, "test", source=Files())
+  with caplog.at_level(logging.WARNING):
+    (batch,) = list(p)
+  assert batch["mask"].tolist() == [True, False, True, False, True]
+  assert batch["image"][0, 8, 8].tolist()[0] > 150 and not batch["image"][1].any()
+  assert p.skipped == ["/data/img1.jpg", "/data/img3.jpg"]
+  assert "skipped 2 unreadable image(s)" in caplog.text and "/data/img3.jpg" in caplog.text
+  # Training: reported at the end of each epoch, and training goes on.
+  t = pipeline.build(c, "train", source=Files())
+  take(t, 3)
+  assert len(t.skipped) == 6
+
+
+def test_bad_configs_are_clear():
+  with pytest.raises(DataError, match="files has 2 classes but data.num_classes=5"):
+    pipeline.build(config(num_classes=5), "test", source=Files())
+  with pytest.raises(DataError, match="fewer than one batch"):
+    pipeline.build(config(batch_size=64), "train")
+  c = config()
+  c.data.synthetic.num_test = 0
+  with pytest.raises(DataError, match="'test' split of synthetic is empty"):
+    pipeline.build(c, "test")
+  with pytest.raises(DataError, match="Unknown data.source"):
+    pipeline.build(config(source="s3"), "train")
+

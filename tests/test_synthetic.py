@@ -1,0 +1,60 @@
+"""The embedded synthetic fine-grained data set."""
+
+import numpy as np
+import pytest
+
+from data_pipelines.sources.base import DataError
+from data_pipelines.sources.synthetic import PATTERNS, SyntheticBirds, _texture, class_codes
+
+
+def test_deterministic_from_seed_split_and_index():
+  a, b = SyntheticBirds("train", seed=3), SyntheticBirds("train", seed=3)
+  np.testing.assert_array_equal(a[7]["image"], b[7]["image"])
+  np.testing.assert_array_equal(a[7]["parts"], b[7]["parts"])
+  assert not np.array_equal(a[7]["image"], SyntheticBirds("train", seed=4)[7]["image"])
+  assert not np.array_equal(a[7]["image"], SyntheticBirds("test", seed=3)[7]["image"])
+
+
+def test_examples_have_boxes_parts_and_balanced_labels():
+  src = SyntheticBirds("train", num_examples=40, resolution=96, num_classes=8, num_parts=3)
+  assert len(src) == 40 and src.num_parts == 3 and len(src.class_names) == 8
+  assert np.bincount(src.labels).tolist() == [5] * 8
+  for i in range(10):
+    ex = src[i]
+    assert ex["image"].shape == (96, 96, 3) and ex["image"].dtype == np.uint8
+    assert ex["label"] == src.labels[i] and ex["index"] == i
+    x0, y0, x1, y1 = ex["box"]
+    assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96
+    # Parts sit on the body, inside its box.
+    assert np.all((ex["parts"] >= ex["box"][:2]) & (ex["parts"] <= ex["box"][2:]))
+
+
+def test_each_part_shows_its_class_pattern():
+  src = SyntheticBirds("train", resolution=128, num_classes=10, num_parts=4)
+  for i in range(10):
+    ex = src[i]
+    code = src.codes[ex["label"]]
+    for (x, y), pattern in zip(ex["parts"], code):
+      patch = ex["image"][int(y) - 3:int(y) + 3, int(x) - 3:int(x) + 3].astype(float).sum(-1)
+      rows_flat = np.ptp(patch, axis=1).max() < 1  # horizontal stripes: each row one colour
+      cols_flat = np.ptp(patch, axis=0).max() < 1
+      assert rows_flat == (PATTERNS[pattern] == "horizontal"), (i, pattern)
+      assert cols_flat == (PATTERNS[pattern] == "vertical"), (i, pattern)
+
+
+def test_the_class_detail_vanishes_at_a_quarter_resolution():
+  # Every pattern averages to the same flat grey over 2x2 periods: what tells classes apart is fine detail.
+  for pattern in range(len(PATTERNS)):
+    tex = _texture(pattern, 16, period=2).astype(float)
+    blocks = tex.reshape(4, 4, 4, 4).mean(axis=(1, 3))
+    np.testing.assert_allclose(blocks, 0.5)
+
+
+def test_class_codes_are_distinct_and_fixed():
+  codes = class_codes(30, 4)
+  assert len({tuple(c) for c in codes}) == 30
+  np.testing.assert_array_equal(codes, class_codes(30, 4))
+  with pytest.raises(DataError, match="at most 16 classes"):
+    class_codes(20, 2)
+  with pytest.raises(DataError, match="no split 'validation'"):
+    SyntheticBirds("validation")

@@ -1,0 +1,92 @@
+"""Augmentation keeps boxes and part points on the pixels they marked."""
+
+import numpy as np
+import pytest
+
+from data_pipelines import transforms as T
+
+RED, GREEN = np.array([255, 0, 0]), np.array([0, 255, 0])
+
+
+def planted(h=150, w=200):
+  """A red rectangle (the box) with green 5x5 dots at three points, one of them outside the rectangle."""
+  img = np.zeros((h, w, 3), np.uint8)
+  box = np.array([60, 30, 150, 100], np.float32)
+  img[30:100, 60:150] = RED
+  parts = np.array([[70.5, 40.5], [140.5, 90.5], [20.5, 120.5]], np.float32)
+  for x, y in parts:
+    img[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3] = GREEN
+  return img, box, parts
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_train_transform_keeps_points_and_box_on_their_pixels(seed):
+  img, box, parts = planted()
+  aug = T.Augment(resize=128, size=112, flip=True, rotation=45)
+  out, b, p = T.train(img, box, parts, aug, np.random.default_rng(seed))
+  assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+  for x, y in p:
+    if np.isnan(x) or min(x, y, 112 - x, 112 - y) < 4:  # a dot on the border may be cut away by the crop
+      continue
+    # The point's pixel is still green: the dot moved with it.
+    assert out[int(y), int(x), 1] > 150 and out[int(y), int(x), 0] < 100, (x, y)
+  red = (out[..., 0] > 128) & (out[..., 1] < 100)
+  rows, cols = np.nonzero(red)
+  # Every red pixel lies inside the transformed box, and the box is tight around them.
+  assert cols.min() >= b[0] - 1.5 and cols.max() + 1 <= b[2] + 1.5
+  assert rows.min() >= b[1] - 1.5 and rows.max() + 1 <= b[3] + 1.5
+  for edge, seen in zip(b, (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)):
+    assert abs(edge - seen) < 3 or edge in (0, 112)
+
+
+def test_evaluation_maps_coordinates_exactly():
+  img, box, parts = planted()
+  # Shorter side 150 -> 112: the 200 side becomes 149 (rounded); the centre crop starts at 18.5.
+  out, b, p = T.evaluate(img, box, parts, T.Augment(resize=112, size=112))
+  s, off = 112 / 150, (149 - 112) / 2
+  np.testing.assert_allclose(b, [60 * s - off, 30 * s, 150 * s - off, 100 * s], atol=1e-3)
+  np.testing.assert_allclose(p[:2], parts[:2] * s - [off, 0], atol=1e-3)
+  assert np.all(np.isnan(p[2]))  # x = 20.5 * s - 18.5 < 0: cropped away
+  assert out[int(p[0, 1]), int(p[0, 0]), 1] > 150
+
+
+def test_a_box_partly_outside_the_crop_is_clipped_and_one_fully_outside_is_nan():
+  img = np.zeros((150, 300, 3), np.uint8)  # resized to 112 x 224: the centre crop keeps x in [75, 225)
+  boxes = np.array([[60, 30, 150, 100], [0, 0, 50, 50]], np.float32)
+  none = np.zeros((0, 2), np.float32)
+  s = 112 / 150
+  b, _ = T.evaluate(img, boxes[0], none, T.Augment(resize=112, size=112))[1:]
+  np.testing.assert_allclose(b, [0, 30 * s, 150 * s - 56, 100 * s], atol=1e-3)
+  b, _ = T.evaluate(img, boxes[1], none, T.Augment(resize=112, size=112))[1:]
+  assert np.all(np.isnan(b))
+
+
+def test_flip_mirrors_coordinates():
+  img, box, parts = planted(150, 150)  # square: the crop cannot move, only the flip changes the output
+  aug = T.Augment(resize=150, size=150, flip=True)
+  flipped = [T.train(img, box, parts, aug, np.random.default_rng(s)) for s in range(8)]
+  ref = T.evaluate(img, box, parts, T.Augment(resize=150, size=150))
+  mirrored = [f for f in flipped if not np.array_equal(f[0], ref[0])]
+  assert mirrored, "no seed flipped"
+  for out, b, p in mirrored:
+    np.testing.assert_array_equal(out, ref[0][:, ::-1])
+    np.testing.assert_allclose(b, [150 - ref[1][2], ref[1][1], 150 - ref[1][0], ref[1][3]], atol=1e-4)
+    np.testing.assert_allclose(p[:, 0], 150 - ref[2][:, 0], atol=1e-4)
+
+
+def test_photometric_jitter():
+  img = np.full((8, 8, 3), (200, 100, 50), np.uint8)
+  assert T._photometric(img, 1.25, 1.0).mean() > img.mean()
+  grey = T._photometric(img, 1.0, 0.0)
+  assert np.ptp(grey[0, 0].astype(int)) <= 1  # no saturation left
+
+
+def test_same_rng_same_result_and_bad_sizes():
+  img, box, parts = planted()
+  aug = T.Augment(resize=128, size=96, rotation=30, brightness=0.25, colour=0.25)
+  a = T.train(img, box, parts, aug, np.random.default_rng(5))
+  b = T.train(img, box, parts, aug, np.random.default_rng(5))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(ValueError, match="resize_size=64 must be at least data.image_size=96"):
+    T.Augment(resize=64, size=96)
