@@ -3,7 +3,8 @@
 A batch is a dict:
   image   uint8 (B, size, size, 3)    label int32 (B,)           index int32 (B,), -1 for padding
   box     float32 (B, 4) x0 y0 x1 y1   parts float32 (B, P, 2)    mask bool (B,): counts in loss and metrics
-where B is this process's share of the global batch. Training: shuffled and repeated without end, the
+where B is this process's share of the global batch; 'parts' only where the source has part points (and box
+is NaN where it has no boxes). Training: shuffled and repeated without end, the
 last partial batch of an epoch dropped. Evaluation: one pass in order, the last batch padded with
 mask=False examples, so that no example is dropped and every batch has the same shape (one compilation).
 
@@ -55,11 +56,17 @@ class Prepare(grain.transforms.RandomMap):
   def __init__(self, source: Source, aug: transforms.Augment, training: bool):
     self.source, self.aug, self.training = source, aug, training
 
+  def finish(self, ex: dict) -> dict:
+    # No zero-size 'parts' arrays: grain's worker processes cannot put them in shared memory.
+    if not self.source.num_parts:
+      del ex["parts"]
+    return ex
+
   def blank(self, index: int, corrupt: bool) -> dict:
     n, p = self.aug.size, self.source.num_parts
-    return {"image": np.zeros((n, n, 3), np.uint8), "label": np.int32(0), "index": np.int32(index),
-            "box": np.full(4, np.nan, np.float32), "parts": np.full((p, 2), np.nan, np.float32),
-            "mask": False, "corrupt": corrupt}
+    return self.finish({"image": np.zeros((n, n, 3), np.uint8), "label": np.int32(0), "index": np.int32(index),
+                        "box": np.full(4, np.nan, np.float32), "parts": np.full((p, 2), np.nan, np.float32),
+                        "mask": np.bool_(False), "corrupt": np.bool_(corrupt)})
 
   def random_map(self, index, rng: np.random.Generator):
     index = int(index)
@@ -68,15 +75,15 @@ class Prepare(grain.transforms.RandomMap):
     try:
       ex = self.source[index]
       image = self.source.load_image(ex["image"])
-      if self.training:
-        image, box, parts = transforms.train(image, ex["box"], ex["parts"], self.aug, rng)
-      else:
-        image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, whatever the decoder raised
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable file is skipped, whatever the decoder raised
       log.debug("unreadable example %d (%s): %s", index, self.source.describe(index), e)
       return self.blank(index, corrupt=True)
-    return {"image": image, "label": np.int32(ex["label"]), "index": np.int32(index), "box": box,
-            "parts": parts, "mask": True, "corrupt": False}
+    if self.training:
+      image, box, parts = transforms.train(image, ex["box"], ex["parts"], self.aug, rng)
+    else:
+      image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug)
+    return self.finish({"image": image, "label": np.int32(ex["label"]), "index": np.int32(index), "box": box,
+                        "parts": parts, "mask": np.bool_(True), "corrupt": np.bool_(False)})
 
 
 class BalancedIndex(grain.transforms.Map):

@@ -37,9 +37,11 @@ def _crop_resize(image: np.ndarray, box, parts, resize: int, size: int, offset):
   h, w = image.shape[:2]
   s = resize / min(h, w)
   ox, oy = offset
-  region = (ox / s, oy / s, (ox + size) / s, (oy + size) / s)  # the window in source pixels
+  # The window in source pixels; rounding the resized size can push its far edge a hair past the image.
+  region = (ox / s, oy / s, min((ox + size) / s, w), min((oy + size) / s, h))
   out = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=region))
-  move = lambda xy: (xy - np.array([region[0], region[1]], np.float32)) * s  # noqa: E731
+  scale = np.array([size / (region[2] - region[0]), size / (region[3] - region[1])], np.float32)
+  move = lambda xy: (xy - np.array(region[:2], np.float32)) * scale  # noqa: E731
   return out, move(box.reshape(2, 2)).reshape(4), move(parts)
 
 

@@ -90,3 +90,14 @@ def test_same_rng_same_result_and_bad_sizes():
     np.testing.assert_array_equal(x, y)
   with pytest.raises(ValueError, match="resize_size=64 must be at least data.image_size=96"):
     T.Augment(resize=64, size=96)
+
+
+def test_a_crop_at_the_far_edge_survives_the_rounded_resize():
+  # 375 x 500 -> shorter side 512 makes the long side 682.67, rounded to 683: the window at the far edge
+  # reaches 500.24 source pixels, past the image; it is clamped and the coordinates follow the clamp.
+  img = np.zeros((375, 500, 3), np.uint8)
+  img[:, 497:] = GREEN  # the last three columns
+  out, _, p = T._crop_resize(img, np.zeros(4, np.float32), np.array([[498.5, 200.0]], np.float32), 512, 448,
+                             (683 - 448, 0))
+  assert out.shape == (448, 448, 3)
+  assert 444 < p[0, 0] < 448 and out[int(p[0, 1]), int(p[0, 0]), 1] > 150

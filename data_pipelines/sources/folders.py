@@ -1,0 +1,433 @@
+"""Data sets read from their own folder layouts, as downloaded and extracted: CUB-200-2011, FGVC-Aircraft,
+Stanford Cars, Stanford Dogs, and a generic tree of one folder per class.
+
+Each is a grain random-access source (see base.py), made as `Cls(root, split, **options)`. Annotation files are
+parsed once in __init__; __getitem__ only reads an image's bytes and `load_image` decodes them, so a corrupt
+file fails in the worker's transform, where it is counted and skipped, never when the source is made.
+
+Box coordinates are continuous pixels (base.py). Aircraft, Cars (MATLAB devkit) and Dogs (PASCAL VOC XML)
+store 1-based inclusive pixel indices, so [xmin, xmax] becomes [xmin - 1, xmax); CUB's x, y, width, height and
+its part points are used as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.sources.base import DataError, Source, check_nonempty, decode_image
+from data_pipelines.splits import stratified_split
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared helpers: finding the layout, parsing text and .mat annotations.
+
+
+def _check_split(source: type | Source, split: str, valid) -> None:
+  if split not in valid:
+    raise DataError(f"{source.name}: unknown split {split!r}; valid splits: {', '.join(valid)}")
+
+
+def _root(root, title: str, url: str | None = None) -> Path:
+  if root is None or str(root) == "":
+    where = f"Download it from {url} and set" if url else "Set"
+    raise DataError(f"{title}: no data root given. {where} --config.data.root=/path/to/it")
+  return Path(os.path.expanduser(str(root)))
+
+
+def _missing(base: Path, expected) -> list[str]:
+  """The expected entries absent under base; 'x/' must be a folder, a tuple means any one of its entries."""
+  def there(entry):
+    return (base / entry).is_dir() if entry.endswith("/") else (base / entry).is_file()
+  return [" or ".join(e) if isinstance(e, tuple) else e
+          for e in expected if not any(there(x) for x in (e if isinstance(e, tuple) else (e,)))]
+
+
+def _locate(root, expected, *, title: str, url: str, folder: str, subdir: str | None = None) -> Path:
+  """The data set's folder: root itself or root/subdir (the extracted archive's top folder), whichever holds
+  every expected entry; otherwise one DataError saying what is missing, where to download and where to point."""
+  root = _root(root, title, url)
+  bases = [root] + ([root / subdir] if subdir else [])
+  for base in bases:
+    if not _missing(base, expected):
+      return base
+  names = ", ".join(" or ".join(e) if isinstance(e, tuple) else e for e in expected)
+  if not root.is_dir():
+    problem = f"{root} does not exist"
+  else:  # report against the candidate that got furthest, so a half-extracted download names what it lacks
+    base = min(bases, key=lambda b: len(_missing(b, expected)))
+    problem = f"{base} lacks {', '.join(_missing(base, expected))}"
+  also = f" (or in its subfolder {subdir}/)" if subdir else ""
+  raise DataError(
+      f"{title} not found: {problem}. Expected in the data root{also}: {names}. Download the data set from "
+      f"{url}, extract it and point the config at the extracted folder: --config.data.root=/path/to/{folder}")
+
+
+def _rows(path: Path, ncols: int, rest: bool = False) -> list[list[str]]:
+  """Whitespace-separated fields of each non-blank line; rest=True keeps spaces in the last field (names)."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      row = line.split(None, ncols - 1) if rest else line.split()
+      if len(row) != ncols:
+        raise DataError(f"{path}, line {n}: expected {ncols} fields, got {line!r}")
+      rows.append(row)
+  return rows
+
+
+def _numbers(path: Path, rows, dtype=np.float64) -> np.ndarray:
+  """The rows' fields (strings) as a 2-D array; NumPy converts in C, which matters for 176k part lines."""
+  try:
+    return np.asarray(rows, dtype).reshape(len(rows), -1)
+  except ValueError as e:
+    raise DataError(f"{path}: not a number: {e}") from None
+
+
+def _lookup(table: dict, key: str, path: Path):
+  if key not in table:
+    raise DataError(f"{path} has no entry for image {key!r}")
+  return table[key]
+
+
+def _loadmat(path: Path) -> dict:
+  try:
+    import scipy.io  # only the .mat layouts need SciPy
+  except ImportError:
+    raise DataError(f"reading {path} needs SciPy: pip install scipy") from None
+  try:
+    return scipy.io.loadmat(str(path), squeeze_me=True)
+  except Exception as e:  # scipy raises several kinds on a truncated or non-MATLAB file
+    raise DataError(f"cannot read {path} as a MATLAB file: {e}") from None
+
+
+def _mat_column(table, key: str, path: Path) -> list:
+  """One field of a struct array or one variable (cell array or vector) as a flat list of Python scalars."""
+  names = getattr(getattr(table, "dtype", None), "names", None)
+  if isinstance(table, dict):
+    if key not in table:
+      raise DataError(f"{path} has no variable {key!r}")
+    values = table[key]
+  elif names is not None:
+    if key not in names:
+      raise DataError(f"{path}: the struct array has no field {key!r} (fields: {', '.join(names)})")
+    values = table[key]
+  else:
+    raise DataError(f"{path}: expected a struct array holding {key!r}")
+  # squeeze_me leaves scalars, strings or (for one-element cells) nested arrays; flatten each to its item.
+  return [np.asarray(v).reshape(-1)[0].item() for v in np.atleast_1d(values).reshape(-1)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+  """Image files under folder (recursively), sorted; hidden files (e.g. macOS '._x.jpg') are skipped."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(found)
+
+
+def _subfolders(folder: Path) -> list[str]:
+  return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The common source: a list of image files with labels and, where known, boxes and parts.
+
+
+class _FileSource(Source):
+  """Subclasses parse their annotations and call _set(); examples are then read from the file list."""
+
+  def _set(self, split, paths, labels, class_names, boxes=None, parts=None):
+    self.split = split
+    self.class_names = list(class_names)
+    self.num_classes = len(self.class_names)
+    self._paths = [str(p) for p in paths]
+    self._labels = np.asarray(labels, np.int64).reshape(-1)
+    self._boxes = None if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+    self._parts = None if parts is None else np.asarray(parts, np.float32).reshape(-1, self.num_parts, 2)
+    bad = (self._labels < 0) | (self._labels >= self.num_classes)
+    if bad.any():
+      i = int(np.flatnonzero(bad)[0])
+      raise DataError(f"{self.name}: label {self._labels[i] + 1} (1-based) of {self._paths[i]} is outside the "
+                      f"{self.num_classes} classes")
+    check_nonempty(self, split)
+    # Only the first file is looked at (not 10k stats on a network disk): it catches an image folder in the
+    # wrong place; a single missing file later fails when its example is read, naming the file.
+    if not os.path.isfile(self._paths[0]):
+      raise DataError(f"{self.name}: the annotations list images that are not there, e.g. {self._paths[0]}; "
+                      "check that the image archive is extracted inside the data root")
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+  def describe(self, index: int) -> str:
+    return self._paths[index]
+
+  def _example(self, index: int) -> dict:
+    with open(self._paths[index], "rb") as f:
+      raw = f.read()
+    return {"image": raw, "label": self._labels[index],
+            "box": None if self._boxes is None else self._boxes[index],
+            "parts": None if self._parts is None else self._parts[index]}
+
+
+def _one_based_box(xmin, ymin, xmax, ymax) -> tuple[float, float, float, float]:
+  """1-based inclusive pixel indices -> continuous coordinates (never below 0, for files that start at 0)."""
+  return max(xmin - 1.0, 0.0), max(ymin - 1.0, 0.0), float(xmax), float(ymax)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The data sets.
+
+CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+AIRCRAFT_URL = "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/"
+CARS_URL = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (also mirrored on Kaggle)"
+DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
+
+
+class CUB(_FileSource):
+  """CUB-200-2011: root is CUB_200_2011/ (or its parent), with images/, images.txt, image_class_labels.txt,
+  train_test_split.txt, bounding_boxes.txt, classes.txt and parts/part_locs.txt (15 parts).
+  Class names drop the number prefix: '001.Black_footed_Albatross' -> 'Black_footed_Albatross'."""
+
+  name = "cub"
+  SPLITS = ("train", "test")
+  num_parts = 15
+  EXPECTED = ("images/", "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
+              "classes.txt", "parts/part_locs.txt")
+
+  def __init__(self, root, split: str):
+    _check_split(self, split, self.SPLITS)
+    base = _locate(root, self.EXPECTED, title="CUB-200-2011", url=CUB_URL, folder="CUB_200_2011",
+                   subdir="CUB_200_2011")
+    images = _rows(base / "images.txt", 2)
+    is_train = dict(_rows(base / "train_test_split.txt", 2))
+    want = "1" if split == "train" else "0"
+    ids = [i for i, _ in images if _lookup(is_train, i, base / "train_test_split.txt") == want]
+    row = {i: n for n, i in enumerate(ids)}
+    relpath = dict(images)
+    class_of = dict(_rows(base / "image_class_labels.txt", 2))
+    labels = [[_lookup(class_of, i, base / "image_class_labels.txt")] for i in ids]
+    labels = _numbers(base / "image_class_labels.txt", labels, np.int64)[:, 0] - 1
+    class_rows = _rows(base / "classes.txt", 2, rest=True)
+    order = np.argsort(_numbers(base / "classes.txt", [[k] for k, _ in class_rows], np.int64)[:, 0], kind="stable")
+    class_names = [re.sub(r"^\d+\.", "", class_rows[k][1]) for k in order]
+
+    def rows_of(table):  # each line's place in this split (-1: another split's image) and its numbers
+      return np.asarray([row.get(r[0], -1) for r in table], np.int64), [r[1:] for r in table]
+
+    boxes = np.full((len(ids), 4), np.nan, np.float32)
+    where, values = rows_of(_rows(base / "bounding_boxes.txt", 5))
+    x, y, w, h = _numbers(base / "bounding_boxes.txt", values).T
+    keep = where >= 0
+    boxes[where[keep]] = np.stack([x, y, x + w, y + h], 1)[keep]
+
+    parts = np.full((len(ids), self.num_parts, 2), np.nan, np.float32)
+    locs = base / "parts" / "part_locs.txt"
+    where, values = rows_of(_rows(locs, 5))
+    p, x, y, visible = _numbers(locs, values).T
+    keep = (where >= 0) & (visible > 0)  # CUB writes invisible parts as 0 0: they stay NaN
+    if ((p[keep] < 1) | (p[keep] > self.num_parts)).any():
+      raise DataError(f"{locs}: part ids must lie in 1..{self.num_parts}")
+    parts[where[keep], p[keep].astype(np.int64) - 1] = np.stack([x, y], 1)[keep]
+
+    images_dir = str(base / "images")
+    self._set(split, [os.path.join(images_dir, relpath[i]) for i in ids], labels, class_names, boxes, parts)
+
+
+class Aircraft(_FileSource):
+  """FGVC-Aircraft (fgvc-aircraft-2013b/ or its parent): data/images/<id>.jpg, data/images_<level>_<split>.txt,
+  data/<variants|families|manufacturers>.txt and data/images_box.txt.
+
+  Every image carries a 20-row copyright banner at the bottom, which load_image cuts off. Boxes keep their
+  coordinates (the top rows do not move); a box reaching into the banner is clipped to the image by the
+  transform, which clips every box to the image it gets."""
+
+  name = "aircraft"
+  SPLITS = ("train", "val", "trainval", "test")
+  LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
+  BANNER_ROWS = 20
+
+  def __init__(self, root, split: str, level: str = "variant"):
+    _check_split(self, split, self.SPLITS)
+    if level not in self.LEVELS:
+      raise DataError(f"aircraft: unknown level {level!r}; valid levels: {', '.join(self.LEVELS)}")
+    listing = f"data/images_{level}_{split}.txt"
+    expected = ("data/images/", f"data/{self.LEVELS[level]}", listing, "data/images_box.txt")
+    base = _locate(root, expected, title="FGVC-Aircraft", url=AIRCRAFT_URL, folder="fgvc-aircraft-2013b",
+                   subdir="fgvc-aircraft-2013b")
+    data = base / "data"
+    with open(data / self.LEVELS[level], encoding="utf-8") as f:
+      class_names = [line.strip() for line in f if line.strip()]
+    index = {name: k for k, name in enumerate(class_names)}
+
+    rows = _rows(base / listing, 2, rest=True)
+    unknown = sorted({name for _, name in rows if name not in index})
+    if unknown:
+      raise DataError(f"{base / listing} names classes missing from {data / self.LEVELS[level]}: {unknown[:5]}")
+    box_rows = _rows(data / "images_box.txt", 5)
+    box_of = {r[0]: _one_based_box(*b) for r, b in zip(box_rows, _numbers(data / "images_box.txt",
+                                                                          [r[1:] for r in box_rows]))}
+    nan_box = (np.nan,) * 4
+    self._set(split, [data / "images" / f"{i}.jpg" for i, _ in rows], [index[name] for _, name in rows],
+              class_names, [box_of.get(i, nan_box) for i, _ in rows])
+    self.level = level
+
+  def load_image(self, raw) -> np.ndarray:
+    img = decode_image(raw)
+    if img.shape[0] <= self.BANNER_ROWS:
+      raise ValueError(f"image of {img.shape[0]} rows is no taller than the {self.BANNER_ROWS}-row banner")
+    return img[:-self.BANNER_ROWS]
+
+
+class Cars(_FileSource):
+  """Stanford Cars (devkit layout): devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/, cars_test/
+  and the test labels in cars_test_annos_withlabels.mat (in root or devkit/). Kaggle's mirror nests the image
+  folders (cars_train/cars_train/); both are read."""
+
+  name = "cars"
+  SPLITS = ("train", "test")
+
+  def __init__(self, root, split: str):
+    _check_split(self, split, self.SPLITS)
+    annos = ("devkit/cars_train_annos.mat" if split == "train"
+             else ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat"))
+    expected = ("devkit/cars_meta.mat", annos, f"cars_{split}/")
+    base = _locate(root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars")
+    annos_path = next(base / a for a in ((annos,) if isinstance(annos, str) else annos) if (base / a).is_file())
+    meta_path = base / "devkit" / "cars_meta.mat"
+    class_names = [str(n) for n in _mat_column(_loadmat(meta_path), "class_names", meta_path)]
+
+    table = _loadmat(annos_path)
+    if "annotations" not in table:
+      raise DataError(f"{annos_path} has no variable 'annotations'")
+    ann = table["annotations"]
+    col = {k: _mat_column(ann, k, annos_path) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")}
+    images = base / f"cars_{split}"
+    if (images / f"cars_{split}").is_dir():  # the Kaggle mirror's extra level
+      images = images / f"cars_{split}"
+    boxes = [_one_based_box(*b) for b in zip(col["bbox_x1"], col["bbox_y1"], col["bbox_x2"], col["bbox_y2"])]
+    self._set(split, [images / str(f) for f in col["fname"]], [int(c) - 1 for c in col["class"]], class_names, boxes)
+
+
+class Dogs(_FileSource):
+  """Stanford Dogs: Images/<wnid-Name>/<file>.jpg, train_list.mat and test_list.mat (file_list, annotation_list,
+  labels 1-based) and, optionally, Annotation/<wnid-Name>/<file stem> (PASCAL VOC XML). Class k is the k-th
+  Images folder in sorted order, named by the part after the first '-'. The box (the union of the boxes of all
+  dogs in the image) is parsed when the example is read, so making the source does not open 20k XML files;
+  a missing or unreadable annotation gives an unknown (NaN) box."""
+
+  name = "dogs"
+  SPLITS = ("train", "test")
+
+  def __init__(self, root, split: str):
+    _check_split(self, split, self.SPLITS)
+    listing = f"{split}_list.mat"
+    base = _locate(root, ("Images/", listing), title="Stanford Dogs", url=DOGS_URL, folder="stanford_dogs")
+    table = _loadmat(base / listing)
+    files = [str(f) for f in _mat_column(table, "file_list", base / listing)]
+    labels = [int(v) - 1 for v in _mat_column(table, "labels", base / listing)]
+    folders = _subfolders(base / "Images")
+    for f, label in zip(files, labels):
+      folder = f.replace("\\", "/").split("/")[0]
+      if not 0 <= label < len(folders) or folders[label] != folder:
+        raise DataError(f"{base / listing}: {f} has label {label + 1}, which is not its folder's place among the "
+                        f"{len(folders)} sorted class folders of {base / 'Images'}")
+    self._annotations = None
+    if (base / "Annotation").is_dir() and "annotation_list" in table:
+      self._annotations = [str(base / "Annotation" / str(a))
+                           for a in _mat_column(table, "annotation_list", base / listing)]
+    self._set(split, [base / "Images" / f for f in files], labels, [f.split("-", 1)[-1] for f in folders])
+
+  def _example(self, index: int) -> dict:
+    ex = super()._example(index)
+    if self._annotations is not None:
+      ex["box"] = _voc_union_box(self._annotations[index])
+    return ex
+
+
+def _voc_union_box(path: str):
+  """The smallest box holding every <object><bndbox> of a VOC XML file, or None if there is none to read."""
+  try:
+    boxes = [[float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+             for b in ET.parse(path).getroot().iter("bndbox")]
+  except (OSError, ET.ParseError, TypeError, ValueError):
+    return None  # an annotation is optional: the box is then unknown, the image is still used
+  if not boxes:
+    return None
+  b = np.asarray(boxes)
+  return _one_based_box(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+
+
+class ImageFolder(_FileSource):
+  """One sub-folder per class (sorted by name; files sorted; jpg, jpeg, png, bmp, webp in any case). If root has
+  train/, val/ or test/ folders, each holds its own <class>/<image> tree (labels follow the union of their
+  class folders, so they agree across splits). Otherwise the whole root/<class>/<image> tree is split per class
+  with `stratified_split`: test_fraction and val_fraction of each class, the rest train."""
+
+  name = "folder"
+  SPLIT_DIRS = ("train", "val", "test")
+
+  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
+    root = _root(root, "image folder")
+    layout = ("one folder per class holding its images, root/<class>/<image>.jpg, or root/<split>/<class>/<image> "
+              f"with split in {', '.join(self.SPLIT_DIRS)}; set --config.data.root=/path/to/root")
+    if not root.is_dir():
+      raise DataError(f"image folder: {root} does not exist. Expected {layout}")
+    present = [s for s in self.SPLIT_DIRS if (root / s).is_dir()]
+    if present:
+      valid = present + (["trainval"] if {"train", "val"} <= set(present) else [])
+      _check_split(self, split, valid)
+      class_names = sorted(set().union(*(_subfolders(root / s) for s in present)))
+      paths, labels = [], []
+      for s in (["train", "val"] if split == "trainval" else [split]):
+        for k, c in enumerate(class_names):
+          files = _image_files(root / s / c) if (root / s / c).is_dir() else []
+          paths += files
+          labels += [k] * len(files)
+    else:
+      _check_split(self, split, self.SPLIT_DIRS + ("trainval",))
+      if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise DataError(f"image folder: val_fraction {val_fraction} and test_fraction {test_fraction} must be "
+                        "non-negative and leave some of each class for training")
+      class_names = _subfolders(root)
+      if not class_names:
+        raise DataError(f"image folder: no class folders in {root}. Expected {layout}")
+      paths, labels = [], []
+      for k, c in enumerate(class_names):
+        files = _image_files(root / c)
+        paths += files
+        labels += [k] * len(files)
+      parts = stratified_split(labels, {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
+                                        "test": test_fraction}, seed)
+      keep = np.sort(np.concatenate([parts["train"], parts["val"]])) if split == "trainval" else parts[split]
+      paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    self._set(split, paths, labels, class_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+FOLDER_SOURCES = {"cub": CUB, "aircraft": Aircraft, "cars": Cars, "dogs": Dogs, "folder": ImageFolder}
+# The names configs/common.py gives the layouts (c.data.name) open the same sources.
+ALIASES = {"cub200": "cub", "fgvc_aircraft": "aircraft", "stanford_cars": "cars", "stanford_dogs": "dogs",
+           "imagefolder": "folder"}
+
+
+def open_folder_source(name: str, root, split: str, **options) -> Source:
+  """The source of layout `name` (a key of FOLDER_SOURCES or ALIASES) for one split."""
+  key = ALIASES.get(name, name)
+  if key not in FOLDER_SOURCES:
+    raise DataError(f"unknown folder layout {name!r}; known: {', '.join(FOLDER_SOURCES)}")
+  return FOLDER_SOURCES[key](root, split, **options)
