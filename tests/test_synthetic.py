@@ -54,7 +54,7 @@ def test_class_codes_are_distinct_and_fixed():
   codes = class_codes(30, 4)
   assert len({tuple(c) for c in codes}) == 30
   np.testing.assert_array_equal(codes, class_codes(30, 4))
-  with pytest.raises(DataError, match="at most 16 classes"):
+  with pytest.raises(DataError, match="at most 9 classes"):
     class_codes(20, 2)
   with pytest.raises(DataError, match="no split 'validation'"):
     SyntheticBirds("validation")

@@ -1,9 +1,12 @@
 """The embedded synthetic fine-grained data set: no files, no download, generated from (seed, split, index).
 
 Each image shows one "bird": an ellipse body of random colour, size, position and orientation on a
-cluttered background, with `num_parts` small square parts at fixed places on the body. A part's texture is
-one of four stripe patterns (horizontal, vertical, diagonal, checker) of two random colours; a class is a
-combination of part patterns, so two classes often differ in a single part. The patterns share their mean
+cluttered background, a dark head at its front, and `num_parts` small square parts along its axis from
+head to tail. A part's texture is one of three patterns (horizontal stripes, vertical stripes, checker) of
+two random colours; a class is a combination of part patterns, so two classes often differ in a single
+part. The head tells front from back, and parts on the axis and textures that are their own mirror images
+keep every class the same under a horizontal flip (rotation augmentation would turn stripes and is off by
+default). The patterns share their mean
 colour and have a period of a few pixels: downsampled by four they blur to the same flat patch, so a plain
 CNN at low resolution finds the task hard while one that looks closely at the parts (attention) does not.
 Two distractor patches with random patterns sit in the background.
@@ -19,7 +22,7 @@ import numpy as np
 
 from data_pipelines.sources.base import DataError, Source
 
-PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
+PATTERNS = ("horizontal", "vertical", "checker")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -35,10 +38,9 @@ def class_codes(num_classes: int, num_parts: int) -> np.ndarray:
 
 
 def _texture(pattern: int, size: int, period: int) -> np.ndarray:
-  """0/1 stripes of `period` pixels: horizontal, vertical, diagonal or a checkerboard (all half ones)."""
+  """0/1 stripes of `period` pixels: horizontal, vertical or a checkerboard (all half ones)."""
   r, c = np.mgrid[:size, :size]
-  return [(r // period) % 2, (c // period) % 2, ((r + c) // period) % 2,
-          (r // period + c // period) % 2][pattern]
+  return [(r // period) % 2, (c // period) % 2, (r // period + c // period) % 2][pattern]
 
 
 class SyntheticBirds(Source):
@@ -80,33 +82,37 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   yy, xx = np.mgrid[:res, :res] + 0.5  # pixel centres
   # Background: a random two-colour gradient plus low-frequency waves.
   c0, c1 = rng.uniform(40, 215, (2, 3))
-  t = np.clip((xx * np.cos(a := rng.uniform(0, 2 * np.pi)) + yy * np.sin(a)) / res * 0.7 + 0.5, 0, 1)
+  g = rng.uniform(0, 2 * np.pi)
+  t = np.clip((xx * np.cos(g) + yy * np.sin(g)) / res * 0.7 + 0.5, 0, 1)
   img = c0 + t[..., None] * (c1 - c0)
   for _ in range(3):
     f, ph, d = rng.uniform(1, 4) * 2 * np.pi / res, rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
     img += rng.uniform(5, 20) * np.sin(f * (xx * np.cos(d) + yy * np.sin(d)) + ph)[..., None]
 
-  # Body: a rotated ellipse that fits in the image with its parts.
-  a = rng.uniform(0.2, 0.3) * res
-  b = a * rng.uniform(0.55, 0.8)
+  # Body: a rotated ellipse with a head in front, placed so that it fits in the image with its parts.
+  a = rng.uniform(0.22, 0.28) * res
+  b = a * rng.uniform(0.55, 0.75)
   theta = rng.uniform(0, 2 * np.pi)
   ext_x = np.sqrt((a * np.cos(theta)) ** 2 + (b * np.sin(theta)) ** 2)
   ext_y = np.sqrt((a * np.sin(theta)) ** 2 + (b * np.cos(theta)) ** 2)
   half = max(2, int(round(0.045 * res)))  # part half-side
-  margin = half + 1
-  cx = rng.uniform(ext_x + margin, res - ext_x - margin)
-  cy = rng.uniform(ext_y + margin, res - ext_y - margin)
+  head, reach = 0.3 * b, a + 0.18 * b  # head radius; its centre's distance from the body's
+  hdx, hdy = reach * np.cos(theta), reach * np.sin(theta)
+  span_x = max(ext_x, abs(hdx) + head) + half + 1
+  span_y = max(ext_y, abs(hdy) + head) + half + 1
+  cx, cy = rng.uniform(span_x, res - span_x), rng.uniform(span_y, res - span_y)
   dx, dy = xx - cx, yy - cy
   u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
   v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
   body = u ** 2 + v ** 2 <= 1
   img[body] = rng.uniform(60, 200, 3)
 
-  # Parts at fixed angles on the body, 70% of the way to the rim.
-  angles = 2 * np.pi * np.arange(len(code)) / len(code)
-  pu, pv = 0.7 * np.cos(angles) * a, 0.7 * np.sin(angles) * b
-  px = cx + pu * np.cos(theta) - pv * np.sin(theta)
-  py = cy + pu * np.sin(theta) + pv * np.cos(theta)
+  hx, hy = cx + hdx, cy + hdy
+  img[(xx - hx) ** 2 + (yy - hy) ** 2 <= head ** 2] = rng.uniform(10, 50, 3)
+
+  # Parts along the axis, from behind the head to before the tail.
+  along = np.linspace(0.7, -0.7, len(code)) * a
+  px, py = cx + along * np.cos(theta), cy + along * np.sin(theta)
   period = max(1, int(round(res / 64)))
   for x, y, pattern in zip(px, py, code):
     _stamp(img, rng, x, y, half, pattern, period)
@@ -115,11 +121,12 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   for _ in range(2):
     for _try in range(10):
       x, y = rng.uniform(half, res - half, 2)
-      if ((x - cx) / (ext_x + 2 * half)) ** 2 + ((y - cy) / (ext_y + 2 * half)) ** 2 > 1:
+      if ((x - cx) / (span_x + half)) ** 2 + ((y - cy) / (span_y + half)) ** 2 > 1:
         _stamp(img, rng, x, y, half, rng.integers(len(PATTERNS)), period)
         break
 
-  box = np.array([cx - ext_x, cy - ext_y, cx + ext_x, cy + ext_y], np.float32)
+  box = np.array([min(cx - ext_x, hx - head), min(cy - ext_y, hy - head),
+                  max(cx + ext_x, hx + head), max(cy + ext_y, hy + head)], np.float32)
   parts = np.stack([px, py], axis=1).astype(np.float32)
   return np.clip(img, 0, 255).astype(np.uint8), box, parts
 
