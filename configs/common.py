@@ -67,33 +67,57 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.frozen_bn = False  # use and keep the (pretrained) running statistics of every BatchNorm
   c.model.freeze_features = False  # train the head only
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "sgd"  # 'sgd' (momentum) | 'adamw'
-  c.optim.lr = 0.01  # peak learning rate for the global batch
-  c.optim.momentum = 0.9
-  c.optim.nesterov = False
-  c.optim.weight_decay = 5e-4  # not applied to BatchNorm parameters and biases
-  c.optim.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
-  c.optim.new_layer_lr_mult = 10.0  # layers not loaded from pretrained weights learn this much faster
+  c.scheme = "baseline"  # fgattn_jax.schemes.SCHEMES
+  c.init_from = placeholder(str)  # another run's workdir: start from its latest model weights
+  # The run: the phases named in phase_order, in that order (a ConfigDict keeps its keys sorted, not in the
+  # order written); consecutive phases with cycle=True repeat `cycles` times (alternating training).
+  c.phases = ml_collections.ConfigDict({"main": phase()})
+  c.phase_order = ("main",)
+  c.cycles = 1
 
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.kind = "cosine"  # 'cosine' | 'step' | 'constant'
-  c.schedule.epochs = 10
-  c.schedule.warmup_epochs = 0.0
-  c.schedule.boundaries = ()  # 'step': epochs at which the rate is multiplied by `decay`
-  c.schedule.decay = 0.1
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1.0  # evaluate on data.eval_split this often during training (0: only at the end)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the 'data' (batch) axis; -1 = all
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 500
-  c.checkpoint.keep = 3
+  c.checkpoint.every_steps = 500  # also at every evaluation, at the end of each phase and on SIGTERM/SIGINT
+  c.checkpoint.keep = 3  # the latest checkpoints kept, besides the best by evaluation top-1
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 20
   c.log.tensorboard = True
   return c
+
+
+def phase(trains: str = "all", epochs: float = 10.0, losses: dict | None = None, **optim) -> ml_collections.ConfigDict:
+  """One phase of a run: which parameters train, on which weighted losses, with which optimiser, how long."""
+  p = ml_collections.ConfigDict()
+  p.trains = trains  # a parameter group of the scheme: 'all', 'head', ...
+  p.epochs = epochs  # length; 0 skips the phase
+  p.steps = 0  # length in steps instead, when > 0
+  p.cycle = False  # part of the alternating cycle, repeated config.cycles times
+  p.losses = ml_collections.ConfigDict(losses or {"ce": 1.0})  # loss name -> weight
+  p.optim = ml_collections.ConfigDict()
+  p.optim.name = "sgd"  # 'sgd' (momentum) | 'adamw'
+  p.optim.lr = 0.01  # peak learning rate for the global batch
+  p.optim.momentum = 0.9
+  p.optim.nesterov = False
+  p.optim.b1, p.optim.b2 = 0.9, 0.999  # adamw
+  p.optim.weight_decay = 5e-4  # not applied to BatchNorm parameters and biases
+  p.optim.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
+  p.optim.new_layer_lr_mult = 10.0  # parameters not filled from model.pretrained learn this much faster
+  p.optim.update(optim)
+  p.schedule = ml_collections.ConfigDict()
+  p.schedule.kind = "cosine"  # 'cosine' | 'step' | 'constant'
+  p.schedule.warmup_epochs = 0.0
+  p.schedule.boundaries = ()  # 'step': epochs (from the phase's start) at which the rate is multiplied by decay
+  p.schedule.decay = 0.1
+  p.plateau = ml_collections.ConfigDict()  # end the phase early when its loss stops falling
+  p.plateau.patience = 0  # logging windows without a relative improvement of min_delta; 0 = off
+  p.plateau.min_delta = 1e-3
+  return p
 
 
 def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:

@@ -33,8 +33,9 @@ class WeightImportError(ValueError):
 
 @dataclasses.dataclass
 class ImportReport:
-  loaded: list[str]
+  loaded: list[str]  # file keys
   dropped: dict[str, str]  # file key -> why it was not imported
+  paths: frozenset = frozenset()  # nnx paths of the parameters and statistics that were filled
 
   def summary(self) -> str:
     lines = [f"imported {len(self.loaded)} tensors"]
@@ -131,7 +132,9 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, n
   for key, value in converted.items():
     var = expected[key][0]
     var.set_value(jnp.asarray(value, var.get_value().dtype))
-  report = ImportReport(loaded=sorted(converted), dropped=dropped)
+  filled = {id(expected[key][0]) for key in converted}
+  paths = frozenset(path for path, node in nnx.iter_graph(model) if id(node) in filled)
+  report = ImportReport(loaded=sorted(converted), dropped=dropped, paths=paths)
   for k, why in dropped.items():
     if "bookkeeping" not in why:
       log.warning("not imported: %s: %s", k, why)

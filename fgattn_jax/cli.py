@@ -1,0 +1,49 @@
+"""Command-line pieces shared by train and evaluate: the config flags, presets in --help, logging."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from fgattn_jax import config as config_lib
+
+
+def presets_help(config_arg: str | None) -> str:
+  """Presets of the config given with --config, or of every config in ./configs."""
+  paths = [config_arg.partition(":")[0]] if config_arg else sorted(glob.glob(os.path.join("configs", "*.py")))
+  lines = []
+  for path in paths:
+    try:
+      presets = config_lib.presets(path)
+    except Exception:  # noqa: BLE001 - a broken config file should not break --help
+      continue
+    if presets:
+      lines.append(f"{path}:")
+      lines += [f"  {(':' + name) if name else '(bare name)':<14} {text}" for name, text in presets.items()]
+  return "presets:\n" + "\n".join(lines) if lines else ""
+
+
+def parser(prog: str, description: str, argv) -> argparse.ArgumentParser:
+  config_arg = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
+                     for i, a in enumerate(argv) if a.split("=")[0] == "--config"), None)
+  p = argparse.ArgumentParser(prog=prog, description=description, epilog=presets_help(config_arg),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  return p
+
+
+def parse(p: argparse.ArgumentParser, argv):
+  """-> (args, [(key, text) overrides]); unknown flags other than --config.KEY are errors."""
+  try:
+    pairs, rest = config_lib.split_overrides(list(argv))
+  except config_lib.ConfigError as e:
+    p.error(str(e))
+  return p.parse_args(rest), pairs
+
+
+def setup_logging():
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+  for noisy in ("absl", "jax._src", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.ERROR)

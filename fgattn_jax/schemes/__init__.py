@@ -1,0 +1,16 @@
+"""Training schemes: each declares its model, its losses, its parameter groups and its evaluation heads;
+the engine in fgattn_jax.training runs any of them."""
+
+from fgattn_jax.schemes.base import Scheme
+from fgattn_jax.schemes.baseline import Baseline
+
+SCHEMES = {"baseline": Baseline}
+
+
+def get_scheme(name: str) -> Scheme:
+  if name not in SCHEMES:
+    raise ValueError(f"Unknown scheme {name!r}; available: {', '.join(SCHEMES)}")
+  return SCHEMES[name]()
+
+
+__all__ = ["Scheme", "SCHEMES", "get_scheme"]

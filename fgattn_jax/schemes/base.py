@@ -1,0 +1,31 @@
+"""What a scheme declares. The engine calls these and nothing else."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from fgattn_jax.models import pretrained
+
+
+class Scheme:
+  name = "scheme"
+  # Loss names that forward() returns; a phase weights any subset of them.
+  loss_names: tuple[str, ...] = ()
+  # The output (logits) that evaluation ranks the run by, among those forward() returns.
+  main_output = "logits"
+
+  def build(self, config) -> nnx.Module:
+    """The model, float32 parameters, compute dtype from config.model.dtype."""
+    raise NotImplementedError
+
+  def groups(self, model) -> dict[str, nnx.filterlib.Filter]:
+    """Parameter groups that phases name in `trains`; 'all' must exist."""
+    return {"all": nnx.Param}
+
+  def forward(self, model, images, labels, mask, *, train: bool):
+    """Normalised images (compute dtype) -> ({loss name: float32 scalar}, {output name: float32 logits})."""
+    raise NotImplementedError
+
+  def load_pretrained(self, model, path: str) -> frozenset:
+    """Loads torchvision weights into the backbone; returns the nnx paths of the parameters it filled."""
+    return pretrained.load_torchvision(model, path).paths

@@ -1,0 +1,34 @@
+"""The plain backbone classifier: the baseline every attention scheme is compared with."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from fgattn_jax.models import build_backbone
+from fgattn_jax.ops import losses
+from fgattn_jax.schemes.base import Scheme
+
+
+def backbone_from_config(config, num_classes=None, seed_offset=0):
+  m = config.model
+  kw = dict(width=m.width, frozen_bn=m.frozen_bn, freeze_features=m.freeze_features)
+  if m.backbone.startswith("vgg"):
+    kw["head"] = m.head
+  return build_backbone(m.backbone, num_classes or config.data.num_classes, dtype=m.dtype,
+                        rngs=nnx.Rngs(config.seed + seed_offset), **kw)
+
+
+class Baseline(Scheme):
+  name = "baseline"
+  loss_names = ("ce",)
+
+  def build(self, config):
+    return backbone_from_config(config)
+
+  def groups(self, model):
+    # 'all' respects model.freeze_features; 'head' is the classifier-only warm-up.
+    return {"all": model.trainable(), "head": nnx.All(nnx.Param, nnx.PathContains("head"))}
+
+  def forward(self, model, images, labels, mask, *, train):
+    logits, _ = model(images)
+    return {"ce": losses.cross_entropy(logits, labels, mask)}, {"logits": logits}

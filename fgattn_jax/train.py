@@ -1,0 +1,67 @@
+"""Train a scheme:
+
+    python -m fgattn_jax.train --config configs/baseline.py[:preset] [--config.KEY=VALUE ...] [--workdir DIR]
+
+Running again with the same --workdir resumes from its latest checkpoint. SIGTERM or Ctrl-C saves and
+exits; run the same command to continue. Several hosts: start one process per host with --coordinator,
+--num-processes and --process-id (or none of them on TPU pods and SLURM, where JAX finds its peers).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fgattn_jax import cli
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  p = cli.parser("python -m fgattn_jax.train", __doc__, argv)
+  p.add_argument("--config", required=True, help="config file, optionally with a preset: configs/baseline.py:cub")
+  p.add_argument("--workdir", help="where checkpoints, metrics and plots go (default: workdirs/<config>[_<preset>])")
+  p.add_argument("--coordinator", help="multi-host: address:port of process 0")
+  p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+  p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines only)")
+  args, pairs = cli.parse(p, argv)
+  cli.setup_logging()
+
+  # Imported after argument parsing, so that --help answers at once.
+  import jax
+
+  from fgattn_jax import config as config_lib
+  from fgattn_jax import evaluation
+  from fgattn_jax.training import loop, mesh, writers
+
+  try:
+    cfg = config_lib.config_from_args(args.config, pairs)
+  except config_lib.ConfigError as e:
+    p.error(str(e))
+  mesh.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  path, _, preset = args.config.partition(":")
+  workdir = args.workdir or os.path.join(
+      "workdirs", os.path.splitext(os.path.basename(path))[0] + (f"_{preset}" if preset else ""))
+  if jax.process_index() == 0:
+    print(f"training {args.config} in {workdir} on {jax.device_count()} {jax.default_backend()} device(s)",
+          file=sys.stderr)
+  try:
+    results = loop.run(cfg, workdir, progress=not args.no_progress)
+  except loop.Interrupted as e:
+    print(f"\n{e} received: saved a checkpoint in {workdir}. Run the same command to continue.", file=sys.stderr)
+    return 130 if str(e) == "SIGINT" else 143
+  except loop.NonFiniteLoss as e:
+    print(f"\nerror: {e}", file=sys.stderr)
+    return 1
+  if jax.process_index() == 0:
+    lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}
+    lines.update({"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),
+                  "curves": os.path.join(workdir, "curves.png"),
+                  "evaluate": f"python -m fgattn_jax.evaluate --workdir {workdir}",
+                  "tensorboard": f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"})
+    print(writers.summary(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

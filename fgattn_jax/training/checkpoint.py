@@ -1,0 +1,105 @@
+"""Checkpoints: orbax, asynchronous, the latest `keep` plus the best by evaluation top-1.
+
+A checkpoint holds the training state (model and optimiser) and where the run stands (phase, step); each
+process also writes its own input-pipeline position beside it (data_state/), since every process reads a
+different shard. Only states whose loss was finite are ever saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+class Checkpoints:
+
+  def __init__(self, workdir: str, keep: int):
+    self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.data_dir = os.path.join(os.path.abspath(workdir), "data_state", f"process_{jax.process_index()}")
+    policy = cm.AnyPreservationPolicy([
+        cm.LatestN(keep),
+        cm.BestN(get_metric_fn=lambda m: m["top1"], n=1, keep_checkpoints_without_metrics=False)])
+    self.manager = ocp.CheckpointManager(
+        self.dir, options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, position: dict, data_state: dict | None, eval_metrics: dict | None = None):
+    self.manager.wait_until_finished()  # one save in flight at a time
+    if step in self.manager.all_steps():  # saved moments ago (e.g. periodic) and now again at a phase's end
+      self.manager.delete(step)
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     position=ocp.args.JsonSave(position)),
+                      metrics=eval_metrics, force=True)
+    if data_state is not None:
+      os.makedirs(self.data_dir, exist_ok=True)
+      tmp = os.path.join(self.data_dir, f".{step}.json.tmp")
+      with open(tmp, "w") as f:
+        json.dump(data_state, f)
+      os.replace(tmp, os.path.join(self.data_dir, f"{step}.json"))
+
+  def restore(self, step: int, state_like):
+    """-> (state placed like `state_like`, position dict, this process's data state or None)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    r = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                            position=ocp.args.JsonRestore()))
+    return r.state, r.position, self.restore_data_state(step)
+
+  def restore_data_state(self, step: int) -> dict | None:
+    path = os.path.join(self.data_dir, f"{step}.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def restore_position(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
+
+  def best_step(self) -> int | None:
+    scored = [(s, self.manager.metrics(s)) for s in self.manager.all_steps()] if hasattr(
+        self.manager, "metrics") else []
+    scored = [(m["top1"], s) for s, m in scored if m and "top1" in m]
+    return max(scored)[1] if scored else self.latest_step()
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
+  """Fills `model`'s parameters and statistics from a run's checkpoint (any phase, any optimiser).
+
+  step: 'latest', 'best' or a step number. Returns the step loaded."""
+  from flax import nnx
+
+  # Reads the raw saved tree (no target structure), so the optimiser it was saved with does not matter.
+  ckpts = Checkpoints(workdir, keep=1_000_000)
+  try:
+    steps = ckpts.manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {ckpts.dir}: train a run there first.")
+    chosen = {"latest": ckpts.latest_step, "best": ckpts.best_step}.get(step, lambda: int(step))()
+    if chosen not in steps:
+      raise FileNotFoundError(f"No checkpoint at step {chosen} in {ckpts.dir}; there are {sorted(steps)}")
+    raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["0"]
+  finally:
+    ckpts.close()
+  for path, var in nnx.to_flat_state(nnx.state(model)):  # parameters, statistics and dropout keys
+    node = raw
+    for k in path:
+      key = str(k)
+      if not isinstance(node, dict) or key not in node:
+        raise ValueError(f"The checkpoint in {workdir} has no {'/'.join(map(str, path))}: another architecture?")
+      node = node[key]
+    value = node["value"] if isinstance(node, dict) else node
+    if value.shape != var.get_value().shape:
+      raise ValueError(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model {var.get_value().shape}")
+    var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
+  return chosen

@@ -1,0 +1,216 @@
+"""The training loop, in readable phases: set up, then for each phase of the plan build its optimiser and
+step, and run it with logging, evaluation, checkpoints, plateau and interruption handling.
+
+`run(config, workdir)` is what `python -m fgattn_jax.train` calls; it resumes from the workdir's latest
+checkpoint when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipelines import pipeline as data
+from fgattn_jax import evaluation
+from fgattn_jax.models.registry import compute_dtype
+from fgattn_jax.schemes import get_scheme
+from fgattn_jax.training import checkpoint as ckpt_lib
+from fgattn_jax.training import mesh as mesh_lib
+from fgattn_jax.training import optim, phases, steps, writers
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+class Interrupted(Exception):
+  pass
+
+
+def evaluate(eval_step, model_state, pipe, mesh, num_classes, class_names) -> dict[str, dict]:
+  """One pass over an evaluation pipeline -> {output name: evaluation.Accumulator result}."""
+  accs = {}
+  for batch in pipe:
+    outputs = eval_step(model_state, mesh_lib.to_device(batch, mesh))
+    labels, mask = batch["label"], batch["mask"]
+    if jax.process_count() > 1:  # every process sees the whole batch
+      labels, mask = (mesh_lib.to_host(mesh_lib.to_device({"x": v}, mesh)["x"]) for v in (labels, mask))
+    for name, logits in outputs.items():
+      accs.setdefault(name, evaluation.Accumulator(num_classes, class_names)).add(
+          mesh_lib.to_host(logits), labels, mask)
+  return {name: acc.result() for name, acc in accs.items()}
+
+
+class _Stop:
+  """SIGTERM/SIGINT: finish the current step, save, exit. A second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.requested = None
+    self._old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
+        pass
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def run(config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains (or resumes) the run that `config` describes in `workdir`; returns the final evaluation."""
+  # --- Set up: devices, data, model, plan, reporting.
+  os.makedirs(workdir, exist_ok=True)
+  main_process = jax.process_index() == 0
+  mesh = mesh_lib.make_mesh(config.mesh.data)
+  if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
+    raise ValueError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
+                     f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
+  if main_process:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  pi, pc = jax.process_index(), jax.process_count()
+  train_data = data.build(config, config.data.train_split, pi, pc, training=True)
+  eval_data = data.build(config, config.data.eval_split, pi, pc, training=False)
+  source = train_data.source
+
+  scheme = get_scheme(config.scheme)
+  model = scheme.build(config)
+  new_paths = frozenset()
+  if config.model.pretrained:
+    loaded = scheme.load_pretrained(model, config.model.pretrained)
+    new_paths = frozenset(p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)) if p not in loaded)
+  if config.init_from:
+    ckpt_lib.load_model_weights(config.init_from, model)
+  groups = scheme.groups(model)
+  plan = phases.plan(config, train_data.steps_per_epoch, scheme.loss_names, groups)
+  total_steps = sum(p.steps for p in plan)
+  dtype = compute_dtype(config.model.dtype)
+
+  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
+  writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
+  stop = _Stop()
+
+  # --- Resume: the latest checkpoint says which phase and step we are at.
+  position = {"phase": 0, "phase_step": 0, "step": 0, "best_top1": None}
+  latest = ckpts.latest_step()
+  if latest is not None:
+    position = ckpts.restore_position(latest)
+    log.warning("resuming %s from step %d (phase %s)", workdir, position["step"], plan[position["phase"]].name)
+
+  bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
+  eval_every = int(round(config.eval.every_epochs * train_data.steps_per_epoch))
+  results = None
+  try:
+    for index in range(position["phase"], len(plan)):
+      phase = plan[index]
+      resuming = latest is not None and index == position["phase"]
+      if resuming and position["phase_step"] == 0:
+        # Saved at a phase boundary: the state holds the previous phase's optimiser; take the model only.
+        ckpt_lib.load_model_weights(workdir, model, latest)
+      model.train()
+      wrt = groups[phase.trains]
+      tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, train_data.steps_per_epoch, new_paths)
+      optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+      graphdef, state = nnx.split((model, optimizer))
+      state = mesh_lib.replicate(state, mesh)
+      if resuming:
+        if position["phase_step"] > 0:
+          state, _, data_state = ckpts.restore(latest, state)
+        else:
+          data_state = ckpts.restore_data_state(latest)
+        if data_state is not None:
+          train_data.set_state(data_state)
+      train_step = steps.make_train_step(scheme, graphdef, wrt, phase.losses, lr, dtype, mesh)
+      eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), dtype, mesh)
+      plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta)
+      sums, count = None, 0
+
+      def check_and_log():
+        """Pulls the metrics since the last call to the host; stops the run on a non-finite loss."""
+        nonlocal sums, count
+        if not count:
+          return None
+        host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+        if host.pop("nonfinite") > 0:
+          good = ckpts.latest_step()
+          raise NonFiniteLoss(
+              f"The loss became NaN or infinite in phase {phase.name} before step {position['step']}. The run "
+              f"stopped; the last good checkpoint ({'step ' + str(good) if good is not None else 'none yet'}) is "
+              f"intact in {ckpts.dir}. Lower phases.{phase.key}.optim.lr or set phases.{phase.key}.optim.clip_norm.")
+        writer.write(position["step"], host, split="train", phase=phase.name)
+        sums, count = None, 0
+        return host
+
+      def save(eval_metrics=None):
+        check_and_log()  # never save a state whose loss was not finite
+        ckpts.save(position["step"], state, position, train_data.get_state(), eval_metrics)
+
+      def run_eval():
+        nonlocal results
+        results = evaluate(eval_step, state[0], eval_data, mesh, source.num_classes, source.class_names)
+        main = results[scheme.main_output]
+        for name, r in results.items():
+          writer.write(position["step"], {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
+                       split="eval" if name == scheme.main_output else f"eval/{name}", phase=phase.name)
+        if position["best_top1"] is None or main["top1"] > position["best_top1"]:
+          position["best_top1"] = main["top1"]
+        return {"top1": main["top1"]}
+
+      # --- The phase's steps.
+      it = iter(train_data)
+      while position["phase_step"] < phase.steps:
+        if stop.requested:
+          save()
+          raise Interrupted(stop.requested)
+        state, metrics = train_step(state, mesh_lib.to_device(next(it), mesh))
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        count += 1
+        position["step"] += 1
+        position["phase_step"] += 1
+        step = position["step"]
+        if step % config.log.every_steps == 0 or position["phase_step"] == phase.steps:
+          host = check_and_log()
+          bar.update(step, phase=phase.name, images_per_step=config.data.batch_size,
+                     loss=host["loss"], accuracy=host["accuracy"])
+          if plateau.stalled(host["loss"]):
+            log.warning("phase %s: loss plateaued at step %d; moving on", phase.name, step)
+            break
+        if position["phase_step"] == phase.steps:
+          break  # the end of the phase evaluates and saves
+        if eval_every and step % eval_every == 0:
+          save(run_eval())
+        elif step % config.checkpoint.every_steps == 0:
+          save()
+
+      # --- End of the phase: evaluate, save; the next phase starts from this model.
+      position.update(phase=index + 1, phase_step=0)
+      save(run_eval())
+      model, _ = nnx.merge(graphdef, state)
+      latest = None
+  finally:
+    bar.close()
+    stop.restore()
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    train_data.close()
+  if main_process:
+    writers.plot_curves(workdir)
+  return results

@@ -1,0 +1,63 @@
+"""The jitted train and evaluation steps, pure functions of (state, batch).
+
+The model and its optimiser are split once into a static graph definition and a state pytree; each step
+merges them, runs the scheme, and returns the new state (its buffers donated). Images arrive as uint8 and
+are normalised here, on the device, into the model's compute dtype; losses are float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fgattn_jax.ops import losses as L
+from fgattn_jax.training import mesh as mesh_lib
+
+# ImageNet statistics in pixel units (torchvision's weights expect them). NumPy, not jnp: creating a jax
+# array at import would start the backend before jax.distributed.initialize() may run.
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize(images, dtype):
+  return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
+
+
+def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
+  def step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+
+    def loss_fn(model):
+      losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch["label"], batch["mask"],
+                                       train=True)
+      total = sum(w * losses[k] for k, w in loss_weights.items())
+      return total, (losses, outputs)
+
+    (total, (losses, outputs)), grads = nnx.value_and_grad(
+        loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
+    lr = lr_schedule(optimizer.step.get_value())
+    optimizer.update(model, grads)
+    logits = outputs[scheme.main_output]
+    metrics = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()},
+               "accuracy": L.accuracy(logits, batch["label"], batch["mask"]), "lr": lr,
+               "nonfinite": (~jnp.isfinite(total)).astype(jnp.float32)}
+    return nnx.state((model, optimizer)), metrics
+
+  repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def make_eval_step(scheme, model_graphdef, dtype, mesh):
+  """(model state, batch) -> {output name: float32 logits}, in evaluation mode (running statistics, no dropout)."""
+
+  def step(model_state, batch):
+    model = nnx.merge(model_graphdef, model_state)
+    model.eval()
+    _, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch["label"], batch["mask"],
+                                train=False)
+    return {k: v.astype(jnp.float32) for k, v in outputs.items()}
+
+  repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=data)

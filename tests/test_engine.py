@@ -1,0 +1,186 @@
+"""The training engine on the baseline: determinism, resume, NaN stop, evaluation, optimiser details."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from data_pipelines import pipeline as data
+from engine_config import tiny
+from fgattn_jax.training import checkpoint as ckpt_lib
+from fgattn_jax.training import loop, optim, phases, steps, writers
+
+
+def train_losses(workdir):
+  return {r["step"]: r["loss"] for r in writers.read_metrics(workdir) if r["split"] == "train"}
+
+
+def test_same_seed_same_losses(tmp_path):
+  loop.run(tiny(), str(tmp_path / "a"), progress=False)
+  loop.run(tiny(), str(tmp_path / "b"), progress=False)
+  a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+  assert len(a) == 6 and a == b
+
+
+class StopAfter:
+  """Stands in for the signal handler: asks to stop before step `after` + 1."""
+  after = 0
+
+  def __init__(self):
+    self.calls = 0
+
+  @property
+  def requested(self):
+    self.calls += 1
+    return "SIGTERM" if self.calls > self.after else None
+
+  def restore(self):
+    pass
+
+
+@pytest.mark.parametrize("after", [2, 3, 5], ids=["mid-first-phase", "phase-boundary", "mid-second-phase"])
+def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch, after):
+  cfg = lambda: tiny(warmup=3, main=4)  # noqa: E731 - two phases: head only, then everything
+  for c in (cfg(),):
+    c.phases.warmup.trains = "head"
+  straight = tiny(warmup=3, main=4)
+  straight.phases.warmup.trains = "head"
+  loop.run(straight, str(tmp_path / "straight"), progress=False)
+
+  interrupted = cfg()
+  interrupted.phases.warmup.trains = "head"
+  StopAfter.after = after
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_Stop", StopAfter)
+    with pytest.raises(loop.Interrupted):
+      loop.run(interrupted, str(tmp_path / "resumed"), progress=False)
+  assert max(train_losses(tmp_path / "resumed")) == after
+  resumed = cfg()
+  resumed.phases.warmup.trains = "head"
+  loop.run(resumed, str(tmp_path / "resumed"), progress=False)
+
+  a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+  assert sorted(a) == sorted(b) == list(range(1, 8))
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  c = tiny(good=4, bad=4)
+  c.phases.bad.losses.ce = float("nan")  # the injected fault: every loss of the second phase is NaN
+  with pytest.raises(loop.NonFiniteLoss, match="NaN or infinite in phase bad.*last good checkpoint \\(step 4\\)"):
+    loop.run(c, str(tmp_path), progress=False)
+  from fgattn_jax.schemes import get_scheme
+  model = get_scheme("baseline").build(tiny())
+  assert ckpt_lib.load_model_weights(str(tmp_path), model, "latest") == 4
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+def test_evaluation_counts_every_example_once(tmp_path):
+  c = tiny(main=2)  # 30 test examples in batches of 8: the last batch is padded
+  results = loop.run(c, str(tmp_path), progress=False)
+  assert results["logits"]["count"] == 30
+  assert results["logits"]["confusion"].sum() == 30
+
+
+def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
+  made = []
+  original = steps.make_train_step
+
+  def recording(*args, **kwargs):
+    made.append(original(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(steps, "make_train_step", recording)
+  c = tiny(main=24)  # three epochs of 8 steps
+  loop.run(c, str(tmp_path), progress=False)
+  assert len(made) == 1 and made[0]._cache_size() == 1
+
+
+def test_evaluate_command_writes_results(tmp_path, capsys):
+  from fgattn_jax import evaluate
+  loop.run(tiny(main=2), str(tmp_path), progress=False)
+  assert evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "latest"]) == 0
+  out = capsys.readouterr().out
+  assert "top-1" in out and "(n=30)" in out
+  saved = json.loads((tmp_path / "eval" / "test_step2_logits_metrics.json").read_text())
+  assert saved["count"] == 30
+  assert (tmp_path / "eval" / "test_step2_logits_confusion.png").exists()
+
+
+def test_phase_plan_cycles_and_checks_names():
+  c = tiny(init=2, grouping=3, classify=4)
+  c.phases.grouping.cycle = c.phases.classify.cycle = True
+  c.cycles = 2
+  plan = phases.plan(c, 8, ("ce",), {"all": nnx.Param})
+  assert [(p.name, p.steps) for p in plan] == [
+      ("init", 2), ("grouping#1", 3), ("classify#1", 4), ("grouping#2", 3), ("classify#2", 4)]
+  c.phases.init.trains = "parts"
+  with pytest.raises(ValueError, match="trains='parts'.*groups are all"):
+    phases.plan(c, 8, ("ce",), {"all": nnx.Param})
+  c.phases.init.trains = "all"
+  c.phases.init.losses.rank = 1.0
+  with pytest.raises(ValueError, match="losses names rank"):
+    phases.plan(c, 8, ("ce",), {"all": nnx.Param})
+
+
+def test_plateau_rule():
+  p = phases.Plateau(patience=2, min_delta=0.01)
+  assert not any(p.stalled(x) for x in (3.0, 2.0, 1.5, 1.2))
+  assert p.stalled(1.199) is False  # the window (1.2, 1.199) still beats the best before it (1.5)
+  assert p.stalled(1.2) is True  # now (1.199, 1.2) is within 1% of 1.2
+
+
+class Tiny(nnx.Module):
+  def __init__(self):
+    self.pretrained = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    self.new = nnx.Linear(2, 2, rngs=nnx.Rngs(1))
+
+
+def first_update(tx, model, wrt=nnx.Param):
+  opt = nnx.Optimizer(model, tx, wrt=wrt)
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, wrt))
+  before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+  opt.update(model, grads)
+  return jax.tree.map(lambda a, b: np.asarray(b - a), before, nnx.state(model, nnx.Param)), opt
+
+
+def test_new_layers_learn_faster_and_decay_skips_biases():
+  c = tiny().phases.main
+  c.optim.update(momentum=0.0, weight_decay=0.5, lr=0.1)
+  c.schedule.kind = "constant"
+  new = frozenset({("new", "kernel"), ("new", "bias")})
+  tx, _ = optim.make_optimizer(c.optim, c.schedule, 10, 5, new)
+  model = Tiny()
+  kernel = np.asarray(model.pretrained.kernel.get_value())
+  delta, _ = first_update(tx, model)
+  np.testing.assert_allclose(delta["pretrained"]["bias"], -0.1)  # gradient only: no decay on biases
+  np.testing.assert_allclose(delta["new"]["bias"], -1.0)  # x10
+  np.testing.assert_allclose(delta["pretrained"]["kernel"], -0.1 * (1 + 0.5 * kernel), rtol=1e-5)
+
+
+def test_frozen_groups_get_no_optimizer_state():
+  c = tiny().phases.main
+  tx, _ = optim.make_optimizer(c.optim, c.schedule, 10, 5)
+  model = Tiny()
+  head_only = nnx.All(nnx.Param, nnx.PathContains("new"))
+  delta, opt = first_update(tx, model, head_only)
+  assert not np.any(delta["pretrained"]["kernel"]) and np.all(delta["new"]["kernel"])
+  momentum_leaves = [x for x in jax.tree.leaves(nnx.state(opt)) if getattr(x, "ndim", 0) > 0]
+  assert sum(x.size for x in momentum_leaves) == 2 * 2 + 2  # the new layer's kernel and bias only
+
+
+def test_learning_rate_schedules():
+  o = tiny().phases.main.optim
+  s = tiny().phases.main.schedule
+  s.update(kind="step", boundaries=(2, 4), decay=0.1, warmup_epochs=1.0)
+  lr = optim.learning_rate(o, s, 60, 10)
+  assert lr(0) == 0 and lr(5) == pytest.approx(0.025) and lr(15) == pytest.approx(0.05)
+  assert lr(25) == pytest.approx(0.005) and lr(45) == pytest.approx(0.0005)
+  s.update(kind="cosine", warmup_epochs=0.0, boundaries=())
+  lr = optim.learning_rate(o, s, 60, 10)
+  assert lr(0) == pytest.approx(0.05) and lr(30) == pytest.approx(0.025) and lr(60) == pytest.approx(0)
