@@ -43,7 +43,7 @@ def get_config(arg=None):
     c.phases.main = common.phase(epochs=300, lr=0.1, weight_decay=1e-4, new_layer_lr_mult=1.0)
     c.phases.main.schedule.update(kind="step", boundaries=(150, 225), decay=0.1)
     return c
-  c.model.backbone, c.model.head = "vgg19", "gap"
+  c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64
   c.data.augment.rotation = 0.0
   c.phases = {"warmup": common.phase(trains="head", epochs=2, lr=0.01),

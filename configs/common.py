@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head = "gap"  # VGG only: 'gap' (global average pool + linear) | 'classifier' (torchvision's FC-4096)
   c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; parameters float32
   c.model.pretrained = placeholder(str)  # torchvision .pth or .safetensors you have; nothing is downloaded
+  c.model.require_pretrained = False  # refuse to start without model.pretrained (presets that fine-tune)
   c.model.frozen_bn = False  # use and keep the (pretrained) running statistics of every BatchNorm
   c.model.freeze_features = False  # train the head only
 

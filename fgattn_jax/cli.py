@@ -11,6 +11,13 @@ import sys
 from fgattn_jax import config as config_lib
 
 
+def user_errors() -> tuple:
+  """Errors that mean a wrong setting or missing file, not a bug: shown as one line, no traceback."""
+  from data_pipelines.sources.base import DataError
+  from fgattn_jax.models.pretrained import WeightImportError
+  return (DataError, WeightImportError, FileNotFoundError, config_lib.ConfigError)
+
+
 def presets_help(config_arg: str | None) -> str:
   """Presets of the config given with --config, or of every config in ./configs."""
   paths = [config_arg.partition(":")[0]] if config_arg else sorted(glob.glob(os.path.join("configs", "*.py")))

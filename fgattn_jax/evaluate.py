@@ -56,9 +56,13 @@ def main(argv=None) -> int:
 
   scheme = get_scheme(cfg.scheme)
   model = scheme.build(cfg)
-  step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
+  try:
+    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
+    pipe = data.build(cfg, split, jax.process_index(), jax.process_count(), training=False)
+  except cli.user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
-  pipe = data.build(cfg, split, jax.process_index(), jax.process_count(), training=False)
   eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
   state = mesh_lib.replicate(nnx.state(model), mesh)
   results = loop.evaluate(eval_step, state, pipe, mesh, pipe.source.num_classes, pipe.source.class_names)

@@ -53,6 +53,9 @@ def main(argv=None) -> int:
   except loop.NonFiniteLoss as e:
     print(f"\nerror: {e}", file=sys.stderr)
     return 1
+  except cli.user_errors() as e:  # a missing data set, weight file or setting: the message says what to do
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if jax.process_index() == 0:
     lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}
     lines.update({"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),

@@ -20,6 +20,7 @@ from flax import nnx
 
 from data_pipelines import pipeline as data
 from fgattn_jax import evaluation
+from fgattn_jax.config import ConfigError
 from fgattn_jax.models.registry import compute_dtype
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint as ckpt_lib
@@ -76,12 +77,16 @@ class _Stop:
 def run(config, workdir: str, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run that `config` describes in `workdir`; returns the final evaluation."""
   # --- Set up: devices, data, model, plan, reporting.
+  if config.model.require_pretrained and not config.model.pretrained:
+    raise ConfigError(f"This config fine-tunes {config.model.backbone} from ImageNet weights: pass the torchvision "
+                      f"file you have, --config.model.pretrained=/path/to/{config.model.backbone}.pth (or "
+                      ".safetensors), or train from scratch with --config.model.require_pretrained=false.")
   os.makedirs(workdir, exist_ok=True)
   main_process = jax.process_index() == 0
   mesh = mesh_lib.make_mesh(config.mesh.data)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
-    raise ValueError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
-                     f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
+    raise ConfigError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
+                      f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
   if main_process:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fgattn_jax.config import ConfigError
+
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
   """jax.distributed.initialize(): explicit for a hand-launched cluster, automatic on TPU pods and SLURM."""
@@ -24,7 +26,7 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
 def make_mesh(data_devices: int = -1) -> jax.sharding.Mesh:
   n = jax.device_count() if data_devices in (-1, 0) else data_devices
   if n > jax.device_count():
-    raise ValueError(f"mesh.data={n} but only {jax.device_count()} devices are visible")
+    raise ConfigError(f"mesh.data={n} but only {jax.device_count()} devices are visible")
   # Auto axes: the compiler propagates the batch sharding through the model (plain data parallelism), where
   # explicit axes would ask every contraction over the batch (weight gradients) to name its output sharding.
   return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from fgattn_jax.config import ConfigError
+
 
 def nnx_path(keypath) -> tuple:
   """A jax key path into an nnx.State of Variables -> the nnx path (('stages', 0, 'conv', 'kernel'))."""
@@ -29,7 +31,7 @@ def learning_rate(optim, schedule, steps: int, steps_per_epoch: int) -> optax.Sc
   elif schedule.kind == "constant":
     main = optax.constant_schedule(optim.lr)
   else:
-    raise ValueError(f"schedule.kind={schedule.kind!r}: use 'cosine', 'step' or 'constant'")
+    raise ConfigError(f"schedule.kind={schedule.kind!r}: use 'cosine', 'step' or 'constant'")
   if warmup == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), main], [warmup])
@@ -47,7 +49,7 @@ def make_optimizer(optim, schedule, steps: int, steps_per_epoch: int, new_paths:
                          optax.sgd(rate, momentum=optim.momentum or None, nesterov=optim.nesterov))
     if optim.name == "adamw":
       return optax.adamw(rate, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask)
-    raise ValueError(f"optim.name={optim.name!r}: use 'sgd' or 'adamw'")
+    raise ConfigError(f"optim.name={optim.name!r}: use 'sgd' or 'adamw'")
 
   if new_paths and optim.new_layer_lr_mult != 1:
     mult = optim.new_layer_lr_mult

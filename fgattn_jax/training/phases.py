@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from fgattn_jax.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
@@ -32,15 +34,15 @@ def plan(config, steps_per_epoch: int, loss_names, groups) -> list[Phase]:
 
   names = list(config.phase_order)
   if sorted(names) != sorted(config.phases.keys()):
-    raise ValueError(f"phase_order={tuple(names)} must name each of the phases {tuple(config.phases.keys())} once")
+    raise ConfigError(f"phase_order={tuple(names)} must name each of the phases {tuple(config.phases.keys())} once")
   for key in names:
     p = config.phases[key]
     steps = p.steps or int(round(p.epochs * steps_per_epoch))
     if p.trains not in groups:
-      raise ValueError(f"phases.{key}.trains={p.trains!r}: the scheme's parameter groups are {', '.join(groups)}")
+      raise ConfigError(f"phases.{key}.trains={p.trains!r}: the scheme's parameter groups are {', '.join(groups)}")
     unknown = set(p.losses.keys()) - set(loss_names)
     if unknown:
-      raise ValueError(f"phases.{key}.losses names {', '.join(sorted(unknown))}; the scheme's losses are "
+      raise ConfigError(f"phases.{key}.losses names {', '.join(sorted(unknown))}; the scheme's losses are "
                        f"{', '.join(loss_names)}")
     phase = Phase(key, key, p.trains, dict(p.losses), p.optim, p.schedule, steps, p.plateau.patience,
                   p.plateau.min_delta)
@@ -50,7 +52,7 @@ def plan(config, steps_per_epoch: int, loss_names, groups) -> list[Phase]:
       (cycle if p.cycle else out).append(phase)
   flush()
   if not out:
-    raise ValueError("Every phase has length 0: set phases.<name>.epochs or .steps")
+    raise ConfigError("Every phase has length 0: set phases.<name>.epochs or .steps")
   return out
 
 
