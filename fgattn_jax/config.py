@@ -107,8 +107,8 @@ def parse_value(text: str, field_type: type, key: str):
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    if field_type in (tuple, list):
-      raise bad("a list such as 1,2,3 or (1, 2, 3)") from None
+    if field_type in (tuple, list):  # bare words: --config.phase_order=warmup,main
+      return field_type(w.strip() for w in text.split(",") if w.strip())
     return text  # an untyped (None) field: take the text as a string
   if field_type in (tuple, list):
     value = value if isinstance(value, (tuple, list)) else (value,)

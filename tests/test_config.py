@@ -49,23 +49,25 @@ def test_missing_file_and_non_config():
 
 
 def test_overrides_are_parsed_by_type(config_file):
-  pairs, rest = split_overrides(["--config.optim.lr=0.1", "--workdir", "/tmp/w", "--config.data.batch_size", "8",
-                                 "--config.model.frozen_bn=true", "--config.schedule.boundaries=150,225",
-                                 "--config.model.pretrained=/w/r50.pth", "--config.model.backbone=resnet50",
-                                 "--config.optim.weight_decay=1"])
+  pairs, rest = split_overrides([
+      "--config.phases.main.optim.lr=0.1", "--workdir", "/tmp/w", "--config.data.batch_size", "8",
+      "--config.model.frozen_bn=true", "--config.phases.main.schedule.boundaries=150,225",
+      "--config.model.pretrained=/w/r50.pth", "--config.model.backbone=resnet50",
+      "--config.phases.main.optim.weight_decay=1", "--config.phase_order=main"])
   assert rest == ["--workdir", "/tmp/w"]
   cfg = config_from_args(config_file, pairs)
-  assert cfg.optim.lr == 0.1 and cfg.data.batch_size == 8 and cfg.model.frozen_bn is True
-  assert cfg.schedule.boundaries == (150, 225)
+  optim = cfg.phases.main.optim
+  assert optim.lr == 0.1 and cfg.data.batch_size == 8 and cfg.model.frozen_bn is True
+  assert cfg.phases.main.schedule.boundaries == (150, 225) and cfg.phase_order == ("main",)
   assert cfg.model.pretrained == "/w/r50.pth" and cfg.model.backbone == "resnet50"
-  assert isinstance(cfg.optim.weight_decay, float) and cfg.optim.weight_decay == 1.0
+  assert isinstance(optim.weight_decay, float) and optim.weight_decay == 1.0
 
 
 def test_unknown_key_names_the_nearest(config_file):
   cfg = load_config(config_file)
-  with pytest.raises(ConfigError, match=r"Unknown config key 'optim.lrr'.*optim.lr"):
-    override(cfg, "optim.lrr", "0.1")
-  with pytest.raises(ConfigError, match=r"Unknown config key 'lr'.*optim.lr"):
+  with pytest.raises(ConfigError, match=r"Unknown config key 'phases.main.optim.lrr'.*phases.main.optim.lr"):
+    override(cfg, "phases.main.optim.lrr", "0.1")
+  with pytest.raises(ConfigError, match=r"Unknown config key 'lr'.*phases.main.optim.lr"):
     override(cfg, "lr", "0.1")
   with pytest.raises(ConfigError, match=r"Unknown config key 'data.batchsize'.*data.batch_size"):
     override(cfg, "data.batchsize", "4")
@@ -80,7 +82,7 @@ def test_wrong_types_are_refused(config_file):
   with pytest.raises(ConfigError, match="true or false"):
     override(cfg, "model.frozen_bn", "maybe")
   with pytest.raises(ConfigError, match="is a section"):
-    override(cfg, "optim", "sgd")
+    override(cfg, "phases.main.optim", "sgd")
   with pytest.raises(ConfigError, match="needs a value"):
     split_overrides(["--config.optim.lr"])
 
@@ -88,7 +90,7 @@ def test_wrong_types_are_refused(config_file):
 def test_configs_are_locked(config_file):
   cfg = load_config(config_file)
   with pytest.raises(AttributeError):
-    cfg.optim.learning_rate = 0.1
+    cfg.phases.main.optim.learning_rate = 0.1
 
 
 def test_common_datasets():

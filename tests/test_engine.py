@@ -184,3 +184,10 @@ def test_learning_rate_schedules():
   s.update(kind="cosine", warmup_epochs=0.0, boundaries=())
   lr = optim.learning_rate(o, s, 60, 10)
   assert lr(0) == pytest.approx(0.05) and lr(30) == pytest.approx(0.025) and lr(60) == pytest.approx(0)
+
+
+def test_running_a_finished_run_again_only_evaluates(tmp_path):
+  first = loop.run(tiny(main=2), str(tmp_path), progress=False)["logits"]
+  again = loop.run(tiny(main=2), str(tmp_path), progress=False)["logits"]
+  assert again["count"] == 30 and again["nll"] == pytest.approx(first["nll"], rel=1e-6)
+  assert max(train_losses(tmp_path)) == 2  # no further training steps

@@ -117,7 +117,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   latest = ckpts.latest_step()
   if latest is not None:
     position = ckpts.restore_position(latest)
-    log.warning("resuming %s from step %d (phase %s)", workdir, position["step"], plan[position["phase"]].name)
+    where = plan[position["phase"]].name if position["phase"] < len(plan) else "all phases done"
+    log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
   eval_every = int(round(config.eval.every_epochs * train_data.steps_per_epoch))
@@ -209,6 +210,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       save(run_eval())
       model, _ = nnx.merge(graphdef, state)
       latest = None
+    if results is None:  # the run had finished before: evaluate its final model
+      ckpt_lib.load_model_weights(workdir, model, latest)
+      eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), dtype, mesh)
+      results = evaluate(eval_step, mesh_lib.replicate(nnx.state(model), mesh), eval_data, mesh,
+                         source.num_classes, source.class_names)
   finally:
     bar.close()
     stop.restore()
