@@ -1,10 +1,11 @@
 """Training schemes: each declares its model, its losses, its parameter groups and its evaluation heads;
 the engine in fgattn_jax.training runs any of them."""
 
+from fgattn_jax.schemes.abn import ABNScheme
 from fgattn_jax.schemes.base import Scheme
 from fgattn_jax.schemes.baseline import Baseline
 
-SCHEMES = {"baseline": Baseline}
+SCHEMES = {"baseline": Baseline, "abn": ABNScheme}
 
 
 def get_scheme(name: str) -> Scheme:

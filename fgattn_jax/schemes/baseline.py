@@ -9,9 +9,10 @@ from fgattn_jax.ops import losses
 from fgattn_jax.schemes.base import Scheme
 
 
-def backbone_from_config(config, num_classes=None, seed_offset=0):
+def backbone_from_config(config, num_classes=None, seed_offset=0, freeze_features=None):
   m = config.model
-  kw = dict(width=m.width, frozen_bn=m.frozen_bn, freeze_features=m.freeze_features)
+  freeze = m.freeze_features if freeze_features is None else freeze_features
+  kw = dict(width=m.width, frozen_bn=m.frozen_bn, freeze_features=freeze)
   if m.backbone.startswith("vgg"):
     kw["head"] = m.head
   return build_backbone(m.backbone, num_classes or config.data.num_classes, dtype=m.dtype,

@@ -1,0 +1,66 @@
+"""ABN, the Attention Branch Network (Fukui et al., CVPR 2019).
+
+    python -m fgattn_jax.train --config configs/abn.py                        # synthetic data, CPU, minutes
+    python -m fgattn_jax.train --config configs/abn.py:cifar100_resnet110     # the paper's CIFAR-100 schedule
+    python -m fgattn_jax.train --config configs/abn.py:cub --config.data.root=/data/CUB_200_2011 \\
+        --config.model.pretrained=/weights/resnet50-11ad3fa6.pth
+
+Keys: abn.branch (a stage name; '' = the family's branch point: ResNet layer3, CIFAR ResNet / WRN layer2,
+VGG the last conv block), abn.map_kernel (1 as in the paper, 3 as in the official code), abn.residual
+(perception input g * (1 + M); false: g * M). Loss weights: phases.main.losses.att (alpha) and .per (beta).
+"""
+
+from configs import common
+
+PRESETS = {
+    "": "embedded synthetic data at 64 px, quarter-width VGG-11-BN branching at conv4_2: minutes on a CPU",
+    "cifar100_resnet110": "CIFAR-100, CIFAR ResNet-110 (SGD 0.1, batch 128, 300 epochs, x0.1 at 150 and 225, wd 1e-4)",
+    "cifar100_wrn28_10": "CIFAR-100, WRN-28-10 (same schedule, wd 5e-4)",
+    "imagenet_resnet50": "ImageNet (TFDS imagenet2012, manual download) at 224, ResNet-50 from scratch, 90 epochs",
+    "cub": "CUB-200-2011 at 448, ResNet-50 from ImageNet weights",
+    "aircraft": "FGVC-Aircraft at 448, ResNet-50 from ImageNet weights",
+    "cars": "Stanford Cars at 448, ResNet-50 from ImageNet weights",
+    "dogs": "Stanford Dogs at 448, ResNet-50 from ImageNet weights",
+    "cub_frozen": "CUB-200-2011, frozen ImageNet ResNet-50 features: only the branches train, alpha 0.25, beta 1",
+}
+
+
+def get_config(arg=None):
+  c = common.get_config()
+  c.scheme = "abn"
+  c.abn = dict(branch="", map_kernel=1, residual=True)
+  losses = {"att": 1.0, "per": 1.0}
+  if not arg:
+    c.model.backbone, c.model.head, c.model.width = "vgg11_bn", "gap", 0.25
+    c.abn.branch = "conv4_2"  # an 8x8 attention map at 64 px (the last block's would be 4x4)
+    c.data.image_size, c.data.resize_size = 64, 72
+    c.data.batch_size, c.data.eval_batch_size = 32, 100
+    c.phases.main = common.phase(epochs=8, lr=0.05, losses=losses)
+    c.phases.main.schedule.warmup_epochs = 0.5
+    c.log.every_steps = 10
+    return c
+  if arg.startswith("cifar100"):
+    common.use_dataset(c, "cifar100")
+    c.model.backbone = "resnet110" if arg.endswith("resnet110") else "wrn28_10"
+    c.data.batch_size, c.data.eval_batch_size = 128, 500
+    wd = 1e-4 if arg.endswith("resnet110") else 5e-4
+    c.phases.main = common.phase(epochs=300, lr=0.1, weight_decay=wd, new_layer_lr_mult=1.0, losses=losses)
+    c.phases.main.schedule.update(kind="step", boundaries=(150, 225), decay=0.1)
+    return c
+  if arg == "imagenet_resnet50":
+    c.data.update(source="tfds", name="imagenet2012", num_classes=1000, image_size=224, resize_size=256,
+                  batch_size=256, eval_batch_size=500, eval_split="validation")
+    c.model.backbone = "resnet50"
+    c.phases.main = common.phase(epochs=90, lr=0.1, weight_decay=1e-4, new_layer_lr_mult=1.0, losses=losses)
+    c.phases.main.schedule.update(kind="step", boundaries=(30, 60), decay=0.1)
+    return c
+  common.use_dataset(c, arg.removesuffix("_frozen"))
+  c.model.backbone, c.model.require_pretrained = "resnet50", True
+  c.data.batch_size, c.data.eval_batch_size = 16, 64
+  if arg.endswith("_frozen"):
+    c.model.freeze_features = True  # the extractor (up to layer3) keeps its ImageNet weights and statistics
+    c.phases.main = common.phase(trains="branches", epochs=30, lr=0.01, losses={"att": 0.25, "per": 1.0})
+  else:
+    c.phases.main = common.phase(epochs=40, lr=0.001, losses=losses)
+  c.phases.main.schedule.warmup_epochs = 1.0
+  return c
