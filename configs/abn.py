@@ -31,13 +31,8 @@ def get_config(arg=None):
   c.abn = dict(branch="", map_kernel=1, residual=True)
   losses = {"att": 1.0, "per": 1.0}
   if not arg:
-    c.model.backbone, c.model.head, c.model.width = "vgg11_bn", "gap", 0.25
+    common.cpu_sized(c, losses)
     c.abn.branch = "conv4_2"  # an 8x8 attention map at 64 px (the last block's would be 4x4)
-    c.data.image_size, c.data.resize_size = 64, 72
-    c.data.batch_size, c.data.eval_batch_size = 32, 100
-    c.phases.main = common.phase(epochs=8, lr=0.05, losses=losses)
-    c.phases.main.schedule.warmup_epochs = 0.5
-    c.log.every_steps = 10
     return c
   if arg.startswith("cifar100"):
     common.use_dataset(c, "cifar100")

@@ -26,16 +26,7 @@ def get_config(arg=None):
   c = common.get_config()
   c.scheme = "baseline"
   if not arg:
-    # CPU-sized: 2000 synthetic training images at 64 px, a quarter-width VGG-11-BN. (A ResNet's stem
-    # halves the resolution twice before its first block and stays at chance here: the classes differ
-    # only in 2-pixel stripes.)
-    c.model.backbone, c.model.head, c.model.width = "vgg11_bn", "gap", 0.25
-    c.data.image_size, c.data.resize_size = 64, 72
-    c.data.batch_size, c.data.eval_batch_size = 32, 100
-    c.phases.main = common.phase(epochs=8, lr=0.05, weight_decay=5e-4)
-    c.phases.main.schedule.warmup_epochs = 0.5
-    c.log.every_steps = 10
-    return c
+    return common.cpu_sized(c)
   common.use_dataset(c, arg)
   if arg in ("cifar10", "cifar100"):
     c.model.backbone = "resnet56" if arg == "cifar10" else "resnet110"
