@@ -7,7 +7,9 @@
 
 Keys: abn.branch (a stage name; '' = the family's branch point: ResNet layer3, CIFAR ResNet / WRN layer2,
 VGG the last conv block), abn.map_kernel (1 as in the paper, 3 as in the official code), abn.residual
-(perception input g * (1 + M); false: g * M). Loss weights: phases.main.losses.att (alpha) and .per (beta).
+(perception input g * (1 + M); false: g * M), abn.task_classes (multi-task: the class count of each of the
+data's attributes; empty = one task on the labels). Loss weights: phases.main.losses.att (alpha) and .per
+(beta).
 """
 
 from configs import common
@@ -22,17 +24,20 @@ PRESETS = {
     "cars": "Stanford Cars at 448, ResNet-50 from ImageNet weights",
     "dogs": "Stanford Dogs at 448, ResNet-50 from ImageNet weights",
     "cub_frozen": "CUB-200-2011, frozen ImageNet ResNet-50 features: only the branches train, alpha 0.25, beta 1",
+    "synthetic_parts": "multi-task on the synthetic set: one task (and one attention map) per part's pattern",
 }
 
 
 def get_config(arg=None):
   c = common.get_config()
   c.scheme = "abn"
-  c.abn = dict(branch="", map_kernel=1, residual=True)
+  c.abn = dict(branch="", map_kernel=1, residual=True, task_classes=())
   losses = {"att": 1.0, "per": 1.0}
-  if not arg:
+  if not arg or arg == "synthetic_parts":
     common.cpu_sized(c, losses)
     c.abn.branch = "conv4_2"  # an 8x8 attention map at 64 px (the last block's would be 4x4)
+    if arg:  # the data's 'attributes': each part's pattern, 3 classes
+      c.abn.task_classes = (3,) * c.data.synthetic.num_parts
     return c
   if arg.startswith("cifar100"):
     common.use_dataset(c, "cifar100")

@@ -4,7 +4,7 @@ A batch is a dict:
   image   uint8 (B, size, size, 3)    label int32 (B,)           index int32 (B,), -1 for padding
   box     float32 (B, 4) x0 y0 x1 y1   parts float32 (B, P, 2)    mask bool (B,): counts in loss and metrics
 where B is this process's share of the global batch; 'parts' only where the source has part points (and box
-is NaN where it has no boxes). Training: shuffled and repeated without end, the
+is NaN where it has no boxes); 'attributes' int32 (B, T) only where the source has multi-task attributes. Training: shuffled and repeated without end, the
 last partial batch of an epoch dropped. Evaluation: one pass in order, the last batch padded with
 mask=False examples, so that no example is dropped and every batch has the same shape (one compilation).
 
@@ -56,10 +56,13 @@ class Prepare(grain.transforms.RandomMap):
   def __init__(self, source: Source, aug: transforms.Augment, training: bool):
     self.source, self.aug, self.training = source, aug, training
 
-  def finish(self, ex: dict) -> dict:
+  def finish(self, ex: dict, attributes=None) -> dict:
     # No zero-size 'parts' arrays: grain's worker processes cannot put them in shared memory.
     if not self.source.num_parts:
       del ex["parts"]
+    if self.source.attribute_classes:
+      n = len(self.source.attribute_classes)
+      ex["attributes"] = np.zeros(n, np.int32) if attributes is None else attributes
     return ex
 
   def blank(self, index: int, corrupt: bool) -> dict:
@@ -83,7 +86,7 @@ class Prepare(grain.transforms.RandomMap):
     else:
       image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug)
     return self.finish({"image": image, "label": np.int32(ex["label"]), "index": np.int32(index), "box": box,
-                        "parts": parts, "mask": np.bool_(True), "corrupt": np.bool_(False)})
+                        "parts": parts, "mask": np.bool_(True), "corrupt": np.bool_(False)}, ex.get("attributes"))
 
 
 class BalancedIndex(grain.transforms.Map):

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
   eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
   state = mesh_lib.replicate(nnx.state(model), mesh)
-  results = loop.evaluate(eval_step, state, pipe, mesh, pipe.source.num_classes, pipe.source.class_names)
+  results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
 
   if jax.process_index() == 0:
     out = args.out or os.path.join(args.workdir, "eval")

@@ -13,6 +13,7 @@ from fgattn_jax.models.abn import ABN, default_branch
 from fgattn_jax.models.pretrained import load_torchvision
 from fgattn_jax.ops import localization
 from fgattn_jax.schemes import get_scheme
+from fgattn_jax.training import loop
 from torch_reference import TorchResNet, randomize_
 
 X = jax.random.normal(jax.random.key(0), (2, 64, 48, 3))
@@ -75,7 +76,7 @@ def test_loss_is_the_weighted_sum_of_the_two_cross_entropies():
   model = abn("resnet18")
   model.eval()
   labels, mask = jnp.array([1, 3]), jnp.array([True, True])
-  losses, outputs = scheme.forward(model, X, labels, mask, train=False)
+  losses, outputs = scheme.forward(model, X, {"label": labels, "mask": mask}, train=False)
   out = model(X)
   np.testing.assert_allclose(losses["att"], log_softmax_ce(out["attention_logits"], [1, 3]), rtol=1e-5)
   np.testing.assert_allclose(losses["per"], log_softmax_ce(out["logits"], [1, 3]), rtol=1e-5)
@@ -87,7 +88,7 @@ def grads(model, weights):
   labels, mask = jnp.array([1, 3]), jnp.array([True, True])
 
   def loss(m):
-    ls, _ = scheme.forward(m, X, labels, mask, train=True)
+    ls, _ = scheme.forward(m, X, {"label": labels, "mask": mask}, train=True)
     return sum(w * ls[k] for k, w in weights.items())
 
   return nnx.grad(loss)(model)
@@ -167,3 +168,17 @@ def test_config_presets_build():
     assert c.scheme == "abn" and set(c.phases.main.losses.keys()) == {"att", "per"}
   frozen = abn_config.get_config("cub_frozen")
   assert frozen.model.freeze_features and dict(frozen.phases.main.losses) == {"att": 0.25, "per": 1.0}
+
+
+def test_multi_task_trains_end_to_end_on_the_part_attributes(tmp_path):
+  from engine_config import tiny
+  c = tiny(main=3)
+  c.scheme = "abn"
+  c.abn = abn_config.get_config("synthetic_parts").abn
+  c.model.backbone, c.model.head, c.abn.branch = "vgg11_bn", "gap", "conv4_2"
+  c.phases.main.losses = {"att": 1.0, "per": 1.0}
+  results = loop.run(c, str(tmp_path), progress=False)
+  assert set(results) == {f"task{t}" for t in range(4)} | {f"task{t}_attention_branch" for t in range(4)}
+  assert all(r["count"] == 30 and r["confusion"].shape == (3, 3) for r in results.values())
+  model = get_scheme("abn").build(c)
+  assert model(jnp.zeros((2, 32, 32, 3)))["attention"].shape == (2, 4, 4, 4)  # a map per part

@@ -40,6 +40,9 @@ def test_training_batches():
   assert b["image"].shape == (8, 48, 48, 3) and b["image"].dtype == np.uint8
   assert b["label"].dtype == np.int32 and b["box"].shape == (8, 4) and b["parts"].shape == (8, 4, 2)
   assert b["mask"].all() and "corrupt" not in b
+  # The synthetic set's attributes (multi-task targets): each part's pattern, i.e. the class's code.
+  codes = p.source.codes
+  np.testing.assert_array_equal(b["attributes"], codes[b["label"]])
   # An epoch is a permutation: five batches see 40 distinct examples.
   seen = np.concatenate([b["index"]] + [x["index"] for x in take(p, 4)])
   assert sorted(seen.tolist()) == list(range(40))
@@ -144,6 +147,7 @@ def test_unreadable_images_are_skipped_counted_and_named(caplog):
   with caplog.at_level(logging.WARNING):
     (batch,) = list(p)
   assert batch["mask"].tolist() == [True, False, True, False, True]
+  assert "attributes" not in batch and "parts" not in batch  # this source has neither
   assert batch["image"][0, 8, 8].tolist()[0] > 150 and not batch["image"][1].any()
   assert p.skipped == ["/data/img1.jpg", "/data/img3.jpg"]
   assert "skipped 2 unreadable image(s)" in caplog.text and "/data/img3.jpg" in caplog.text

@@ -7,6 +7,8 @@
       "box":    float32 (4,) object box (x0, y0, x1, y1) in pixels of the stored image; NaN if unknown,
       "parts":  float32 (num_parts, 2) part points (x, y) in pixels; NaN rows for parts not visible,
       "index":  int, i itself (so that a skipped image can be named in the report),
+      "attributes": int32 (len(attribute_classes),), only where the source has attributes (multi-task
+                targets, e.g. facial attributes; task t has attribute_classes[t] classes),
     }
     source.num_classes, source.class_names, source.num_parts
     source.labels          int array of every example's label, without decoding images
@@ -56,6 +58,7 @@ class Source:
   num_classes: int
   class_names: list[str]
   num_parts: int = 0
+  attribute_classes: tuple[int, ...] = ()
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -80,7 +83,9 @@ class Source:
     ex = self._example(int(index))
     box = ex.get("box")
     parts = ex.get("parts")
-    return {
+    attributes = {"attributes": np.asarray(ex["attributes"], np.int32).reshape(len(self.attribute_classes))} \
+        if self.attribute_classes else {}
+    return attributes | {
         "image": ex["image"],
         "label": int(ex["label"]),
         "box": np.full(4, np.nan, np.float32) if box is None else np.asarray(box, np.float32).reshape(4),

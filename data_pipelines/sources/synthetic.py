@@ -11,7 +11,8 @@ colour and have a period of a few pixels: downsampled by four they blur to the s
 CNN at low resolution finds the task hard while one that looks closely at the parts (attention) does not.
 Two distractor patches with random patterns sit in the background.
 
-Ground truth: the object box (the body's extent) and the part centres, in pixels.
+Ground truth: the object box (the body's extent with its head) and the part centres, in pixels; and, as
+multi-task attributes, each part's pattern (one 3-way task per part).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SyntheticBirds(Source):
     self._n = num_examples
     self.num_classes, self.num_parts = num_classes, num_parts
     self.codes = class_codes(num_classes, num_parts)
+    self.attribute_classes = (len(PATTERNS),) * num_parts
     self.class_names = ["-".join(PATTERNS[p][0] for p in code) for code in self.codes]
 
   def __len__(self):
@@ -74,7 +76,7 @@ class SyntheticBirds(Source):
     rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
     label = index % self.num_classes
     image, box, parts = render(rng, self.codes[label], self.resolution)
-    return {"image": image, "label": label, "box": box, "parts": parts}
+    return {"image": image, "label": label, "box": box, "parts": parts, "attributes": self.codes[label]}
 
 
 def render(rng: np.random.Generator, code: np.ndarray, res: int):

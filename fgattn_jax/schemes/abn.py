@@ -1,8 +1,14 @@
 """ABN as a scheme: loss alpha * L_att + beta * L_per (the phase's loss weights 'att' and 'per'); evaluation
-ranks by the perception branch and reports the attention branch beside it."""
+ranks by the perception branch and reports the attention branch beside it.
+
+Multi-task (abn.task_classes non-empty): one task per entry of the batch's 'attributes' (e.g. facial
+attributes, or the synthetic birds' part patterns), a map and both branches' logits per task; the losses
+are the mean over tasks, and evaluation reports every task ('task0', 'task0_attention_branch', ...).
+"""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import nnx
 
 from fgattn_jax.models import pretrained
@@ -15,12 +21,16 @@ from fgattn_jax.schemes.baseline import backbone_from_config
 class ABNScheme(Scheme):
   name = "abn"
   loss_names = ("att", "per")
+  multi_task = False  # set by build() from config.abn.task_classes
 
   def build(self, config):
+    tasks = tuple(config.abn.task_classes)
+    self.multi_task = bool(tasks)
+    self.main_output = "task0" if tasks else "logits"
     # model.freeze_features freezes ABN's feature extractor only; the perception stages keep training.
     backbone = backbone_from_config(config, freeze_features=False)
     branch = config.abn.branch or default_branch(config.model.backbone)
-    return ABN(backbone, config.data.num_classes, branch=branch, map_kernel=config.abn.map_kernel,
+    return ABN(backbone, tasks or config.data.num_classes, branch=branch, map_kernel=config.abn.map_kernel,
                residual=config.abn.residual, freeze_extractor=config.model.freeze_features,
                rngs=nnx.Rngs(config.seed + 1))
 
@@ -28,11 +38,23 @@ class ABNScheme(Scheme):
     branches = nnx.All(nnx.Param, nnx.Not(model.extractor_filter()))
     return {"all": branches if model.freeze_extractor else nnx.Param, "branches": branches}
 
-  def forward(self, model, images, labels, mask, *, train):
-    out = model(images)
-    return ({"att": losses.cross_entropy(out["attention_logits"], labels, mask),
-             "per": losses.cross_entropy(out["logits"], labels, mask)},
-            {"logits": out["logits"], "attention_branch": out["attention_logits"]})
+  def forward(self, model, images, batch, *, train):
+    out, mask = model(images), batch["mask"]
+    if not self.multi_task:
+      return ({"att": losses.cross_entropy(out["attention_logits"], batch["label"], mask),
+               "per": losses.cross_entropy(out["logits"], batch["label"], mask)},
+              {"logits": out["logits"], "attention_branch": out["attention_logits"]})
+    targets = batch["attributes"]
+    mean_ce = lambda logits: jnp.mean(jnp.stack(  # noqa: E731
+        [losses.cross_entropy(l, targets[:, t], mask) for t, l in enumerate(logits)]))
+    outputs = {f"task{t}": l for t, l in enumerate(out["logits"])}
+    outputs |= {f"task{t}_attention_branch": l for t, l in enumerate(out["attention_logits"])}
+    return {"att": mean_ce(out["attention_logits"]), "per": mean_ce(out["logits"])}, outputs
+
+  def labels_for(self, output, batch):
+    if not self.multi_task:
+      return batch["label"]
+    return batch["attributes"][:, int(output.removeprefix("task").split("_")[0])]
 
   def load_pretrained(self, model, path):
     """torchvision weights into the backbone; the attention stage starts as a copy of the stage it copies."""

@@ -22,9 +22,14 @@ class Scheme:
     """Parameter groups that phases name in `trains`; 'all' must exist."""
     return {"all": nnx.Param}
 
-  def forward(self, model, images, labels, mask, *, train: bool):
-    """Normalised images (compute dtype) -> ({loss name: float32 scalar}, {output name: float32 logits})."""
+  def forward(self, model, images, batch, *, train: bool):
+    """Normalised images (compute dtype) and the batch ('label', 'mask', and e.g. 'attributes') ->
+    ({loss name: float32 scalar}, {output name: float32 logits})."""
     raise NotImplementedError
+
+  def labels_for(self, output: str, batch):
+    """The targets an output's logits are scored against (evaluation, training accuracy)."""
+    return batch["label"]
 
   def load_pretrained(self, model, path: str) -> frozenset:
     """Loads torchvision weights into the backbone; returns the nnx paths of the parameters it filled."""

@@ -30,6 +30,6 @@ class Baseline(Scheme):
     # 'all' respects model.freeze_features; 'head' is the classifier-only warm-up.
     return {"all": model.trainable(), "head": nnx.All(nnx.Param, nnx.PathContains("head"))}
 
-  def forward(self, model, images, labels, mask, *, train):
+  def forward(self, model, images, batch, *, train):
     logits, _ = model(images)
-    return {"ce": losses.cross_entropy(logits, labels, mask)}, {"logits": logits}
+    return {"ce": losses.cross_entropy(logits, batch["label"], batch["mask"])}, {"logits": logits}

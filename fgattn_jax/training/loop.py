@@ -38,17 +38,17 @@ class Interrupted(Exception):
   pass
 
 
-def evaluate(eval_step, model_state, pipe, mesh, num_classes, class_names) -> dict[str, dict]:
+def evaluate(scheme, eval_step, model_state, pipe, mesh) -> dict[str, dict]:
   """One pass over an evaluation pipeline -> {output name: evaluation.Accumulator result}."""
-  accs = {}
+  accs, names = {}, pipe.source.class_names
   for batch in pipe:
-    outputs = eval_step(model_state, mesh_lib.to_device(batch, mesh))
-    labels, mask = batch["label"], batch["mask"]
-    if jax.process_count() > 1:  # every process sees the whole batch
-      labels, mask = (mesh_lib.to_host(mesh_lib.to_device({"x": v}, mesh)["x"]) for v in (labels, mask))
+    on_device = mesh_lib.to_device(batch, mesh)
+    outputs = eval_step(model_state, on_device)
+    mask = mesh_lib.to_host(on_device["mask"])  # every process scores the whole global batch
     for name, logits in outputs.items():
-      accs.setdefault(name, evaluation.Accumulator(num_classes, class_names)).add(
-          mesh_lib.to_host(logits), labels, mask)
+      k = logits.shape[-1]
+      acc = accs.setdefault(name, evaluation.Accumulator(k, names if len(names) == k else None))
+      acc.add(mesh_lib.to_host(logits), mesh_lib.to_host(scheme.labels_for(name, on_device)), mask)
   return {name: acc.result() for name, acc in accs.items()}
 
 
@@ -93,7 +93,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   pi, pc = jax.process_index(), jax.process_count()
   train_data = data.build(config, config.data.train_split, pi, pc, training=True)
   eval_data = data.build(config, config.data.eval_split, pi, pc, training=False)
-  source = train_data.source
 
   scheme = get_scheme(config.scheme)
   model = scheme.build(config)
@@ -170,7 +169,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
       def run_eval():
         nonlocal results
-        results = evaluate(eval_step, state[0], eval_data, mesh, source.num_classes, source.class_names)
+        results = evaluate(scheme, eval_step, state[0], eval_data, mesh)
         main = results[scheme.main_output]
         for name, r in results.items():
           writer.write(position["step"], {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
@@ -213,8 +212,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     if results is None:  # the run had finished before: evaluate its final model
       ckpt_lib.load_model_weights(workdir, model, latest)
       eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), dtype, mesh)
-      results = evaluate(eval_step, mesh_lib.replicate(nnx.state(model), mesh), eval_data, mesh,
-                         source.num_classes, source.class_names)
+      results = evaluate(scheme, eval_step, mesh_lib.replicate(nnx.state(model), mesh), eval_data, mesh)
   finally:
     bar.close()
     stop.restore()

@@ -30,8 +30,7 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
     model, optimizer = nnx.merge(graphdef, state)
 
     def loss_fn(model):
-      losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch["label"], batch["mask"],
-                                       train=True)
+      losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch, train=True)
       total = sum(w * losses[k] for k, w in loss_weights.items())
       return total, (losses, outputs)
 
@@ -39,9 +38,9 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
         loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
     lr = lr_schedule(optimizer.step.get_value())
     optimizer.update(model, grads)
-    logits = outputs[scheme.main_output]
+    main = scheme.main_output
     metrics = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()},
-               "accuracy": L.accuracy(logits, batch["label"], batch["mask"]), "lr": lr,
+               "accuracy": L.accuracy(outputs[main], scheme.labels_for(main, batch), batch["mask"]), "lr": lr,
                "nonfinite": (~jnp.isfinite(total)).astype(jnp.float32)}
     return nnx.state((model, optimizer)), metrics
 
@@ -55,8 +54,7 @@ def make_eval_step(scheme, model_graphdef, dtype, mesh):
   def step(model_state, batch):
     model = nnx.merge(model_graphdef, model_state)
     model.eval()
-    _, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch["label"], batch["mask"],
-                                train=False)
+    _, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch, train=False)
     return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
