@@ -8,7 +8,8 @@ from configs import abn as abn_config
 from data_pipelines import pipeline as data
 from fgattn_jax.ops import localization
 from fgattn_jax.schemes import get_scheme
-from fgattn_jax.training import checkpoint, loop, steps
+from fgattn_jax.ops.images import normalize
+from fgattn_jax.training import checkpoint, loop
 
 
 def test_abn_beats_chance_and_points_inside_the_box(tmp_path):
@@ -26,7 +27,7 @@ def test_abn_beats_chance_and_points_inside_the_box(tmp_path):
   maps_of = nnx.jit(lambda m, x: m(x)["attention"][..., 0])
   hits, chance = [], []
   for batch in data.build(c, "test", training=False):
-    images = steps.normalize(jax.numpy.asarray(batch["image"]), jax.numpy.float32)
+    images = normalize(jax.numpy.asarray(batch["image"]), jax.numpy.float32)
     real = batch["mask"]
     hits += list(np.asarray(localization.pointing_game(maps_of(model, images), batch["box"], (64, 64)))[real])
     chance += list(np.asarray(localization.box_area_fraction(batch["box"], (64, 64)))[real])

@@ -4,8 +4,9 @@ the engine in fgattn_jax.training runs any of them."""
 from fgattn_jax.schemes.abn import ABNScheme
 from fgattn_jax.schemes.base import Scheme
 from fgattn_jax.schemes.baseline import Baseline
+from fgattn_jax.schemes.macnn import MACNNScheme
 
-SCHEMES = {"baseline": Baseline, "abn": ABNScheme}
+SCHEMES = {"baseline": Baseline, "abn": ABNScheme, "macnn": MACNNScheme}
 
 
 def get_scheme(name: str) -> Scheme:

@@ -31,6 +31,10 @@ class Scheme:
     """The targets an output's logits are scored against (evaluation, training accuracy)."""
     return batch["label"]
 
+  def before_phase(self, key: str, model, sample_batches) -> None:
+    """Called as a phase starts (not when resuming inside it); sample_batches() gives a few evaluation-mode
+    batches of the training split (e.g. MA-CNN's channel-grouping initialisation)."""
+
   def load_pretrained(self, model, path: str) -> frozenset:
     """Loads torchvision weights into the backbone; returns the nnx paths of the parameters it filled."""
     return pretrained.load_torchvision(model, path).paths

@@ -7,7 +7,7 @@ checkpoint when there is one.
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import os
 import signal
@@ -129,6 +129,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       if resuming and position["phase_step"] == 0:
         # Saved at a phase boundary: the state holds the previous phase's optimiser; take the model only.
         ckpt_lib.load_model_weights(workdir, model, latest)
+      if not (resuming and position["phase_step"] > 0):
+        scheme.before_phase(phase.key, model, lambda: itertools.islice(
+            data.build(config, config.data.train_split, pi, pc, training=False), 4))
       model.train()
       wrt = groups[phase.trains]
       tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, train_data.steps_per_epoch, new_paths)

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from fgattn_jax.ops import losses as L
+from fgattn_jax.ops.images import normalize
 from fgattn_jax.training import mesh as mesh_lib
-
-# ImageNet statistics in pixel units (torchvision's weights expect them). NumPy, not jnp: creating a jax
-# array at import would start the backend before jax.distributed.initialize() may run.
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-def normalize(images, dtype):
-  return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
-
 
 def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
   def step(state, batch):

@@ -1,0 +1,62 @@
+"""MA-CNN, the Multi-Attention CNN (Zheng et al., ICCV 2017): the project's headline method.
+
+    python -m fgattn_jax.train --config configs/macnn.py               # the whole method on synthetic data, CPU
+    python -m fgattn_jax.train --config configs/macnn.py:e2e           # end-to-end instead of alternating
+    python -m fgattn_jax.train --config configs/macnn.py:cub --config.data.root=/data/CUB_200_2011 \\
+        --config.model.pretrained=/weights/vgg19-dcbb9e9d.pth
+
+The run: 'object' trains the object stream; 'init' groups the channels by k-means of their peak positions
+and pretrains the grouping layers to those groups; then 'grouping' (the grouping layers on the channel-
+grouping loss, convolutions fixed) and 'classify' (convolutions and classifiers, grouping fixed) alternate
+`cycles` times; 'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
+Keys: macnn.num_parts, .feature_stage ('' = the last conv stage, conv5_4 for VGG-19), .lam and .margin of
+L_cng = Dis + lam Div, .part_streams, .crop_fraction (crop side / image side: 128/448 birds, 96/448 others),
+.part_input (the part networks' input side).
+"""
+
+from configs import common
+
+PRESETS = {
+    "": "the alternating schedule on the embedded synthetic data at 96 px, 4 parts: minutes on a CPU",
+    "e2e": "the same data, end to end: L_cls + L_cng (and the part streams) in one phase",
+    "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts, 128-pixel crops",
+    "aircraft": "FGVC-Aircraft at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
+    "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
+}
+
+
+def get_config(arg=None):
+  c = common.get_config()
+  c.scheme = "macnn"
+  c.macnn = dict(num_parts=4, feature_stage="", lam=2.0, margin=0.02, part_streams=True, crop_fraction=0.25,
+                 part_input=224)
+  if arg in (None, "", "e2e"):
+    common.cpu_sized(c)
+    c.data.image_size, c.data.resize_size = 96, 108
+    c.macnn.update(feature_stage="conv4_2", part_input=32)  # a 12x12 part map; 24-pixel crops seen at 32
+    if arg == "e2e":
+      c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 1.0, "streams": 1.0, "joint": 1.0}
+      return c
+    return _alternating(c, epochs=dict(object=4, init=0.5, grouping=0.5, classify=1, parts=3), lr=0.05, cycles=2)
+  common.use_dataset(c, arg)
+  c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
+  c.data.batch_size, c.data.eval_batch_size = 16, 64
+  birds = arg == "cub"
+  c.macnn.update(num_parts=4 if birds else 2, crop_fraction=(128 if birds else 96) / 448)
+  return _alternating(c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3)
+
+
+def _alternating(c, epochs, lr, cycles):
+  c.phases = {
+      "object": common.phase(trains="convs", epochs=epochs["object"], lr=lr, losses={"cls": 1.0}),
+      "init": common.phase(trains="grouping", epochs=epochs["init"], lr=lr, losses={"group_init": 1.0},
+                           weight_decay=0.0),
+      "grouping": common.phase(trains="grouping", epochs=epochs["grouping"], lr=lr, losses={"cng": 1.0},
+                               weight_decay=0.0),
+      "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "parts": 1.0}),
+      "parts": common.phase(trains="parts", epochs=epochs["parts"], lr=lr, losses={"streams": 1.0, "joint": 1.0}),
+  }
+  c.phases.grouping.cycle = c.phases.classify.cycle = True
+  c.phase_order = ("object", "init", "grouping", "classify", "parts")
+  c.cycles = cycles
+  return c

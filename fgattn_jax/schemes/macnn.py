@@ -1,0 +1,76 @@
+"""MA-CNN as a scheme. Losses (a phase weights any of them):
+
+    cls         object stream cross-entropy           parts     mean cross-entropy of the attention-pooled parts
+    cng         channel-grouping loss Dis + lam Div   streams   mean cross-entropy of the part streams (crops)
+    joint       joint classifier cross-entropy        group_init  regression of the grouping layers' channel
+                                                                  weights to the k-means indicator targets
+Parameter groups: 'grouping' (the channel-grouping layers), 'convs' (object stream and part classifiers),
+'parts' (part streams and joint classifier), 'all'. The phase named `init` first computes the k-means
+targets from the current model (channel peaks over a sample of training images).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fgattn_jax.models.macnn import MACNN
+from fgattn_jax.ops import grouping_init, losses
+from fgattn_jax.ops.images import normalize
+from fgattn_jax.ops import macnn as macnn_ops
+from fgattn_jax.schemes.base import Scheme
+from fgattn_jax.schemes.baseline import backbone_from_config
+
+
+def _under(*names):
+  return lambda path, x: isinstance(x, nnx.Param) and bool(path) and path[0] in names
+
+
+class MACNNScheme(Scheme):
+  name = "macnn"
+  loss_names = ("cls", "parts", "cng", "streams", "joint", "group_init")
+  lam, margin = 2.0, 0.02
+
+  def build(self, config):
+    m = config.macnn
+    self.lam, self.margin = m.lam, m.margin
+    part_nets = ([backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)]
+                 if m.part_streams else None)
+    return MACNN(backbone_from_config(config), config.data.num_classes, m.num_parts,
+                 feature_stage=m.feature_stage or -1, part_nets=part_nets, crop_fraction=m.crop_fraction,
+                 part_input=m.part_input, rngs=nnx.Rngs(config.seed + 1))
+
+  def groups(self, model):
+    return {"all": nnx.Param, "grouping": _under("grouping"),
+            "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "joint"))),
+            "parts": _under("part_nets", "joint")}
+
+  def forward(self, model, images, batch, *, train):
+    out = model(images)
+    labels, mask = batch["label"], batch["mask"]
+    ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
+    mean_ce = lambda many: jnp.mean(jnp.stack([ce(l) for l in many]))  # noqa: E731
+    cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin)
+    streams = out.get("stream_logits", out["part_logits"])
+    result = {"cls": ce(out["object"]), "parts": mean_ce(out["part_logits"]), "cng": cng,
+              "streams": mean_ce(streams), "joint": ce(out["logits"]),
+              "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2)}
+    outputs = {"logits": out["logits"], "object": out["object"]}
+    outputs |= {f"part{i}": l for i, l in enumerate(streams)}
+    return result, outputs
+
+  def before_phase(self, key, model, sample_batches):
+    """Phase 'init': k-means of the channels' peak positions over a sample of training images -> targets."""
+    if key != "init":
+      return
+    model.eval()
+    graphdef, state = nnx.split(model)
+    features = jax.jit(lambda st, x: nnx.merge(graphdef, st).attend(x)[0].astype(jnp.float32))
+    dtype = next(n.dtype for _, n in nnx.iter_graph(model) if isinstance(n, nnx.Conv))
+    sample = [np.asarray(features(state, normalize(jnp.asarray(b["image"][b["mask"]]), dtype)))
+              for b in sample_batches()]
+    labels, _ = grouping_init.kmeans(grouping_init.channel_peaks(np.concatenate(sample)), model.num_parts)
+    model.group_targets.set_value(jnp.asarray(grouping_init.indicator_targets(labels, model.num_parts)))
+    model.train()

@@ -1,0 +1,179 @@
+"""Box crops, checked against an independent float64 NumPy bilinear resize and against finite differences."""
+
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgattn_jax.ops.crops import crop_parts, crop_resize, square_boxes
+
+# Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
+_crop = jax.jit(crop_resize, static_argnums=2)
+
+
+def _reference_crop(image, box, out_hw):
+  """One output pixel at a time: sample the box at the pixel's centre, bilinear over zero-padded pixel centres."""
+  image = np.asarray(image, np.float64)
+  h, w, c = image.shape
+  oh, ow = out_hw
+  x0, y0, x1, y1 = (float(v) for v in box)
+
+  def pixel(r, col):
+    return image[r, col] if 0 <= r < h and 0 <= col < w else np.zeros(c)
+
+  out = np.zeros((oh, ow, c))
+  for i in range(oh):
+    for j in range(ow):
+      # Continuous coordinates -> pixel-index units, where pixel k's centre sits at k.
+      u = x0 + (j + 0.5) * (x1 - x0) / ow - 0.5
+      v = y0 + (i + 0.5) * (y1 - y0) / oh - 0.5
+      c0, r0 = int(np.floor(u)), int(np.floor(v))
+      fx, fy = u - c0, v - r0
+      out[i, j] = ((1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1))
+                   + fy * ((1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)))
+  return out
+
+
+def _smooth_image(h, w, c, seed=0):
+  """A sum of random sinusoids: smooth, so finite differences of a crop are well conditioned."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+  image = np.zeros((h, w, c))
+  for k in range(c):
+    for _ in range(3):
+      fx, fy, phase = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.6), rng.uniform(0, 2 * np.pi)
+      image[..., k] += np.sin(fx * xx + fy * yy + phase)
+  return image
+
+
+@pytest.fixture
+def x64():
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("box, out_hw", [
+    ((2.0, 3.0, 10.0, 9.0), (6, 8)),  # inside, integer corners, non-square
+    ((1.3, 0.7, 6.9, 4.2), (9, 13)),  # sub-pixel corners, upsampling
+    ((0.25, 0.5, 15.6, 11.8), (5, 4)),  # nearly the whole image, downsampling
+    ((-3.5, -2.2, 6.1, 5.4), (7, 7)),  # partly outside the top-left: zeros
+    ((9.7, 6.3, 19.4, 15.1), (6, 10)),  # partly outside the bottom-right
+    ((-8.0, -8.0, -1.0, -2.0), (3, 3)),  # entirely outside
+])
+def test_crop_matches_reference(box, out_hw):
+  rng = np.random.default_rng(1)
+  image = rng.uniform(-1, 1, (12, 16, 3)).astype(np.float32)
+  crop = _crop(image[None], np.array([box], np.float32), out_hw)
+  assert crop.shape == (1, *out_hw, 3) and crop.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(crop[0]), _reference_crop(image, box, out_hw), atol=1e-5)
+
+
+def test_whole_image_at_full_size_is_identity():
+  image = np.random.default_rng(2).normal(size=(2, 7, 10, 3)).astype(np.float32)
+  boxes = np.tile(np.array([[0.0, 0.0, 10.0, 7.0]], np.float32), (2, 1))
+  np.testing.assert_allclose(np.asarray(_crop(image, boxes, (7, 10))), image, atol=1e-6)
+
+
+def test_integer_aligned_halving_is_block_mean():
+  image = np.random.default_rng(3).normal(size=(1, 12, 16, 2)).astype(np.float32)
+  blocks = image.reshape(1, 6, 2, 8, 2, 2).mean(axis=(2, 4))
+  whole = _crop(image, np.array([[0.0, 0.0, 16.0, 12.0]], np.float32), (6, 8))
+  np.testing.assert_allclose(np.asarray(whole), blocks, atol=1e-6)
+  part = _crop(image, np.array([[2.0, 4.0, 10.0, 12.0]], np.float32), (4, 4))
+  np.testing.assert_allclose(np.asarray(part), image[:, 4:12, 2:10].reshape(1, 4, 2, 4, 2, 2).mean(axis=(2, 4)),
+                             atol=1e-6)
+
+
+def test_uint8_images_become_float32():
+  image = np.random.default_rng(4).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+  crop = _crop(image, np.array([[1.2, 0.4, 7.5, 6.1]]), (5, 5))
+  assert crop.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(crop[0]), _reference_crop(image[0], (1.2, 0.4, 7.5, 6.1), (5, 5)),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_box_gradient_matches_finite_differences(x64):
+  image = jnp.asarray(_smooth_image(14, 18, 2)[None])
+  weights = jnp.asarray(np.random.default_rng(5).normal(size=(1, 6, 7, 2)))
+  # Some corners outside the image, so the zero extension's slope is checked too.
+  box = np.array([-1.37, 2.21, 12.63, 15.42])
+
+  @jax.jit
+  def loss(box):
+    return jnp.sum(_crop(image, box[None], (6, 7)) * weights)
+
+  grad = np.asarray(jax.grad(loss)(jnp.asarray(box)))
+  eps = 1e-6
+  numeric = np.array([(loss(jnp.asarray(box + eps * e)) - loss(jnp.asarray(box - eps * e))) / (2 * eps)
+                      for e in np.eye(4)])
+  assert np.all(np.abs(numeric) > 1e-3)  # the check is not vacuous
+  np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_image_gradient_matches_finite_differences(x64):
+  image = jnp.asarray(_smooth_image(6, 7, 1, seed=6)[None])
+  box = jnp.asarray([[0.6, -0.8, 5.9, 4.3]])
+  jax.test_util.check_grads(lambda im: _crop(im, box, (4, 5)), (image,), order=1, modes=["rev"])
+
+
+def test_moving_the_box_towards_a_bright_half_increases_brightness():
+  # Bright on the right half (columns 8..15); the box straddles the edge and stays inside all pixel centres.
+  image = np.zeros((1, 16, 16, 1), np.float32)
+  image[:, :, 8:] = 1.0
+
+  def brightness(box):
+    return jnp.mean(_crop(image, box[None], (12, 12)))
+
+  grad = np.asarray(jax.grad(brightness)(jnp.asarray([3.3, 2.1, 12.7, 13.4])))
+  assert grad[0] > 0 and grad[2] > 0
+  np.testing.assert_allclose(grad[[1, 3]], 0.0, atol=1e-7)  # constant along y
+
+
+def test_square_boxes_shift_inside_each_border():
+  image_hw = (20, 30)  # (H, W)
+  centers = np.array([[[2.0, 10.0], [29.0, 10.0], [15.0, 1.0], [15.0, 19.5], [15.0, 10.0], [0.0, 0.0]]])
+  boxes = np.asarray(square_boxes(centers, 5.0, image_hw))
+  assert boxes.shape == (1, 6, 4)
+  np.testing.assert_allclose(boxes[0], [
+      [0, 5, 10, 15],  # left border
+      [20, 5, 30, 15],  # right border
+      [10, 0, 20, 10],  # top border
+      [10, 10, 20, 20],  # bottom border
+      [10, 5, 20, 15],  # interior: untouched
+      [0, 0, 10, 10],  # corner: both axes
+  ])
+  np.testing.assert_allclose(np.asarray(square_boxes(centers, 5.0, image_hw, keep_inside=False))[0],
+                             np.concatenate([centers[0] - 5, centers[0] + 5], axis=-1))
+
+
+def test_square_boxes_per_box_sizes_and_too_large():
+  centers = np.array([[[3.0, 3.0], [25.0, 18.0]], [[12.0, 2.0], [29.0, 10.0]]])
+  half = np.array([[2.0, 4.0], [12.0, 6.0]])
+  boxes = np.asarray(square_boxes(centers, half, (20, 30)))
+  assert boxes.shape == (2, 2, 4)
+  np.testing.assert_allclose(boxes[..., 2] - boxes[..., 0], 2 * half)  # shifted, never shrunk
+  np.testing.assert_allclose(boxes[..., 3] - boxes[..., 1], 2 * half)
+  np.testing.assert_allclose(boxes[0, 1], [21, 12, 29, 20])
+  # 24 pixels wide fits the 30-pixel width (shifted right of 0) but not the 20-pixel height (centred, overhanging).
+  np.testing.assert_allclose(boxes[1, 0], [0, -2, 24, 22])
+
+
+def test_crop_parts_matches_per_box_crops_under_jit():
+  rng = np.random.default_rng(7)
+  images = rng.uniform(0, 1, (2, 12, 16, 3)).astype(np.float32)
+  corners = rng.uniform(-2, 14, (2, 3, 2))
+  boxes = np.concatenate([corners, corners + rng.uniform(2, 9, (2, 3, 2))], axis=-1).astype(np.float32)
+  parts_fn = jax.jit(crop_parts, static_argnums=2)
+  parts = parts_fn(images, boxes, (5, 6))
+  assert parts.shape == (2, 3, 5, 6, 3)
+  for n in range(3):
+    np.testing.assert_allclose(np.asarray(parts[:, n]), np.asarray(_crop(images, boxes[:, n], (5, 6))), atol=1e-6)
+    for b in range(2):  # and the (image, box) pairing is right, not just self-consistent
+      np.testing.assert_allclose(np.asarray(parts[b, n]), _reference_crop(images[b], boxes[b, n], (5, 6)), atol=1e-5)
+
+  low = parts_fn(jnp.asarray(images, jnp.bfloat16), boxes, (5, 6))
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(parts), atol=2e-2)

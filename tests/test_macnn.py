@@ -1,0 +1,111 @@
+"""MA-CNN's module and scheme: outputs, parameter groups, where each loss's gradient goes, the
+channel-grouping initialisation, part boxes at the maps' peaks, the configs."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import macnn as macnn_config
+from data_pipelines import pipeline as data
+from fgattn_jax.config import load_config
+from fgattn_jax.schemes import get_scheme
+from fgattn_jax.training import phases
+
+
+def tiny(part_streams=True):
+  c = load_config("configs/macnn.py")
+  c.unlock()
+  c.model.width = 1 / 16
+  c.macnn.part_streams = part_streams
+  c.data.synthetic.num_train, c.data.synthetic.num_test = 32, 16
+  c.data.batch_size, c.data.eval_batch_size = 8, 8
+  return c
+
+
+BATCH = {"label": jnp.array([1, 2]), "mask": jnp.array([True, True])}
+X = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
+
+
+@pytest.fixture(scope="module")
+def built():
+  scheme = get_scheme("macnn")
+  return scheme, scheme.build(tiny())
+
+
+def test_outputs(built):
+  scheme, model = built
+  out = model(X)
+  assert out["maps"].shape == (2, 12, 12, 4)  # conv4_2 of a 96-pixel input, one map per part
+  assert 0 <= float(out["maps"].min()) and float(out["maps"].max()) <= 1
+  assert out["logits"].shape == out["object"].shape == (2, 10)
+  assert len(out["part_logits"]) == len(out["stream_logits"]) == 4 and out["boxes"].shape == (2, 4, 4)
+  _, outputs = scheme.forward(model, X, BATCH, train=True)
+  assert set(outputs) == {"logits", "object", "part0", "part1", "part2", "part3"}
+  plain = get_scheme("macnn").build(tiny(part_streams=False))
+  assert plain(X)["logits"].shape == (2, 10) and "stream_logits" not in plain(X)
+
+
+def test_parameter_groups_partition_the_model(built):
+  scheme, model = built
+  groups = scheme.groups(model)
+  paths = {g: {p for p, _ in nnx.to_flat_state(nnx.state(model, f))} for g, f in groups.items()}
+  assert paths["grouping"] | paths["convs"] | paths["parts"] == paths["all"]
+  assert not (paths["grouping"] & paths["convs"]) and not (paths["convs"] & paths["parts"])
+  assert all(p[0] == "grouping" for p in paths["grouping"]) and any(p[0] == "part_fc" for p in paths["convs"])
+  assert all(p[0] in ("part_nets", "joint") for p in paths["parts"])
+
+
+def grad_norms(scheme, model, loss):
+  def f(m):
+    return scheme.forward(m, X, BATCH, train=True)[0][loss]
+  g = nnx.grad(f)(model)
+  return {k: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(v))) for k, v in g.items()}
+
+
+def test_where_each_loss_trains(built):
+  scheme, model = built
+  cng = grad_norms(scheme, model, "cng")
+  assert cng["grouping"] > 0 and cng["backbone"] > 0 and cng["part_nets"] == 0 and cng["joint"] == 0
+  streams = grad_norms(scheme, model, "streams")
+  assert streams["part_nets"] > 0 and streams["grouping"] == 0  # the crops carry no gradient
+  joint = grad_norms(scheme, model, "joint")
+  assert joint["joint"] > 0 and joint["part_nets"] > 0 and joint["backbone"] > 0
+  parts = grad_norms(scheme, model, "parts")
+  assert parts["part_fc"] > 0 and parts["grouping"] > 0
+
+
+def test_init_phase_sets_indicator_targets():
+  c = tiny()
+  scheme = get_scheme("macnn")
+  model = scheme.build(c)
+  scheme.before_phase("classify", model, lambda: [])  # other phases do nothing
+  assert not np.any(np.asarray(model.group_targets.get_value()))
+  scheme.before_phase("init", model, lambda: itertools.islice(data.build(c, "train", training=False), 2))
+  t = np.asarray(model.group_targets.get_value())
+  assert t.shape == (4, 32) and set(np.unique(t)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(t.sum(axis=0), 1)  # every channel in exactly one part
+  losses, _ = scheme.forward(model, X, BATCH, train=True)
+  assert float(losses["group_init"]) > 0
+
+
+def test_part_boxes_sit_on_the_peaks(built):
+  _, model = built
+  maps = jnp.zeros((1, 12, 12, 2)).at[0, 3, 6, 0].set(1).at[0, 0, 0, 1].set(1)
+  boxes = np.asarray(model.part_boxes(maps, (96, 96)))
+  np.testing.assert_allclose(boxes[0, 0], [52 - 12, 28 - 12, 52 + 12, 28 + 12])  # centred on cell (3, 6)
+  np.testing.assert_allclose(boxes[0, 1], [0, 0, 24, 24])  # a corner peak: shifted inside the image
+
+
+def test_configs_and_the_alternating_plan():
+  for preset in macnn_config.PRESETS:
+    c = macnn_config.get_config(preset or None)
+    assert c.scheme == "macnn"
+  c = macnn_config.get_config()
+  plan = phases.plan(c, 62, get_scheme("macnn").loss_names, {g: nnx.Param for g in ("all", "grouping", "convs", "parts")})
+  assert [p.name for p in plan] == ["object", "init", "grouping#1", "classify#1", "grouping#2", "classify#2", "parts"]
+  cub = macnn_config.get_config("cub")
+  assert (cub.data.image_size, cub.macnn.num_parts, round(cub.macnn.crop_fraction * 448)) == (448, 4, 128)
