@@ -49,10 +49,11 @@ def get_config(arg=None):
 def _alternating(c, epochs, lr, cycles):
   c.phases = {
       "object": common.phase(trains="convs", epochs=epochs["object"], lr=lr, losses={"cls": 1.0}),
-      "init": common.phase(trains="grouping", epochs=epochs["init"], lr=lr, losses={"group_init": 1.0},
-                           weight_decay=0.0),
-      "grouping": common.phase(trains="grouping", epochs=epochs["grouping"], lr=lr, losses={"cng": 1.0},
-                               weight_decay=0.0),
+      # The grouping layers' losses differ in scale by orders of magnitude (L_cng sums over the grid): Adam.
+      "init": common.phase(trains="grouping", epochs=epochs["init"], name="adamw", lr=1e-3, weight_decay=0.0,
+                           losses={"group_init": 1.0}),
+      "grouping": common.phase(trains="grouping", epochs=epochs["grouping"], name="adamw", lr=1e-3,
+                               weight_decay=0.0, losses={"cng": 1.0}),
       "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "parts": 1.0}),
       "parts": common.phase(trains="parts", epochs=epochs["parts"], lr=lr, losses={"streams": 1.0, "joint": 1.0}),
   }

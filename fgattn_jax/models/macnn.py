@@ -2,8 +2,9 @@
 
     object stream      the backbone on the whole image; F = its feature map at `feature_stage` (conv5_4 for VGG-19)
     channel grouping   per part i: GAP(F) -> FC C -> tanh -> FC C -> sigmoid = channel weights d_i
-    part maps          M_i = sigmoid(mean_c d_i[c] F[c])  (the mean, as in the released deploy file, keeps the
-                       logit's scale independent of the channel count)
+    part maps          M_i = tanh(mean_c d_i[c] F[c]), the released deploy file's form: F is non-negative (after
+                       a ReLU), so the paper's sigmoid would never fall below 0.5 and its maps could not be
+                       sparse; the mean keeps the scale independent of the channel count
     part features      P_i = mean over the grid of M_i * F -> a classifier per part (trains the grouping's maps
                        to find discriminative parts, with the channel-grouping loss keeping them compact and apart)
     part streams       optional: the input cropped around each map's peak (a square, shifted inside the image),
@@ -71,7 +72,7 @@ class MACNN(nnx.Module):
     """-> (F, maps (B, h, w, N) float32, channel weights d (B, N, C), the backbone's named stages)."""
     f, feats = self.backbone.features(x, stop=self.stage + 1)
     d = jnp.stack([g(layers.global_avg_pool(f)) for g in self.grouping], axis=1)
-    maps = jax.nn.sigmoid(jnp.einsum("bhwc,bnc->bhwn", f.astype(jnp.float32), d) / f.shape[-1])
+    maps = jnp.tanh(jnp.einsum("bhwc,bnc->bhwn", f.astype(jnp.float32), d) / f.shape[-1])
     return f, maps, d, feats
 
   def part_boxes(self, maps, image_hw):
