@@ -35,7 +35,9 @@ def get_config(arg=None):
     c.data.image_size, c.data.resize_size = 96, 108
     c.macnn.update(feature_stage="conv4_2", part_input=32)  # a 12x12 part map; 24-pixel crops seen at 32
     if arg == "e2e":
-      c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 1.0, "streams": 1.0, "joint": 1.0}
+      # L_cng sums over the grid's cells: ~100x the cross-entropies on a 12x12 map. At weight 1 it wipes out
+      # the features (measured: every head at chance); 0.01 brings it to their scale.
+      c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0}
       return c
     return _alternating(c, epochs=dict(object=4, init=0.5, grouping=0.5, classify=1, parts=3), lr=0.05, cycles=2)
   common.use_dataset(c, arg)
