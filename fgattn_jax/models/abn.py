@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fgattn_jax.models import layers, vgg
-from fgattn_jax.models.backbone import Backbone
+from fgattn_jax.models.backbone import Backbone, output_width
 
 # The branch point by family: the stage after which the attention branch starts.
 DEFAULT_BRANCH = {"vgg": -1, "resnet": 3, "cifar": 2}  # VGG: the last conv block; ResNet: layer3; CIFAR: layer2
@@ -47,13 +47,6 @@ def stride_one(stage: nnx.Module) -> nnx.Module:
   return stage
 
 
-def _channels(module, fn) -> int:
-  """The channel count of fn(module, image), from shapes alone (on a copy: nothing is computed or updated)."""
-  graphdef, state = nnx.split(module)
-  probe = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return jax.eval_shape(lambda st, x: fn(nnx.merge(graphdef, st), x), state, probe).shape[-1]
-
-
 class ABN(nnx.Module):
 
   def __init__(self, backbone: Backbone, num_classes: int | tuple[int, ...], *, branch: int | str = -1,
@@ -61,14 +54,10 @@ class ABN(nnx.Module):
     if map_kernel not in (1, 3):
       raise ValueError(f"map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
     names = list(backbone.stage_names)
-    if isinstance(branch, str):
-      if branch not in names:
-        raise ValueError(f"branch {branch!r} is not a stage of this backbone: {', '.join(names)}")
-      branch = names.index(branch)
-    self.branch = branch % len(names)
+    self.branch = backbone.stage_index(branch, "branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)
-    dtype = next(n.dtype for _, n in nnx.iter_graph(backbone) if isinstance(n, nnx.Conv))
+    dtype = backbone.compute_dtype
     if freeze_extractor:  # only the branches train: the extractor's statistics stay as loaded
       for i in range(self.branch + 1):
         for _, node in nnx.iter_graph(backbone.stages[i]):
@@ -79,7 +68,7 @@ class ABN(nnx.Module):
     nxt = self.branch + 1
     self.att_stage = stride_one(nnx.clone(backbone.stages[nxt])) if nxt < len(names) else None
     self.copy_attention_stage()
-    channels = _channels(self, lambda m, x: m._attention_input(m.backbone.features(x, stop=nxt)[0]))
+    channels = output_width(self, lambda m, x: m._attention_input(m.backbone.features(x, stop=nxt)[0]))
     k, t = sum(self.tasks), len(self.tasks)
     norm = lambda c: layers.BatchNorm(c, dtype=dtype, rngs=rngs)  # noqa: E731
     self.bn_att = norm(channels)
@@ -89,7 +78,7 @@ class ABN(nnx.Module):
     self.att_map = layers.conv(k, t, map_kernel, dtype=dtype, rngs=rngs)
     self.bn_att3 = norm(t)
     if t > 1:  # a perception classifier per task on the shared pooled perception features
-      width = _channels(self, lambda m, x: m.backbone.head(m.backbone.features(x)[0])[0])
+      width = output_width(self, lambda m, x: m.backbone.head(m.backbone.features(x)[0])[0])
       self.task_heads = nnx.List([nnx.Linear(width, c, dtype=dtype, rngs=rngs) for c in self.tasks])
     else:
       self.task_heads = None

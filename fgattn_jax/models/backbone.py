@@ -7,8 +7,16 @@ with `features(x, stop=k)` and continue the trunk with `features(h, start=k)`; C
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+
+
+def output_width(module, fn, hw=(64, 64)) -> int:
+  """The channel count of fn(module, image), from shapes alone (on a copy: nothing is computed or updated)."""
+  graphdef, state = nnx.split(module)
+  probe = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
+  return jax.eval_shape(lambda st, x: fn(nnx.merge(graphdef, st), x), state, probe).shape[-1]
 
 
 class Backbone(nnx.Module):
@@ -32,6 +40,19 @@ class Backbone(nnx.Module):
     pre_logits, logits = self.head(x)
     feats["pre_logits"] = pre_logits
     return logits.astype(jnp.float32), feats
+
+  def stage_index(self, stage: int | str, what: str = "stage") -> int:
+    """A stage by name ('conv4_2', 'layer3') or index (negative from the end) -> its index."""
+    names = list(self.stage_names)
+    if isinstance(stage, str):
+      if stage not in names:
+        raise ValueError(f"{what} {stage!r} is not a stage of this backbone: {', '.join(names)}")
+      stage = names.index(stage)
+    return stage % len(names)
+
+  @property
+  def compute_dtype(self):
+    return next(n.dtype for _, n in nnx.iter_graph(self) if isinstance(n, nnx.Conv))
 
   def trainable(self):
     """The nnx filter of the parameters an optimiser should update (the head only when features are frozen).

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fgattn_jax.models import layers
-from fgattn_jax.models.backbone import Backbone
+from fgattn_jax.models.backbone import Backbone, output_width
 from fgattn_jax.ops import crops
 
 
@@ -38,33 +38,22 @@ class ChannelGrouping(nnx.Module):
     return jax.nn.sigmoid(self.fc2(jnp.tanh(self.fc1(pooled))).astype(jnp.float32))
 
 
-def _width(module, fn, hw) -> int:
-  graphdef, state = nnx.split(module)
-  probe = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
-  return jax.eval_shape(lambda st, x: fn(nnx.merge(graphdef, st), x), state, probe).shape[-1]
-
-
 class MACNN(nnx.Module):
 
   def __init__(self, backbone: Backbone, num_classes: int, num_parts: int, *, feature_stage: int | str = -1,
                part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, part_input: int = 224,
                rngs: nnx.Rngs):
-    names = list(backbone.stage_names)
-    if isinstance(feature_stage, str):
-      if feature_stage not in names:
-        raise ValueError(f"feature_stage {feature_stage!r} is not a stage of this backbone: {', '.join(names)}")
-      feature_stage = names.index(feature_stage)
-    self.stage = feature_stage % len(names)
+    self.stage = backbone.stage_index(feature_stage, "feature_stage")
     self.backbone, self.num_parts = backbone, num_parts
     self.crop_fraction, self.part_input = crop_fraction, part_input
-    dtype = next(n.dtype for _, n in nnx.iter_graph(backbone) if isinstance(n, nnx.Conv))
-    c = _width(backbone, lambda m, x: m.features(x, stop=self.stage + 1)[0], (64, 64))
-    obj = _width(backbone, lambda m, x: m.head(m.features(x)[0])[0], (64, 64))
+    dtype = backbone.compute_dtype
+    c = output_width(backbone, lambda m, x: m.features(x, stop=self.stage + 1)[0])
+    obj = output_width(backbone, lambda m, x: m.head(m.features(x)[0])[0])
     self.grouping = nnx.List([ChannelGrouping(c, dtype=dtype, rngs=rngs) for _ in range(num_parts)])
     self.part_fc = nnx.List([nnx.Linear(c, num_classes, dtype=dtype, rngs=rngs) for _ in range(num_parts)])
     self.group_targets = GroupTargets(jnp.zeros((num_parts, c), jnp.float32))
     self.part_nets = nnx.List(part_nets) if part_nets else None
-    part = (_width(part_nets[0], lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))
+    part = (output_width(part_nets[0], lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))
             if part_nets else c)
     self.joint = nnx.Linear(obj + num_parts * part, num_classes, dtype=dtype, rngs=rngs)
 

@@ -68,7 +68,7 @@ class MACNNScheme(Scheme):
     model.eval()
     graphdef, state = nnx.split(model)
     features = jax.jit(lambda st, x: nnx.merge(graphdef, st).attend(x)[0].astype(jnp.float32))
-    dtype = next(n.dtype for _, n in nnx.iter_graph(model) if isinstance(n, nnx.Conv))
+    dtype = model.backbone.compute_dtype
     sample = [np.asarray(features(state, normalize(jnp.asarray(b["image"][b["mask"]]), dtype)))
               for b in sample_batches()]
     labels, _ = grouping_init.kmeans(grouping_init.channel_peaks(np.concatenate(sample)), model.num_parts)
