@@ -5,11 +5,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-from data_pipelines import pipeline as data
 from engine_config import tiny
 from fgattn_jax.training import checkpoint as ckpt_lib
 from fgattn_jax.training import loop, optim, phases, steps, writers
@@ -191,3 +189,13 @@ def test_running_a_finished_run_again_only_evaluates(tmp_path):
   again = loop.run(tiny(main=2), str(tmp_path), progress=False)["logits"]
   assert again["count"] == 30 and again["nll"] == pytest.approx(first["nll"], rel=1e-6)
   assert max(train_losses(tmp_path)) == 2  # no further training steps
+
+
+def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path), keep=2)
+  state = {"w": jnp.zeros(3)}
+  for step, top1 in [(1, 0.5), (2, 0.9), (3, None), (4, 0.3), (5, None), (6, None)]:
+    ckpts.save(step, state, {"step": step}, None, None if top1 is None else {"top1": top1})
+  ckpts.wait()
+  assert ckpts.manager.all_steps() == [2, 5, 6] and ckpts.best_step() == 2
+  ckpts.close()

@@ -24,7 +24,10 @@ class Checkpoints:
         cm.LatestN(keep),
         cm.BestN(get_metric_fn=lambda m: m["top1"], n=1, keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
-        self.dir, options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True))
+        self.dir, options=ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=True,
+            # Without best_fn orbax writes no metrics at all, and BestN would have nothing to keep the best by.
+            best_fn=lambda m: m["top1"], best_mode="max"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -61,9 +64,8 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
 
   def best_step(self) -> int | None:
-    scored = [(s, self.manager.metrics(s)) for s in self.manager.all_steps()] if hasattr(
-        self.manager, "metrics") else []
-    scored = [(m["top1"], s) for s, m in scored if m and "top1" in m]
+    scored = [(m["top1"], s) for s in self.manager.all_steps()
+              if (m := self.manager.metrics(s)) and "top1" in m]
     return max(scored)[1] if scored else self.latest_step()
 
   def wait(self):
