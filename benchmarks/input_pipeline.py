@@ -16,7 +16,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
 from configs import common

@@ -10,7 +10,6 @@ from flax import nnx
 from configs import abn as abn_config
 from fgattn_jax.models import build_backbone
 from fgattn_jax.models.abn import ABN, default_branch
-from fgattn_jax.models.pretrained import load_torchvision
 from fgattn_jax.ops import localization
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import loop

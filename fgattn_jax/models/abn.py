@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.models import layers, vgg
+from fgattn_jax.models import layers, resnet, vgg
 from fgattn_jax.models.backbone import Backbone, output_width
 
 # The branch point by family: the stage after which the attention branch starts.
@@ -33,8 +33,7 @@ DEFAULT_BRANCH = {"vgg": -1, "resnet": 3, "cifar": 2}  # VGG: the last conv bloc
 def default_branch(backbone_name: str) -> int:
   if backbone_name.startswith("vgg"):
     return DEFAULT_BRANCH["vgg"]
-  return DEFAULT_BRANCH["resnet"] if backbone_name in ("resnet18", "resnet34", "resnet50", "resnet101",
-                                                       "resnet152") else DEFAULT_BRANCH["cifar"]
+  return DEFAULT_BRANCH["resnet"] if backbone_name in resnet.IMAGENET_DEPTHS else DEFAULT_BRANCH["cifar"]
 
 
 def stride_one(stage: nnx.Module) -> nnx.Module:
@@ -53,7 +52,6 @@ class ABN(nnx.Module):
                map_kernel: int = 1, residual: bool = True, freeze_extractor: bool = False, rngs: nnx.Rngs):
     if map_kernel not in (1, 3):
       raise ValueError(f"map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
-    names = list(backbone.stage_names)
     self.branch = backbone.stage_index(branch, "branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)
@@ -66,7 +64,7 @@ class ABN(nnx.Module):
     self.freeze_extractor = freeze_extractor
 
     nxt = self.branch + 1
-    self.att_stage = stride_one(nnx.clone(backbone.stages[nxt])) if nxt < len(names) else None
+    self.att_stage = stride_one(nnx.clone(backbone.stages[nxt])) if nxt < len(backbone.stages) else None
     self.copy_attention_stage()
     channels = output_width(self, lambda m, x: m._attention_input(m.backbone.features(x, stop=nxt)[0]))
     k, t = sum(self.tasks), len(self.tasks)

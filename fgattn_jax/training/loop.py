@@ -11,11 +11,9 @@ import itertools
 import logging
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from data_pipelines import pipeline as data
