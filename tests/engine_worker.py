@@ -19,7 +19,11 @@ def main():
   if len(sys.argv) > 2:
     mesh.initialize_distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
   import jax
-  results = loop.run(tiny(main=4), workdir, progress=False)["logits"]
+  config = tiny(main=4)
+  # A gentle rate: at 0.05 this tiny run's loss jumps at the fourth step, which amplifies the (legitimate)
+  # differences in the order of floating-point sums between 1 and 4 devices beyond what the test can bound.
+  config.phases.main.optim.lr = 0.01
+  results = loop.run(config, workdir, progress=False)["logits"]
   losses = {r["step"]: r["loss"] for r in writers.read_metrics(workdir) if r["split"] == "train"} \
       if jax.process_index() == 0 else {}
   print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(), "nll": results["nll"],

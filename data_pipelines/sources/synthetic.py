@@ -1,15 +1,18 @@
 """The embedded synthetic fine-grained data set: no files, no download, generated from (seed, split, index).
 
-Each image shows one "bird": an ellipse body of random colour, size, position and orientation on a
-cluttered background, a dark head at its front, and `num_parts` small square parts along its axis from
-head to tail. A part's texture is one of three patterns (horizontal stripes, vertical stripes, checker) of
-two random colours; a class is a combination of part patterns, so two classes often differ in a single
-part. The head tells front from back, and parts on the axis and textures that are their own mirror images
-keep every class the same under a horizontal flip (rotation augmentation would turn stripes and is off by
-default). The patterns share their mean
-colour and have a period of a few pixels: downsampled by four they blur to the same flat patch, so a plain
-CNN at low resolution finds the task hard while one that looks closely at the parts (attention) does not.
-Two distractor patches with random patterns sit in the background.
+Each image shows one "bird": an ellipse body of nearly grey colour, random size, position and orientation
+on a cluttered, nearly grey background, a dark head at its front, and `num_parts` small square parts on a
+ring inside the body (front, left, back, right for four), far enough apart for a coarse attention map to
+tell them apart. A part's texture is one of three patterns (horizontal stripes, vertical stripes, checker)
+in a light and a dark shade of the part's own hue. The hue belongs to the part, in every image and class
+(its identity, as a bird's head, wing and tail each look like themselves whatever the species: a network
+that learns parts learns channels for each); the pattern belongs to the class: a class is a combination of
+part patterns, so two classes often differ in a single part. The hue names a part wherever it sits and the
+textures are their own mirror images, so a horizontal flip keeps every class the same (rotation
+augmentation would turn stripes and is off by default). The patterns have a period of a few pixels:
+downsampled by four they blur to the same flat patch of the part's hue, so a network that looks closely at
+the parts (attention, zoomed crops) does better than one that sees the whole image at low resolution.
+Two distractor patches with grey patterns sit in the background.
 
 Ground truth: the object box (the body's extent with its head) and the part centres, in pixels; and, as
 multi-task attributes, each part's pattern (one 3-way task per part).
@@ -24,6 +27,9 @@ import numpy as np
 from data_pipelines.sources.base import DataError, Source
 
 PATTERNS = ("horizontal", "vertical", "checker")
+# Part k's hue (k modulo 4), the same in every image, class and split: its stripes are a light and a dark
+# shade of it. Everything else in the image is nearly grey, so a part's colour names it.
+PART_HUES = np.array([[1, .15, .15], [.15, 1, .15], [.2, .35, 1], [1, .9, .1]], np.float64)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -83,7 +89,7 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   """Draws one image; returns (uint8 image, box (x0, y0, x1, y1), parts (P, 2) as (x, y))."""
   yy, xx = np.mgrid[:res, :res] + 0.5  # pixel centres
   # Background: a random two-colour gradient plus low-frequency waves.
-  c0, c1 = rng.uniform(40, 215, (2, 3))
+  c0, c1 = rng.uniform(40, 215, (2, 1)) + rng.uniform(-12, 12, (2, 3))
   g = rng.uniform(0, 2 * np.pi)
   t = np.clip((xx * np.cos(g) + yy * np.sin(g)) / res * 0.7 + 0.5, 0, 1)
   img = c0 + t[..., None] * (c1 - c0)
@@ -107,24 +113,27 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
   v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
   body = u ** 2 + v ** 2 <= 1
-  img[body] = rng.uniform(60, 200, 3)
+  img[body] = rng.uniform(60, 200) + rng.uniform(-12, 12, 3)
 
   hx, hy = cx + hdx, cy + hdy
   img[(xx - hx) ** 2 + (yy - hy) ** 2 <= head ** 2] = rng.uniform(10, 50, 3)
 
-  # Parts along the axis, from behind the head to before the tail.
-  along = np.linspace(0.7, -0.7, len(code)) * a
-  px, py = cx + along * np.cos(theta), cy + along * np.sin(theta)
+  # Parts on a ring at 0.6 of the body's radii, part k at angle 2 pi k / n from the front.
+  phi = 2 * np.pi * np.arange(len(code)) / len(code)
+  u, v = 0.6 * a * np.cos(phi), 0.6 * b * np.sin(phi)
+  px, py = cx + u * np.cos(theta) - v * np.sin(theta), cy + u * np.sin(theta) + v * np.cos(theta)
   period = max(1, int(round(res / 64)))
-  for x, y, pattern in zip(px, py, code):
-    _stamp(img, rng, x, y, half, pattern, period)
+  for k, (x, y, pattern) in enumerate(zip(px, py, code)):
+    hue = PART_HUES[k % len(PART_HUES)]
+    _stamp(img, x, y, half, pattern, period, hue * rng.uniform(210, 250), hue * rng.uniform(70, 110))
 
   # Distractors: random patterns away from the body.
   for _ in range(2):
     for _try in range(10):
       x, y = rng.uniform(half, res - half, 2)
       if ((x - cx) / (span_x + half)) ** 2 + ((y - cy) / (span_y + half)) ** 2 > 1:
-        _stamp(img, rng, x, y, half, rng.integers(len(PATTERNS)), period)
+        _stamp(img, x, y, half, rng.integers(len(PATTERNS)), period, rng.uniform(170, 230) + rng.uniform(-12, 12, 3),
+               rng.uniform(30, 80) + rng.uniform(-12, 12, 3))
         break
 
   box = np.array([min(cx - ext_x, hx - head), min(cy - ext_y, hy - head),
@@ -133,10 +142,8 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   return np.clip(img, 0, 255).astype(np.uint8), box, parts
 
 
-def _stamp(img, rng, x, y, half, pattern, period):
-  """A (2 half)^2 square of two-colour stripes centred on pixel (x, y)."""
+def _stamp(img, x, y, half, pattern, period, light, dark):
+  """A (2 half)^2 square of stripes of two colours centred on pixel (x, y)."""
   r0, c0 = int(y) - half, int(x) - half
   tex = _texture(int(pattern), 2 * half, period)[..., None]
-  mean = rng.uniform(70, 190, 3)
-  contrast = rng.uniform(50, 65) * rng.choice([-1, 1], 3)
-  img[r0:r0 + 2 * half, c0:c0 + 2 * half] = mean + contrast * (2 * tex - 1)
+  img[r0:r0 + 2 * half, c0:c0 + 2 * half] = np.where(tex > 0, light, dark)
