@@ -11,6 +11,9 @@ grouping loss, convolutions fixed) and 'classify' (convolutions and classifiers,
 `cycles` times; 'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
 Keys: macnn.num_parts, .feature_stage ('' = the last conv stage, conv5_4 for VGG-19), .lam and .margin of
 L_cng = Dis + lam Div, .part_streams, .crop_fraction (crop side / image side: 128/448 birds, 96/448 others),
+.crop_reference ('image', the paper; 'object': crop_fraction of the object's extent found from the object
+stream's activations, so small objects get small crops), .object_crop (a stream on the object's box, found
+the same way, beside the parts: the paper's "+ object" for birds, here an option for any data set),
 .part_input (the part networks' input side).
 """
 
@@ -29,17 +32,19 @@ def get_config(arg=None):
   c = common.get_config()
   c.scheme = "macnn"
   c.macnn = dict(num_parts=4, feature_stage="", lam=2.0, margin=0.02, part_streams=True, crop_fraction=0.25,
-                 part_input=224)
+                 crop_reference="image", object_crop=False, part_input=224)
   if arg in (None, "", "e2e"):
     common.cpu_sized(c)
     c.data.image_size, c.data.resize_size = 96, 108
-    c.macnn.update(feature_stage="conv4_2", part_input=32)  # a 12x12 part map; 24-pixel crops seen at 32
+    # conv3_2: a 24x24 part map (4-pixel cells: conv4_2's 12x12 blurs neighbouring parts into one blob);
+    # 24-pixel crops seen at 32
+    c.macnn.update(feature_stage="conv3_2", part_input=32)
     if arg == "e2e":
       # L_cng sums over the grid's cells: ~100x the cross-entropies on a 12x12 map. At weight 1 it wipes out
       # the features (measured: every head at chance); 0.01 brings it to their scale.
       c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0}
       return c
-    return _alternating(c, epochs=dict(object=4, init=0.5, grouping=0.5, classify=1, parts=3), lr=0.05, cycles=2)
+    return _alternating(c, epochs=dict(object=4, init=2, grouping=1, classify=1, parts=3), lr=0.05, cycles=2)
   common.use_dataset(c, arg)
   c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64

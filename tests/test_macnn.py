@@ -16,11 +16,12 @@ from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
 
 
-def tiny(part_streams=True):
+def tiny(part_streams=True, **macnn):
   c = load_config("configs/macnn.py")
   c.unlock()
   c.model.width = 1 / 16
   c.macnn.part_streams = part_streams
+  c.macnn.update(macnn)
   c.data.synthetic.num_train, c.data.synthetic.num_test = 32, 16
   c.data.batch_size, c.data.eval_batch_size = 8, 8
   return c
@@ -39,7 +40,7 @@ def built():
 def test_outputs(built):
   scheme, model = built
   out = model(X)
-  assert out["maps"].shape == (2, 12, 12, 4)  # conv4_2 of a 96-pixel input, one map per part
+  assert out["maps"].shape == (2, 24, 24, 4)  # conv3_2 of a 96-pixel input, one map per part
   assert 0 <= float(out["maps"].min()) and float(out["maps"].max()) <= 1
   assert out["logits"].shape == out["object"].shape == (2, 10)
   assert len(out["part_logits"]) == len(out["stream_logits"]) == 4 and out["boxes"].shape == (2, 4, 4)
@@ -86,7 +87,7 @@ def test_init_phase_sets_indicator_targets():
   assert not np.any(np.asarray(model.group_targets.get_value()))
   scheme.before_phase("init", model, lambda: itertools.islice(data.build(c, "train", training=False), 2))
   t = np.asarray(model.group_targets.get_value())
-  assert t.shape == (4, 32) and set(np.unique(t)) <= {0.0, 1.0}
+  assert t.shape == (4, 16) and set(np.unique(t)) <= {0.0, 1.0}
   np.testing.assert_array_equal(t.sum(axis=0), 1)  # every channel in exactly one part
   losses, _ = scheme.forward(model, X, BATCH, train=True)
   assert float(losses["group_init"]) > 0
@@ -98,6 +99,44 @@ def test_part_boxes_sit_on_the_peaks(built):
   boxes = np.asarray(model.part_boxes(maps, (96, 96)))
   np.testing.assert_allclose(boxes[0, 0], [52 - 12, 28 - 12, 52 + 12, 28 + 12])  # centred on cell (3, 6)
   np.testing.assert_allclose(boxes[0, 1], [0, 0, 24, 24])  # a corner peak: shifted inside the image
+
+
+def test_crop_size_adapted_to_the_object():
+  model = get_scheme("macnn").build(tiny(crop_reference="object"))
+  maps = jnp.zeros((3, 12, 12, 2)).at[:, 6, 6, :].set(1)
+  objects = jnp.array([[0, 0, 96, 96], [40, 40, 56, 72], [50, 50, 52, 52]], jnp.float32)
+  side = np.asarray(model.part_boxes(maps, (96, 96), objects))
+  side = side[..., 2] - side[..., 0]
+  # crop_fraction 0.25 of the object's extent (the geometric mean of its sides), at least two 8-pixel cells
+  np.testing.assert_allclose(side, [[24, 24], [16, 16], [16, 16]], rtol=1e-6)
+  out = model(X)
+  np.testing.assert_allclose(out["boxes"][..., 2] - out["boxes"][..., 0],
+                             np.broadcast_to(np.clip(0.25 * np.sqrt(
+                                 (out["object_box"][:, 2] - out["object_box"][:, 0]) *
+                                 (out["object_box"][:, 3] - out["object_box"][:, 1])), 16, 96)[:, None], (2, 4)),
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="crop_reference"):
+    get_scheme("macnn").build(tiny(crop_reference="bird"))
+
+
+def test_object_crop_stream():
+  scheme = get_scheme("macnn")
+  model = scheme.build(tiny(object_crop=True))
+  out = model(X)
+  assert out["object_crop_logits"].shape == (2, 10) and out["object_box"].shape == (2, 4)
+  b = np.asarray(out["object_box"])
+  assert np.all(b[:, :2] >= 0) and np.all(b[:, 2:] <= 96) and np.all(b[:, 2:] > b[:, :2])
+  # the joint classifier reads the whole-image feature, the object crop's and the four parts'
+  plain = scheme.build(tiny())
+  assert model.joint.in_features == plain.joint.in_features // 5 * 6
+  _, outputs = scheme.forward(model, X, BATCH, train=True)
+  assert list(outputs)[:3] == ["logits", "object", "object_crop"]
+  paths = {p[0] for p, _ in nnx.to_flat_state(nnx.state(model, scheme.groups(model)["parts"]))}
+  assert paths == {"part_nets", "object_net", "joint"}
+  streams = grad_norms(scheme, model, "streams")
+  assert streams["object_net"] > 0 and streams["part_nets"] > 0 and streams["backbone"] == 0
+  with pytest.raises(ValueError, match="part streams"):
+    scheme.build(tiny(part_streams=False, object_crop=True))
 
 
 def test_configs_and_the_alternating_plan():

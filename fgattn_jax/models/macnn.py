@@ -8,9 +8,14 @@
     part features      P_i = mean over the grid of M_i * F -> a classifier per part (trains the grouping's maps
                        to find discriminative parts, with the channel-grouping loss keeping them compact and apart)
     part streams       optional: the input cropped around each map's peak (a square, shifted inside the image),
-                       resized to the part network's input, a backbone per part; the crop carries no gradient
-    joint classifier   [object pooled feature, part-stream pooled features] -> linear (without part streams: the
-                       object feature and the attention-pooled part features)
+                       resized to the part network's input, a backbone per part; the crop carries no gradient.
+                       The square's side is crop_fraction of the image's shorter side (the paper), or of the
+                       object's extent (crop_reference='object': parts of a small bird get small crops)
+    object crop        optional (the paper's "+ object" for birds, here for any data): the object's box, found
+                       from the object stream's last conv activations (SCDA: cells whose channel sum is above
+                       its mean; no annotation), cropped, resized to the part input, its own backbone
+    joint classifier   [object pooled feature, object-crop and part-stream pooled features] -> linear (without
+                       part streams: the object feature and the attention-pooled part features)
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import crops
+from fgattn_jax.ops import crops, localization
 
 
 class GroupTargets(nnx.Variable):
@@ -41,11 +46,15 @@ class ChannelGrouping(nnx.Module):
 class MACNN(nnx.Module):
 
   def __init__(self, backbone: Backbone, num_classes: int, num_parts: int, *, feature_stage: int | str = -1,
-               part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, part_input: int = 224,
-               rngs: nnx.Rngs):
+               part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, crop_reference: str = "image",
+               object_net: Backbone | None = None, part_input: int = 224, rngs: nnx.Rngs):
+    if crop_reference not in ("image", "object"):
+      raise ValueError(f"macnn.crop_reference must be 'image' or 'object', got {crop_reference!r}")
+    if object_net is not None and not part_nets:
+      raise ValueError("The object crop is a stream beside the part streams: it needs macnn.part_streams=True")
     self.stage = backbone.stage_index(feature_stage, "feature_stage")
     self.backbone, self.num_parts = backbone, num_parts
-    self.crop_fraction, self.part_input = crop_fraction, part_input
+    self.crop_fraction, self.crop_reference, self.part_input = crop_fraction, crop_reference, part_input
     dtype = backbone.compute_dtype
     c = output_width(backbone, lambda m, x: m.features(x, stop=self.stage + 1)[0])
     obj = output_width(backbone, lambda m, x: m.head(m.features(x)[0])[0])
@@ -53,8 +62,10 @@ class MACNN(nnx.Module):
     self.part_fc = nnx.List([nnx.Linear(c, num_classes, dtype=dtype, rngs=rngs) for _ in range(num_parts)])
     self.group_targets = GroupTargets(jnp.zeros((num_parts, c), jnp.float32))
     self.part_nets = nnx.List(part_nets) if part_nets else None
-    part = (output_width(part_nets[0], lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))
-            if part_nets else c)
+    self.object_net = object_net
+    stream = lambda net: output_width(net, lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))  # noqa: E731
+    part = stream(part_nets[0]) if part_nets else c
+    obj += stream(object_net) if object_net is not None else 0
     self.joint = nnx.Linear(obj + num_parts * part, num_classes, dtype=dtype, rngs=rngs)
 
   def attend(self, x):
@@ -64,13 +75,19 @@ class MACNN(nnx.Module):
     maps = jnp.tanh(jnp.einsum("bhwc,bnc->bhwn", f.astype(jnp.float32), d) / f.shape[-1])
     return f, maps, d, feats
 
-  def part_boxes(self, maps, image_hw):
-    """Square crops around each map's peak in input pixels, side crop_fraction of the shorter image side."""
+  def part_boxes(self, maps, image_hw, object_boxes=None):
+    """Square crops around each map's peak in input pixels, side crop_fraction of the shorter image side, or
+    with object_boxes (B, 4) of each object's extent (the geometric mean of its box's sides): never smaller
+    than two cells of the map (the map cannot place a part more finely) nor larger than the image."""
     b, h, w, n = maps.shape
     flat = jnp.argmax(maps.reshape(b, h * w, n), axis=1)
     centres = jnp.stack([(flat % w + 0.5) * image_hw[1] / w, (flat // w + 0.5) * image_hw[0] / h], axis=-1)
-    half = self.crop_fraction * min(image_hw) / 2
-    return jax.lax.stop_gradient(crops.square_boxes(centres, half, image_hw))
+    if object_boxes is None:
+      side = jnp.full((b, 1), self.crop_fraction * min(image_hw))
+    else:
+      extent = jnp.sqrt((object_boxes[:, 2] - object_boxes[:, 0]) * (object_boxes[:, 3] - object_boxes[:, 1]))
+      side = jnp.clip(self.crop_fraction * extent, 2 * max(image_hw[0] / h, image_hw[1] / w), min(image_hw))[:, None]
+    return jax.lax.stop_gradient(crops.square_boxes(centres, jnp.broadcast_to(side / 2, (b, n)), image_hw))
 
   def __call__(self, x):
     f, maps, d, feats = self.attend(x)
@@ -84,11 +101,18 @@ class MACNN(nnx.Module):
     if self.part_nets is None:
       joint_in = [obj_pre.astype(jnp.float32), part_feats.reshape(part_feats.shape[0], -1)]
     else:
-      boxes = self.part_boxes(maps, x.shape[1:3])
-      patches = crops.crop_parts(x, boxes, (self.part_input, self.part_input)).astype(x.dtype)
+      size = (self.part_input, self.part_input)
+      object_boxes = localization.object_boxes(h, x.shape[1:3])
+      boxes = self.part_boxes(maps, x.shape[1:3], object_boxes if self.crop_reference == "object" else None)
+      patches = crops.crop_parts(x, boxes, size).astype(x.dtype)
       streams = [net.head(net.features(patches[:, i])[0]) for i, net in enumerate(self.part_nets)]
       out["stream_logits"] = [logits.astype(jnp.float32) for _, logits in streams]
-      out["boxes"] = boxes
+      out["boxes"], out["object_box"] = boxes, object_boxes
+      if self.object_net is not None:
+        net = self.object_net
+        pre, logits = net.head(net.features(crops.crop_resize(x, object_boxes, size).astype(x.dtype))[0])
+        out["object_crop_logits"] = logits.astype(jnp.float32)
+        streams = [(pre, logits)] + streams
       joint_in = [obj_pre.astype(jnp.float32)] + [pre.astype(jnp.float32) for pre, _ in streams]
     out["logits"] = self.joint(jnp.concatenate(joint_in, axis=-1).astype(f.dtype)).astype(jnp.float32)
     return out

@@ -2,10 +2,11 @@
 
     cls         object stream cross-entropy           parts     mean cross-entropy of the attention-pooled parts
     cng         channel-grouping loss Dis + lam Div   streams   mean cross-entropy of the part streams (crops)
+                                                                and of the object crop's stream when on
     joint       joint classifier cross-entropy        group_init  regression of the grouping layers' channel
                                                                   weights to the k-means indicator targets
 Parameter groups: 'grouping' (the channel-grouping layers), 'convs' (object stream and part classifiers),
-'parts' (part streams and joint classifier), 'all'. The phase named `init` first computes the k-means
+'parts' (part streams, object-crop stream and joint classifier), 'all'. The phase named `init` first computes the k-means
 targets from the current model (channel peaks over a sample of training images).
 """
 
@@ -38,14 +39,16 @@ class MACNNScheme(Scheme):
     self.lam, self.margin = m.lam, m.margin
     part_nets = ([backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)]
                  if m.part_streams else None)
+    object_net = backbone_from_config(config, seed_offset=2 + m.num_parts) if m.object_crop else None
     return MACNN(backbone_from_config(config), config.data.num_classes, m.num_parts,
                  feature_stage=m.feature_stage or -1, part_nets=part_nets, crop_fraction=m.crop_fraction,
-                 part_input=m.part_input, rngs=nnx.Rngs(config.seed + 1))
+                 crop_reference=m.crop_reference, object_net=object_net, part_input=m.part_input,
+                 rngs=nnx.Rngs(config.seed + 1))
 
   def groups(self, model):
     return {"all": nnx.Param, "grouping": _under("grouping"),
-            "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "joint"))),
-            "parts": _under("part_nets", "joint")}
+            "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "object_net", "joint"))),
+            "parts": _under("part_nets", "object_net", "joint")}
 
   def forward(self, model, images, batch, *, train):
     out = model(images)
@@ -54,10 +57,12 @@ class MACNNScheme(Scheme):
     mean_ce = lambda many: jnp.mean(jnp.stack([ce(l) for l in many]))  # noqa: E731
     cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin)
     streams = out.get("stream_logits", out["part_logits"])
+    object_crop = [out["object_crop_logits"]] if "object_crop_logits" in out else []
     result = {"cls": ce(out["object"]), "parts": mean_ce(out["part_logits"]), "cng": cng,
-              "streams": mean_ce(streams), "joint": ce(out["logits"]),
+              "streams": mean_ce(object_crop + streams), "joint": ce(out["logits"]),
               "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2)}
     outputs = {"logits": out["logits"], "object": out["object"]}
+    outputs |= {"object_crop": l for l in object_crop}
     outputs |= {f"part{i}": l for i, l in enumerate(streams)}
     return result, outputs
 
