@@ -40,8 +40,9 @@ def get_config(arg=None):
     # 24-pixel crops seen at 32
     c.macnn.update(feature_stage="conv3_2", part_input=32)
     if arg == "e2e":
-      # L_cng sums over the grid's cells: ~100x the cross-entropies on a 12x12 map. At weight 1 it wipes out
-      # the features (measured: every head at chance); 0.01 brings it to their scale.
+      # L_cng sums over the grid's cells: 30-170 on the 24x24 map, 15-75x the cross-entropies. At weight 1
+      # it wipes out the features (measured on a 12x12 map: every head at chance); 0.01 brings it to their
+      # scale.
       c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0}
       return c
     return _alternating(c, epochs=dict(object=4, init=2, grouping=1, classify=1, parts=3), lr=0.05, cycles=2)

@@ -60,6 +60,9 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path):
   print(f"joint top-1 {joint:.3f}, object stream {obj:.3f}; L_cng in the grouping phases {before:.2f} -> {after:.2f}; "
         f"per-map consistency {np.round(consistency, 2)} vs {np.round(consistency_r, 2)} for random points; "
         f"distinct parts per image {distinct:.2f} vs {distinct_r:.2f}")
+  # Measured on the 2-core CI machine: joint 1.000, object stream 0.897; L_cng 55.6 -> 34.0; per-map
+  # consistency 0.51-0.55 where random points give at most 0.32. Not asserted, because it does not hold yet
+  # (issue #6): the maps do not spread over different parts (1.10 distinct parts per image, random 2.52).
   assert after < 0.8 * before
   assert np.all(consistency > consistency_r.max() + 0.15)
   assert joint > 0.3 and joint >= obj - 0.01  # chance: 0.10

@@ -63,9 +63,11 @@ class MACNN(nnx.Module):
     self.group_targets = GroupTargets(jnp.zeros((num_parts, c), jnp.float32))
     self.part_nets = nnx.List(part_nets) if part_nets else None
     self.object_net = object_net
-    stream = lambda net: output_width(net, lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))  # noqa: E731
-    part = stream(part_nets[0]) if part_nets else c
-    obj += stream(object_net) if object_net is not None else 0
+    def pooled_width(net):
+      return output_width(net, lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))
+
+    part = pooled_width(part_nets[0]) if part_nets else c
+    obj += pooled_width(object_net) if object_net is not None else 0
     self.joint = nnx.Linear(obj + num_parts * part, num_classes, dtype=dtype, rngs=rngs)
 
   def attend(self, x):

@@ -6,8 +6,8 @@
     joint       joint classifier cross-entropy        group_init  regression of the grouping layers' channel
                                                                   weights to the k-means indicator targets
 Parameter groups: 'grouping' (the channel-grouping layers), 'convs' (object stream and part classifiers),
-'parts' (part streams, object-crop stream and joint classifier), 'all'. The phase named `init` first computes the k-means
-targets from the current model (channel peaks over a sample of training images).
+'parts' (part streams, object-crop stream and joint classifier), 'all'. The phase named `init` first computes
+the k-means targets from the current model (channel peaks over a sample of training images).
 """
 
 from __future__ import annotations
