@@ -6,33 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bilinear_reference import reference_crop
 from fgattn_jax.ops.crops import crop_parts, crop_resize, square_boxes
 
 # Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
 _crop = jax.jit(crop_resize, static_argnums=2)
-
-
-def _reference_crop(image, box, out_hw):
-  """One output pixel at a time: sample the box at the pixel's centre, bilinear over zero-padded pixel centres."""
-  image = np.asarray(image, np.float64)
-  h, w, c = image.shape
-  oh, ow = out_hw
-  x0, y0, x1, y1 = (float(v) for v in box)
-
-  def pixel(r, col):
-    return image[r, col] if 0 <= r < h and 0 <= col < w else np.zeros(c)
-
-  out = np.zeros((oh, ow, c))
-  for i in range(oh):
-    for j in range(ow):
-      # Continuous coordinates -> pixel-index units, where pixel k's centre sits at k.
-      u = x0 + (j + 0.5) * (x1 - x0) / ow - 0.5
-      v = y0 + (i + 0.5) * (y1 - y0) / oh - 0.5
-      c0, r0 = int(np.floor(u)), int(np.floor(v))
-      fx, fy = u - c0, v - r0
-      out[i, j] = ((1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1))
-                   + fy * ((1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)))
-  return out
 
 
 def _smooth_image(h, w, c, seed=0):
@@ -68,7 +46,7 @@ def test_crop_matches_reference(box, out_hw):
   image = rng.uniform(-1, 1, (12, 16, 3)).astype(np.float32)
   crop = _crop(image[None], np.array([box], np.float32), out_hw)
   assert crop.shape == (1, *out_hw, 3) and crop.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(crop[0]), _reference_crop(image, box, out_hw), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(crop[0]), reference_crop(image, box, out_hw), atol=1e-5)
 
 
 def test_whole_image_at_full_size_is_identity():
@@ -91,7 +69,7 @@ def test_uint8_images_become_float32():
   image = np.random.default_rng(4).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
   crop = _crop(image, np.array([[1.2, 0.4, 7.5, 6.1]]), (5, 5))
   assert crop.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(crop[0]), _reference_crop(image[0], (1.2, 0.4, 7.5, 6.1), (5, 5)),
+  np.testing.assert_allclose(np.asarray(crop[0]), reference_crop(image[0], (1.2, 0.4, 7.5, 6.1), (5, 5)),
                              rtol=1e-5, atol=1e-4)
 
 
@@ -172,7 +150,7 @@ def test_crop_parts_matches_per_box_crops_under_jit():
   for n in range(3):
     np.testing.assert_allclose(np.asarray(parts[:, n]), np.asarray(_crop(images, boxes[:, n], (5, 6))), atol=1e-6)
     for b in range(2):  # and the (image, box) pairing is right, not just self-consistent
-      np.testing.assert_allclose(np.asarray(parts[b, n]), _reference_crop(images[b], boxes[b, n], (5, 6)), atol=1e-5)
+      np.testing.assert_allclose(np.asarray(parts[b, n]), reference_crop(images[b], boxes[b, n], (5, 6)), atol=1e-5)
 
   low = parts_fn(jnp.asarray(images, jnp.bfloat16), boxes, (5, 6))
   assert low.dtype == jnp.bfloat16

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bilinear_reference import reference_crop
 from fgattn_jax.ops import racnn
 
 # Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
@@ -45,28 +46,6 @@ def reference_mask(box, hw, k):
       mx = sigmoid(k * (x - x0 / w)) - sigmoid(k * (x - x1 / w))
       my = sigmoid(k * (y - y0 / h)) - sigmoid(k * (y - y1 / h))
       out[r, c] = mx * my
-  return out
-
-
-def reference_crop(image, box, out_hw):
-  """Bilinear resize of the box, one output pixel at a time, over pixel centres extended with zeros."""
-  image = np.asarray(image, np.float64)
-  h, w, c = image.shape
-  oh, ow = out_hw
-  x0, y0, x1, y1 = (float(v) for v in box)
-
-  def pixel(r, col):
-    return image[r, col] if 0 <= r < h and 0 <= col < w else np.zeros(c)
-
-  out = np.zeros((oh, ow, c))
-  for i in range(oh):
-    for j in range(ow):
-      u = x0 + (j + 0.5) * (x1 - x0) / ow - 0.5  # pixel-index units: pixel k's centre at k
-      v = y0 + (i + 0.5) * (y1 - y0) / oh - 0.5
-      c0, r0 = int(np.floor(u)), int(np.floor(v))
-      fx, fy = u - c0, v - r0
-      out[i, j] = ((1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1))
-                   + fy * ((1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)))
   return out
 
 
