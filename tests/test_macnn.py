@@ -148,3 +148,22 @@ def test_configs_and_the_alternating_plan():
   assert [p.name for p in plan] == ["object", "init", "grouping#1", "classify#1", "grouping#2", "classify#2", "parts"]
   cub = macnn_config.get_config("cub")
   assert (cub.data.image_size, cub.macnn.num_parts, round(cub.macnn.crop_fraction * 448)) == (448, 4, 128)
+
+
+def test_pretrained_weights_fill_every_stream(tmp_path):
+  from safetensors.numpy import save_file
+  from torch_reference import TorchVGG, randomize_
+  ref = randomize_(TorchVGG("vgg11", 1000, bn=True, width=1 / 16))
+  save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(tmp_path / "vgg11_bn.safetensors"))
+  scheme = get_scheme("macnn")
+  model = scheme.build(tiny(object_crop=True))
+  loaded = scheme.load_pretrained(model, str(tmp_path / "vgg11_bn.safetensors"))
+  streams = [("backbone",)] + [("part_nets", i) for i in range(4)] + [("object_net",)]
+  filled = [{p[len(s):] for p in loaded if p[:len(s)] == s} for s in streams]
+  assert filled[0] and all(f == filled[0] for f in filled)  # the same layers in every stream
+  assert any(p[0] == "stages" and p[-1] == "kernel" for p in filled[0])
+  assert not any(p[0] in ("grouping", "part_fc", "joint") for p in loaded)
+  first = [np.asarray(jax.tree.leaves(nnx.state(net.stages[0], nnx.Param))[0])
+           for net in [model.backbone, *model.part_nets, model.object_net]]
+  for w in first[1:]:
+    np.testing.assert_array_equal(w, first[0])

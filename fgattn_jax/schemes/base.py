@@ -38,3 +38,10 @@ class Scheme:
   def load_pretrained(self, model, path: str) -> frozenset:
     """Loads torchvision weights into the backbone; returns the nnx paths of the parameters it filled."""
     return pretrained.load_torchvision(model, path).paths
+
+
+def load_into(nets, path: str) -> frozenset:
+  """torchvision weights into several backbones of one model (MA-CNN's streams, RA-CNN's scales), the file read
+  once. nets: (path prefix of the backbone in the model, backbone) pairs -> the model's nnx paths filled."""
+  state_dict = pretrained.read_state_dict(path)
+  return frozenset((*prefix, *p) for prefix, net in nets for p in pretrained.load_torchvision(net, state_dict).paths)

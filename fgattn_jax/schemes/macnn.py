@@ -21,7 +21,7 @@ from fgattn_jax.models.macnn import MACNN
 from fgattn_jax.ops import grouping_init, losses
 from fgattn_jax.ops.images import normalize
 from fgattn_jax.ops import macnn as macnn_ops
-from fgattn_jax.schemes.base import Scheme
+from fgattn_jax.schemes.base import Scheme, load_into
 from fgattn_jax.schemes.baseline import backbone_from_config
 
 
@@ -65,6 +65,13 @@ class MACNNScheme(Scheme):
     outputs |= {"object_crop": l for l in object_crop}
     outputs |= {f"part{i}": l for i, l in enumerate(streams)}
     return result, outputs
+
+  def load_pretrained(self, model, path):
+    """torchvision weights into the object stream, every part stream and the object-crop stream."""
+    nets = [(("backbone",), model.backbone)]
+    nets += [(("part_nets", i), net) for i, net in enumerate(model.part_nets or [])]
+    nets += [(("object_net",), model.object_net)] if model.object_net is not None else []
+    return load_into(nets, path)
 
   def before_phase(self, key, model, sample_batches):
     """Phase 'init': k-means of the channels' peak positions over a sample of training images -> targets."""
