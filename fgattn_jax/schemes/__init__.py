@@ -5,8 +5,9 @@ from fgattn_jax.schemes.abn import ABNScheme
 from fgattn_jax.schemes.base import Scheme
 from fgattn_jax.schemes.baseline import Baseline
 from fgattn_jax.schemes.macnn import MACNNScheme
+from fgattn_jax.schemes.racnn import RACNNScheme
 
-SCHEMES = {"baseline": Baseline, "abn": ABNScheme, "macnn": MACNNScheme}
+SCHEMES = {"baseline": Baseline, "abn": ABNScheme, "macnn": MACNNScheme, "racnn": RACNNScheme}
 
 
 def get_scheme(name: str) -> Scheme:

@@ -1,0 +1,69 @@
+"""RA-CNN, the Recurrent Attention CNN (Fu, Zheng, Mei, "Look Closer to See Better", CVPR 2017).
+
+    python -m fgattn_jax.train --config configs/racnn.py               # the whole method on synthetic data, CPU
+    python -m fgattn_jax.train --config configs/racnn.py:e2e           # end-to-end instead of alternating
+    python -m fgattn_jax.train --config configs/racnn.py:cub --config.data.root=/data/CUB_200_2011 \\
+        --config.model.pretrained=/weights/vgg19-dcbb9e9d.pth
+
+The run: 'scales' trains the scales' classifiers and the fused classifier (APNs fixed, at their initial boxes);
+'apn_init' pretrains the APNs to squares on the peaks of the conv responses (smooth-L1); then 'apn' (the APNs on
+the ranking loss, classifiers fixed) and 'classify' (classifiers on cross-entropy, APNs fixed) alternate `cycles`
+times. Evaluation reports the fused classifier ('logits'), each scale ('scale1'..) and the softmax average.
+Keys: racnn.num_scales, .scale_input (the side of scales 2.. inputs: the attended crop is resized to it),
+.apn_hidden and .apn_grid (APN: the last conv features average-pooled to apn_grid x apn_grid -> FC apn_hidden ->
+tanh -> FC 3), .k (the mask's steepness per unit of the image), .min_half_fraction (t_l's lower bound / side; the
+upper is 1/2), .keep_inside (the square inside the image), .margin (of the ranking loss), .apn_init_half_fraction
+(the pretraining target's t_l / side).
+"""
+
+from configs import common
+
+PRESETS = {
+    "": "the alternating schedule on the embedded synthetic data at 96 px, 3 scales, crops seen at 64: minutes on a "
+          "CPU",
+    "e2e": "the same data, end to end: cls + rank + fused (+ a weak apn_init anchor) in one phase",
+    "cub": "CUB-200-2011 at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+    "dogs": "Stanford Dogs at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+    "cars": "Stanford Cars at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+}
+
+
+def get_config(arg=None):
+  c = common.get_config()
+  c.scheme = "racnn"
+  # min_half_fraction 0.25 below the targets' 1/3: apn_box maps s_l affinely to [min, 1/2] of the side, so with
+  # min_half_fraction == apn_init_half_fraction the target would sit on the lower bound, reachable only as the
+  # sigmoid saturates (s_l -> 0, vanishing gradient); at 0.25 the target is s_l = 1/3, well inside.
+  c.racnn = dict(num_scales=3, scale_input=224, apn_hidden=1024, apn_grid=7, k=10.0, min_half_fraction=0.25,
+                 keep_inside=True, margin=0.05, apn_init_half_fraction=1 / 3)
+  if arg in (None, "", "e2e"):
+    common.cpu_sized(c)
+    c.data.image_size, c.data.resize_size = 96, 108
+    c.racnn.update(scale_input=64, apn_hidden=128, apn_grid=3)
+    if arg == "e2e":
+      # apn_init at a tenth: a weak anchor that keeps the boxes on the response peaks while the ranking loss is
+      # still noisy (the untrained classifiers' probabilities).
+      c.phases.main.losses = {"cls": 1.0, "rank": 1.0, "fused": 1.0, "apn_init": 0.1}
+      return c
+    return _alternating(c, epochs=dict(scales=4, apn_init=1, apn=1, classify=1), lr=0.05, apn_lr=1e-3, cycles=2)
+  common.use_dataset(c, arg)
+  c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
+  c.data.batch_size, c.data.eval_batch_size = 16, 64
+  return _alternating(c, epochs=dict(scales=10, apn_init=1, apn=2, classify=5), lr=0.001, apn_lr=1e-4, cycles=3)
+
+
+def _alternating(c, epochs, lr, apn_lr, cycles):
+  c.phases = {
+      "scales": common.phase(trains="convs", epochs=epochs["scales"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
+      # The APNs' losses (a regression in units of the side, a hinge on probabilities) are far smaller than the
+      # cross-entropies and the APNs' layers are new: Adam, as MA-CNN's grouping phases.
+      "apn_init": common.phase(trains="apn", epochs=epochs["apn_init"], name="adamw", lr=1e-3, weight_decay=0.0,
+                               losses={"apn_init": 1.0}),
+      "apn": common.phase(trains="apn", epochs=epochs["apn"], name="adamw", lr=apn_lr, weight_decay=0.0,
+                          losses={"rank": 1.0}),
+      "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
+  }
+  c.phases.apn.cycle = c.phases.classify.cycle = True
+  c.phase_order = ("scales", "apn_init", "apn", "classify")
+  c.cycles = cycles
+  return c

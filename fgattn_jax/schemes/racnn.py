@@ -1,0 +1,68 @@
+"""RA-CNN as a scheme. Losses (a phase weights any of them):
+
+    cls         mean cross-entropy of the scales' classifiers
+    rank        sum over consecutive scales of max(0, p_t(s) - p_t(s + 1) + margin), p_t the softmax probability
+                of the true class (ops.racnn.ranking_loss); it reaches the APNs through the zoom, and both
+                scales' classifiers: the alternating schedule's 'apn' phase trains only the APNs (parameter group)
+    fused       cross-entropy of the fused classifier (the scales' pooled features concatenated -> linear)
+    apn_init    the APN pretraining: smooth-L1 (beta = 1) between the APNs' (t_x, t_y, t_l) and the squares on the
+                peaks of the conv responses (ops.racnn.apn_targets), both divided by the scale's input side, so
+                that the loss does not depend on the resolution (a 448-pixel and a 96-pixel run weigh it alike);
+                in those units |d| <= 1, i.e. 0.5 d^2, mean over the three coordinates and the transitions
+Parameter groups: 'apn' (the APNs), 'convs' (everything else: the backbones, their heads, the fused classifier),
+'all'. Outputs for evaluation: 'logits' (fused, the main one), 'scale1'.. (each scale's classifier), 'average'
+(log of the mean of the scales' softmax probabilities: logits-like, its argmax is the averaged prediction).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fgattn_jax.models.racnn import RACNN
+from fgattn_jax.ops import losses
+from fgattn_jax.ops import racnn as racnn_ops
+from fgattn_jax.schemes.base import Scheme, load_into
+from fgattn_jax.schemes.baseline import backbone_from_config
+
+
+def _under(*names):
+  return lambda path, x: isinstance(x, nnx.Param) and bool(path) and path[0] in names
+
+
+class RACNNScheme(Scheme):
+  name = "racnn"
+  loss_names = ("cls", "rank", "fused", "apn_init")
+  margin = 0.05
+
+  def build(self, config):
+    r = config.racnn
+    self.margin = r.margin
+    nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
+    return RACNN(nets, config.data.num_classes, scale_input=r.scale_input, apn_hidden=r.apn_hidden,
+                 apn_grid=r.apn_grid, k=r.k, min_half_fraction=r.min_half_fraction, keep_inside=r.keep_inside,
+                 apn_init_half_fraction=r.apn_init_half_fraction, rngs=nnx.Rngs(config.seed + 1))
+
+  def groups(self, model):
+    return {"all": nnx.Param, "apn": _under("apns"), "convs": nnx.All(nnx.Param, nnx.Not(_under("apns")))}
+
+  def forward(self, model, images, batch, *, train):
+    out = model(images)
+    labels, mask = batch["label"], batch["mask"]
+    ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
+    scales = out["scale_logits"]
+    rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
+    apn_init = jnp.mean(jnp.stack([
+        racnn_ops.smooth_l1(pred / min(hw), target / min(hw), mask=mask)
+        for pred, target, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])]))
+    result = {"cls": jnp.mean(jnp.stack([ce(l) for l in scales])), "rank": rank, "fused": ce(out["logits"]),
+              "apn_init": apn_init}
+    log_probs = jnp.stack([jax.nn.log_softmax(l, axis=-1) for l in scales])
+    average = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(scales))
+    outputs = {"logits": out["logits"]} | {f"scale{s + 1}": l for s, l in enumerate(scales)} | {"average": average}
+    return result, outputs
+
+  def load_pretrained(self, model, path):
+    """torchvision weights into every scale's backbone."""
+    return load_into([(("nets", s), net) for s, net in enumerate(model.nets)], path)

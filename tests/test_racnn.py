@@ -1,0 +1,163 @@
+"""RA-CNN's module and scheme: outputs, the zoom between scales, boxes inside each scale's image, parameter
+groups, where each loss's gradient goes, pretrained weights in every scale, the configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import racnn as racnn_config
+from fgattn_jax.config import load_config
+from fgattn_jax.ops import racnn
+from fgattn_jax.schemes import get_scheme
+from fgattn_jax.training import phases
+
+
+def tiny(**options):
+  c = load_config("configs/racnn.py")
+  c.unlock()
+  c.model.width = 1 / 16
+  c.racnn.update(options)
+  return c
+
+
+BATCH = {"label": jnp.array([1, 2]), "mask": jnp.array([True, True])}
+X = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
+
+
+@pytest.fixture(scope="module")
+def built():
+  scheme = get_scheme("racnn")
+  return scheme, scheme.build(tiny())
+
+
+def test_outputs(built):
+  scheme, model = built
+  out = model(X)
+  assert out["logits"].shape == (2, 10) and [l.shape for l in out["scale_logits"]] == [(2, 10)] * 3
+  assert [b.shape for b in out["boxes"]] == [(2, 4)] * 2 and [t.shape for t in out["txyl"]] == [(2, 3)] * 2
+  assert [t.shape for t in out["apn_targets"]] == [(2, 3)] * 2 and out["input_hw"] == [(96, 96), (64, 64)]
+  assert out["features"]["conv5_2"].shape[1:3] == (6, 6) and "pre_logits" in out["features"]
+  # the fused classifier reads the three scales' pooled features
+  assert model.fused.in_features == 3 * out["features"]["pre_logits"].shape[-1]
+  losses, outputs = scheme.forward(model, X, BATCH, train=True)
+  assert set(losses) == set(scheme.loss_names) and all(np.isfinite(float(v)) for v in losses.values())
+  assert list(outputs) == ["logits", "scale1", "scale2", "scale3", "average"]
+  probs = jnp.mean(jnp.stack([jax.nn.softmax(l) for l in out["scale_logits"]]), axis=0)
+  np.testing.assert_allclose(np.exp(outputs["average"]), probs, rtol=1e-5, atol=1e-7)
+
+
+def test_each_scale_sees_the_previous_scales_attended_crop(built):
+  _, model = built
+  out = model(X)
+  crop = racnn.attention_crop(X, out["boxes"][0], (64, 64), model.k)
+  f, _ = model.nets[0].features(X)
+  np.testing.assert_allclose(out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop)[0])[1],
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["apn_targets"][0], racnn.apn_targets(f, (96, 96), 1 / 3), rtol=1e-6)
+  np.testing.assert_allclose(out["boxes"][0], racnn.square_box(out["txyl"][0]))
+  f2, _ = model.nets[1].features(crop)
+  np.testing.assert_allclose(out["txyl"][1], model.propose(1, f2, (64, 64)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [-20.0, 0.0, 20.0])
+def test_boxes_lie_inside_each_scales_image(bias):
+  model = get_scheme("racnn").build(tiny())
+  for apn in model.apns:  # saturate the APNs' sigmoids towards a corner (or not)
+    apn.fc2.bias.set_value(apn.fc2.bias.get_value() + bias * jnp.array([1.0, -1.0, 1.0]))
+  for seed in range(2):
+    out = model(3 * jax.random.normal(jax.random.key(seed), (2, 96, 96, 3)) + seed)
+    for box, side in zip(out["boxes"], (96, 64)):
+      b = np.asarray(box)
+      assert np.all(b[:, :2] >= -1e-4) and np.all(b[:, 2:] <= side + 1e-4)
+      w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+      np.testing.assert_allclose(w, h, rtol=1e-5)  # squares
+      assert np.all(w >= 0.5 * side - 1e-3) and np.all(w <= side + 1e-3)  # t_l in [side / 4, side / 2]
+
+
+def test_parameter_groups_partition_the_model(built):
+  scheme, model = built
+  groups = scheme.groups(model)
+  paths = {g: {p for p, _ in nnx.to_flat_state(nnx.state(model, f))} for g, f in groups.items()}
+  assert paths["apn"] | paths["convs"] == paths["all"] and not (paths["apn"] & paths["convs"])
+  assert {p[:2] for p in paths["apn"]} == {("apns", 0), ("apns", 1)}
+  assert {p[:2] for p in paths["convs"] if p[0] == "nets"} == {("nets", 0), ("nets", 1), ("nets", 2)}
+  assert any(p[0] == "fused" for p in paths["convs"])
+
+
+def grad_norms(scheme, model):
+  """{loss: {part: sum of |d loss / d parameter|}}, every loss in one jitted Jacobian (in evaluation mode: nnx
+  refuses BatchNorm's statistics update under jacrev; the routes of the gradients are the same)."""
+  model = nnx.clone(model)
+  model.eval()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def f(p, r):
+    losses = scheme.forward(nnx.merge(graphdef, p, r), X, BATCH, train=True)[0]
+    return jnp.stack([losses[n] for n in scheme.loss_names])
+
+  jac = jax.jit(jax.jacrev(f))(params, rest)
+  norm = lambda v, i: float(sum(jnp.abs(x[i]).sum() for x in jax.tree.leaves(v)))  # noqa: E731
+  return {n: {"apn0": norm(jac["apns"][0], i), "apn1": norm(jac["apns"][1], i), "net0": norm(jac["nets"][0], i),
+              "net1": norm(jac["nets"][1], i), "net2": norm(jac["nets"][2], i), "fused": norm(jac["fused"], i)}
+          for i, n in enumerate(scheme.loss_names)}
+
+
+def test_where_each_loss_trains(built):
+  scheme, model = built
+  g = grad_norms(scheme, model)
+  rank, cls, fused, init = g["rank"], g["cls"], g["fused"], g["apn_init"]
+  assert rank["apn0"] > 0 and rank["apn1"] > 0 and rank["fused"] == 0  # through the zoom into the APNs
+  assert cls["net0"] > 0 and cls["net1"] > 0 and cls["net2"] > 0 and cls["fused"] == 0
+  assert fused["fused"] > 0 and fused["net0"] > 0 and fused["net2"] > 0
+  assert init["apn0"] > 0 and init["apn1"] > 0  # the regression reaches the APNs' layers only
+  assert init["net0"] == init["net1"] == init["net2"] == init["fused"] == 0
+
+
+def test_apn_init_is_resolution_independent(built):
+  scheme, model = built
+  out = model(X)
+  pred, target = out["apn_out"][0], out["apn_targets"][0]
+  expected = np.mean([racnn.smooth_l1(p / min(hw), t / min(hw))
+                      for p, t, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])])
+  losses, _ = scheme.forward(model, X, BATCH, train=True)
+  np.testing.assert_allclose(float(losses["apn_init"]), expected, rtol=1e-5)
+  assert float(racnn.smooth_l1(pred / 96, target / 96)) <= 0.5  # side-normalised: |d| <= 1
+
+
+def test_pretrained_weights_fill_every_scale(tmp_path):
+  from safetensors.numpy import save_file
+  from torch_reference import TorchVGG, randomize_
+  ref = randomize_(TorchVGG("vgg11", 1000, bn=True, width=1 / 16))
+  save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(tmp_path / "vgg11_bn.safetensors"))
+  model = get_scheme("racnn").build(tiny())
+  loaded = get_scheme("racnn").load_pretrained(model, str(tmp_path / "vgg11_bn.safetensors"))
+  per_scale = [{p[2:] for p in loaded if p[:2] == ("nets", s)} for s in range(3)]
+  assert per_scale[0] and per_scale[0] == per_scale[1] == per_scale[2]
+  assert any(p[0] == "stages" and p[-1] == "kernel" for p in per_scale[0])
+  assert not any(p[0] in ("apns", "fused") for p in loaded)
+  params = {p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+  assert loaded <= params
+  first = [np.asarray(jax.tree.leaves(nnx.state(model.nets[s].stages[0], nnx.Param))[0]) for s in range(3)]
+  np.testing.assert_array_equal(first[0], first[1])
+  np.testing.assert_array_equal(first[0], first[2])
+
+
+def test_configs_and_the_alternating_plan():
+  for preset in racnn_config.PRESETS:
+    c = racnn_config.get_config(preset or None)
+    assert c.scheme == "racnn"
+  groups = {g: nnx.Param for g in ("all", "apn", "convs")}
+  c = racnn_config.get_config()
+  plan = phases.plan(c, 62, get_scheme("racnn").loss_names, groups)
+  assert [p.name for p in plan] == ["scales", "apn_init", "apn#1", "classify#1", "apn#2", "classify#2"]
+  assert [p.trains for p in plan] == ["convs", "apn", "apn", "convs", "apn", "convs"]
+  assert plan[2].losses == {"rank": 1.0} and plan[1].losses == {"apn_init": 1.0}
+  e2e = racnn_config.get_config("e2e")
+  assert set(phases.plan(e2e, 62, get_scheme("racnn").loss_names, groups)[0].losses) == {"cls", "rank", "fused",
+                                                                                         "apn_init"}
+  cub = racnn_config.get_config("cub")
+  assert (cub.data.image_size, cub.racnn.scale_input, cub.model.backbone, cub.model.require_pretrained) == (
+      448, 224, "vgg19", True)
+  assert cub.racnn.min_half_fraction < cub.racnn.apn_init_half_fraction
