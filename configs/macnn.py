@@ -22,7 +22,7 @@ from configs import common
 PRESETS = {
     "": "the alternating schedule on the embedded synthetic data at 96 px, 4 parts: minutes on a CPU",
     "e2e": "the same data, end to end: L_cls + L_cng (and the part streams) in one phase",
-    "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts, 128-pixel crops",
+    "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts and the object crop, 128-pixel crops",
     "aircraft": "FGVC-Aircraft at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
     "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
 }
@@ -50,7 +50,8 @@ def get_config(arg=None):
   c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64
   birds = arg == "cub"
-  c.macnn.update(num_parts=4 if birds else 2, crop_fraction=(128 if birds else 96) / 448)
+  # The paper adds the object crop ("4 parts + object") for birds; --config.macnn.object_crop=True elsewhere.
+  c.macnn.update(num_parts=4 if birds else 2, crop_fraction=(128 if birds else 96) / 448, object_crop=birds)
   return _alternating(c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3)
 
 

@@ -148,6 +148,7 @@ def test_configs_and_the_alternating_plan():
   assert [p.name for p in plan] == ["object", "init", "grouping#1", "classify#1", "grouping#2", "classify#2", "parts"]
   cub = macnn_config.get_config("cub")
   assert (cub.data.image_size, cub.macnn.num_parts, round(cub.macnn.crop_fraction * 448)) == (448, 4, 128)
+  assert cub.macnn.object_crop and not macnn_config.get_config("cars").macnn.object_crop
 
 
 def test_pretrained_weights_fill_every_stream(tmp_path):
