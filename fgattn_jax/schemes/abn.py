@@ -11,10 +11,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.models import pretrained
 from fgattn_jax.models.abn import ABN, default_branch
 from fgattn_jax.ops import losses
-from fgattn_jax.schemes.base import Scheme
+from fgattn_jax.schemes.base import Scheme, load_into
 from fgattn_jax.schemes.baseline import backbone_from_config
 
 
@@ -58,7 +57,7 @@ class ABNScheme(Scheme):
 
   def load_pretrained(self, model, path):
     """torchvision weights into the backbone; the attention stage starts as a copy of the stage it copies."""
-    loaded = {("backbone", *p) for p in pretrained.load_torchvision(model.backbone, path).paths}
+    loaded = set(load_into([(("backbone",), model.backbone)], path))
     model.copy_attention_stage()
     nxt = model.branch + 1
     loaded |= {("att_stage", *p[3:]) for p in loaded if p[1:3] == ("stages", nxt)}
