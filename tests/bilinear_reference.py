@@ -1,4 +1,5 @@
-"""An independent float64 NumPy bilinear crop: the reference for ops/crops.py and the RA-CNN zoom's tests."""
+"""An independent float64 NumPy bilinear crop, the reference for ops/crops.py and the RA-CNN zoom, and a smooth
+test image for their finite-difference checks."""
 
 import numpy as np
 
@@ -24,3 +25,15 @@ def reference_crop(image, box, out_hw):
       out[i, j] = ((1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1))
                    + fy * ((1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)))
   return out
+
+
+def smooth_image(h, w, c, seed=0):
+  """A sum of random sinusoids: smooth, so finite differences of a crop are well conditioned."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+  image = np.zeros((h, w, c))
+  for k in range(c):
+    for _ in range(3):
+      fx, fy, phase = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.6), rng.uniform(0, 2 * np.pi)
+      image[..., k] += np.sin(fx * xx + fy * yy + phase)
+  return image

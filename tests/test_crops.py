@@ -6,31 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilinear_reference import reference_crop
+from bilinear_reference import reference_crop, smooth_image
 from fgattn_jax.ops.crops import crop_parts, crop_resize, square_boxes
 
 # Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
 _crop = jax.jit(crop_resize, static_argnums=2)
-
-
-def _smooth_image(h, w, c, seed=0):
-  """A sum of random sinusoids: smooth, so finite differences of a crop are well conditioned."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-  image = np.zeros((h, w, c))
-  for k in range(c):
-    for _ in range(3):
-      fx, fy, phase = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.6), rng.uniform(0, 2 * np.pi)
-      image[..., k] += np.sin(fx * xx + fy * yy + phase)
-  return image
-
-
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.mark.parametrize("box, out_hw", [
@@ -74,7 +54,7 @@ def test_uint8_images_become_float32():
 
 
 def test_box_gradient_matches_finite_differences(x64):
-  image = jnp.asarray(_smooth_image(14, 18, 2)[None])
+  image = jnp.asarray(smooth_image(14, 18, 2)[None])
   weights = jnp.asarray(np.random.default_rng(5).normal(size=(1, 6, 7, 2)))
   # Some corners outside the image, so the zero extension's slope is checked too.
   box = np.array([-1.37, 2.21, 12.63, 15.42])
@@ -92,7 +72,7 @@ def test_box_gradient_matches_finite_differences(x64):
 
 
 def test_image_gradient_matches_finite_differences(x64):
-  image = jnp.asarray(_smooth_image(6, 7, 1, seed=6)[None])
+  image = jnp.asarray(smooth_image(6, 7, 1, seed=6)[None])
   box = jnp.asarray([[0.6, -0.8, 5.9, 4.3]])
   jax.test_util.check_grads(lambda im: _crop(im, box, (4, 5)), (image,), order=1, modes=["rev"])
 

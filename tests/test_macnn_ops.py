@@ -137,12 +137,6 @@ def test_peak_on_border_or_corner(row, col):
 
 # ---- gradients ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def grad_points(shape, seed):
   """Random maps whose peak is clearly the largest cell, so that the argmax survives the perturbation."""
   rng = np.random.default_rng(seed)

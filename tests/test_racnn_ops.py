@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilinear_reference import reference_crop
+from bilinear_reference import reference_crop, smooth_image
 from fgattn_jax.ops import racnn
 
 # Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
@@ -19,14 +19,6 @@ attention_crop = jax.jit(racnn.attention_crop, static_argnums=2)
 ranking_loss = jax.jit(racnn.ranking_loss)
 apn_targets = jax.jit(racnn.apn_targets, static_argnums=(1, 2), static_argnames="keep_inside")
 smooth_l1 = jax.jit(racnn.smooth_l1)
-
-
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
 
 
 # ---- independent float64 references ----------------------------------------------------------------------------
@@ -56,18 +48,6 @@ def indicator(box, hw):
   inside_x = (x > box[0]) & (x < box[2])
   inside_y = (y > box[1]) & (y < box[3])
   return (inside_y[:, None] & inside_x[None, :]).astype(np.float64)
-
-
-def smooth_image(h, w, c, seed=0):
-  """A sum of random sinusoids: smooth, so finite differences of a crop are well conditioned."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-  image = np.zeros((h, w, c))
-  for k in range(c):
-    for _ in range(3):
-      fx, fy, phase = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.6), rng.uniform(0, 2 * np.pi)
-      image[..., k] += np.sin(fx * xx + fy * yy + phase)
-  return image
 
 
 def reference_ranking(pc_logits, pf_logits, labels, margin, mask=None):
