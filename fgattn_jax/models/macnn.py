@@ -104,12 +104,14 @@ class MACNN(nnx.Module):
       joint_in = [obj_pre.astype(jnp.float32), part_feats.reshape(part_feats.shape[0], -1)]
     else:
       size = (self.part_input, self.part_input)
-      object_boxes = localization.object_boxes(h, x.shape[1:3])
+      object_boxes = None
+      if self.crop_reference == "object" or self.object_net is not None:  # only what uses it computes it
+        object_boxes = out["object_box"] = localization.object_boxes(h, x.shape[1:3])
       boxes = self.part_boxes(maps, x.shape[1:3], object_boxes if self.crop_reference == "object" else None)
       patches = crops.crop_parts(x, boxes, size).astype(x.dtype)
       streams = [net.head(net.features(patches[:, i])[0]) for i, net in enumerate(self.part_nets)]
       out["stream_logits"] = [logits.astype(jnp.float32) for _, logits in streams]
-      out["boxes"], out["object_box"] = boxes, object_boxes
+      out["boxes"] = boxes
       if self.object_net is not None:
         net = self.object_net
         pre, logits = net.head(net.features(crops.crop_resize(x, object_boxes, size).astype(x.dtype))[0])

@@ -14,11 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _as_float(maps):
-  """bfloat16/float16 -> float32, float32/float64 unchanged: accumulate over cells in at least float32."""
-  maps = jnp.asarray(maps)
-  return maps.astype(jnp.promote_types(maps.dtype, jnp.float32))
+from fgattn_jax.ops.dtypes import at_least_float32
 
 
 def normalize_maps(maps, eps=1e-6):
@@ -26,7 +22,7 @@ def normalize_maps(maps, eps=1e-6):
 
   The divisor is max(peak, eps) rather than peak + eps, so a map's peak is exactly 1; an all-zero map stays zero.
   """
-  maps = _as_float(maps)
+  maps = at_least_float32(maps)
   peak = jnp.max(maps, axis=(1, 2), keepdims=True)
   return maps / jnp.maximum(peak, eps)
 
@@ -43,7 +39,7 @@ def peaks(maps):
 
   Ties go to the first cell in row-major order (jnp.argmax's convention): a constant map peaks at the top-left.
   """
-  maps = _as_float(maps)
+  maps = at_least_float32(maps)
   b, h, w, n = maps.shape
   flat = jnp.argmax(maps.reshape(b, h * w, n), axis=1)  # (B, N)
   coords = grid_coordinates(h, w).reshape(h * w, 2).astype(maps.dtype)
@@ -58,7 +54,7 @@ def _mean_over_parts(per_cell):
 def distance_loss(maps):
   """Dis = sum over cells of m_i(x, y) * ((x - t_x)^2 + (y - t_y)^2), t = the peak of m_i; on the normalised maps
   and normalised coordinates; returns the mean over batch and parts (scalar float32)."""
-  maps = _as_float(maps)
+  maps = at_least_float32(maps)
   _, h, w, _ = maps.shape
   m = normalize_maps(maps)
   # The peak of the raw maps: dividing by a positive number keeps the argmax, but rounding could create a tie.
@@ -82,7 +78,7 @@ def _max_of_others(m):
 def diversity_loss(maps, margin=0.02, clamp=False):
   """Div = sum over cells of m_i(x, y) * (max_{k != i} m_k(x, y) - margin)   (the paper's form: no clamp);
   clamp=True uses max(0, max_{k != i} m_k - margin). Mean over batch and parts. One part: 0 (no other map)."""
-  maps = _as_float(maps)
+  maps = at_least_float32(maps)
   if maps.shape[-1] < 2:
     return jnp.zeros((), maps.dtype)
   m = normalize_maps(maps)

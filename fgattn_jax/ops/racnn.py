@@ -21,12 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from fgattn_jax.ops import crops, localization, losses
-
-
-def _float(x):
-  """bfloat16/float16/integers -> float32, float32/float64 unchanged."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
+from fgattn_jax.ops.dtypes import at_least_float32
 
 
 def _keep_inside(t_x, t_y, t_l, image_hw):
@@ -49,7 +44,7 @@ def apn_box(s, image_hw, *, min_half_fraction=1 / 3, max_half_fraction=0.5, keep
   s is clipped to [0, 1] first, so that the bounds hold for any input; on a sigmoid's output that clip is the
   identity and passes gradients unchanged.
   """
-  s = jnp.clip(_float(s), 0.0, 1.0)
+  s = jnp.clip(at_least_float32(s), 0.0, 1.0)
   h, w = image_hw
   side = min(h, w)
   hi = max_half_fraction * side
@@ -72,7 +67,7 @@ def box_mask(boxes, hw, k=10.0):
   Evaluated at pixel centres (c + 0.5, r + 0.5); z is divided by W (x) or H (y), so k is per unit of the image's
   extent (module docstring). Float32 at least (float64 boxes stay float64).
   """
-  boxes = _float(boxes)
+  boxes = at_least_float32(boxes)
   h, w = hw
   x = (jnp.arange(w, dtype=boxes.dtype) + 0.5) / w
   y = (jnp.arange(h, dtype=boxes.dtype) + 0.5) / h
@@ -93,8 +88,8 @@ def attention_crop(images, boxes, out_hw, k=10.0):
   """
   images = jnp.asarray(images)
   out_dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
-  boxes = _float(boxes)
-  x = _float(images)
+  boxes = at_least_float32(boxes)
+  x = at_least_float32(images)
   x = x.astype(jnp.promote_types(x.dtype, boxes.dtype))  # bfloat16 images are masked and sampled in float32
   masked = x * box_mask(boxes, images.shape[1:3], k).astype(x.dtype)[..., None]
   return crops.crop_resize(masked, boxes, out_hw).astype(out_dtype)
