@@ -50,6 +50,26 @@ def test_outputs(built):
   assert plain(X)["logits"].shape == (2, 10) and "stream_logits" not in plain(X)
 
 
+def test_part_map_forms(built):
+  """'centred': relu(tanh(mean_c d_c (F_c - mean_xy F_c))), zero where the weighted features are below their
+  mean over the grid; 'deploy': tanh(mean_c d_c F_c), the released model's form, never below zero."""
+  _, model = built
+  f, maps, d, _ = model.attend(X)
+  f = np.asarray(f, np.float64)
+  weighted = np.einsum("bhwc,bnc->bhwn", f - f.mean(axis=(1, 2), keepdims=True), np.asarray(d)) / f.shape[-1]
+  np.testing.assert_allclose(maps, np.maximum(np.tanh(weighted), 0), atol=1e-6)
+  assert 0.2 < float(np.mean(maps == 0)) < 0.9  # sparse: zero off the part, unlike the deploy form
+  model.part_maps = "deploy"
+  try:
+    deploy = model.attend(X)[1]
+  finally:
+    model.part_maps = "centred"
+  np.testing.assert_allclose(deploy, np.tanh(np.einsum("bhwc,bnc->bhwn", f, np.asarray(d)) / f.shape[-1]), atol=1e-6)
+  assert float(deploy.min()) >= 0
+  with pytest.raises(ValueError, match="part_maps"):
+    get_scheme("macnn").build(tiny(part_maps="sigmoid"))
+
+
 def test_parameter_groups_partition_the_model(built):
   scheme, model = built
   groups = scheme.groups(model)
