@@ -61,9 +61,11 @@ def test_each_scale_sees_the_previous_scales_attended_crop(built):
   np.testing.assert_allclose(out["txyl"][1], model.propose(1, f2, (64, 64)), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("bias", [-20.0, 0.0, 20.0])
-def test_boxes_lie_inside_each_scales_image(bias):
-  model = get_scheme("racnn").build(tiny())
+@pytest.mark.parametrize("bias,bounds", [(-20.0, (0.25, 0.5)), (0.0, (0.25, 0.5)), (20.0, (0.25, 0.5)),
+                                         (-20.0, (0.15, 0.25)), (20.0, (0.15, 0.25))])
+def test_boxes_lie_inside_each_scales_image(bias, bounds):
+  lo, hi = bounds
+  model = get_scheme("racnn").build(tiny(min_half_fraction=lo, max_half_fraction=hi))
   for apn in model.apns:  # saturate the APNs' sigmoids towards a corner (or not)
     apn.fc2.bias.set_value(apn.fc2.bias.get_value() + bias * jnp.array([1.0, -1.0, 1.0]))
   for seed in range(2):
@@ -73,7 +75,12 @@ def test_boxes_lie_inside_each_scales_image(bias):
       assert np.all(b[:, :2] >= -1e-4) and np.all(b[:, 2:] <= side + 1e-4)
       w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
       np.testing.assert_allclose(w, h, rtol=1e-5)  # squares
-      assert np.all(w >= 0.5 * side - 1e-3) and np.all(w <= side + 1e-3)  # t_l in [side / 4, side / 2]
+      assert np.all(w >= 2 * lo * side - 1e-3) and np.all(w <= 2 * hi * side + 1e-3)  # t_l in [lo, hi] x side
+
+
+def test_bounds_are_checked():
+  with pytest.raises(ValueError, match="min_half_fraction <= max_half_fraction"):
+    get_scheme("racnn").build(tiny(min_half_fraction=0.3, max_half_fraction=0.2))
 
 
 def test_parameter_groups_partition_the_model(built):

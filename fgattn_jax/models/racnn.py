@@ -7,7 +7,7 @@ backbone.
                        average pool to apn_grid x apn_grid (the paper flattens pool5, whose size follows the input;
                        a fixed grid keeps the layer's width independent of it) -> flatten -> FC apn_hidden -> tanh
                        -> FC 3 -> sigmoid -> (t_x, t_y, t_l) in scale s's input pixels (ops.racnn.apn_box: t_l
-                       between min_half_fraction and half of the side, the square kept inside the image)
+                       between min_half_fraction and max_half_fraction of the side, the square kept inside the image)
     zoom               ops.racnn.attention_crop: X * M(box) (soft box mask, steepness k per unit of the image)
                        resampled bilinearly from the square to scale_input x scale_input; gradients reach the box
                        through the mask and the sampling positions (plain autodiff)
@@ -48,14 +48,16 @@ class APN(nnx.Module):
 class RACNN(nnx.Module):
 
   def __init__(self, nets: list[Backbone], num_classes: int, *, scale_input: int = 224, apn_hidden: int = 1024,
-               apn_grid: int = 7, k: float = 10.0, min_half_fraction: float = 0.25, keep_inside: bool = True,
-               apn_init_half_fraction: float = 1 / 3, rngs: nnx.Rngs):
+               apn_grid: int = 7, k: float = 10.0, min_half_fraction: float = 0.25, max_half_fraction: float = 0.5,
+               keep_inside: bool = True, apn_init_half_fraction: float = 1 / 3, rngs: nnx.Rngs):
     if len(nets) < 2:
       raise ValueError(f"RA-CNN needs at least two scales, got {len(nets)}")
-    if not 0 <= min_half_fraction <= 0.5 or not 0 < apn_init_half_fraction <= 0.5:
-      raise ValueError("racnn.min_half_fraction must lie in [0, 0.5] and racnn.apn_init_half_fraction in (0, 0.5]")
+    if not 0 <= min_half_fraction <= max_half_fraction <= 0.5 or not 0 < apn_init_half_fraction <= 0.5:
+      raise ValueError("racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
+                       f"(0, 0.5]; got {min_half_fraction}, {max_half_fraction}, {apn_init_half_fraction}")
     self.nets = nnx.List(nets)
     self.num_scales, self.scale_input, self.k = len(nets), scale_input, k
+    self.max_half_fraction = max_half_fraction
     self.min_half_fraction, self.keep_inside, self.apn_init_half_fraction = (min_half_fraction, keep_inside,
                                                                              apn_init_half_fraction)
     dtype = nets[0].compute_dtype
@@ -68,7 +70,8 @@ class RACNN(nnx.Module):
   def propose(self, s: int, f, image_hw):
     """Scale s's last conv features -> (B, 3) (t_x, t_y, t_l) in pixels of scale s's input (image_hw)."""
     out = self.apns[s](jax.lax.stop_gradient(f))
-    return racnn.apn_box(out, image_hw, min_half_fraction=self.min_half_fraction, keep_inside=self.keep_inside)
+    return racnn.apn_box(out, image_hw, min_half_fraction=self.min_half_fraction,
+                         max_half_fraction=self.max_half_fraction, keep_inside=self.keep_inside)
 
   def __call__(self, x):
     """Normalised images -> {'logits' (fused), 'scale_logits', 'boxes' and 'txyl' (per transition, in the coarser

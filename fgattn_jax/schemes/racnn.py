@@ -41,7 +41,8 @@ class RACNNScheme(Scheme):
     self.margin = r.margin
     nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
     return RACNN(nets, config.data.num_classes, scale_input=r.scale_input, apn_hidden=r.apn_hidden,
-                 apn_grid=r.apn_grid, k=r.k, min_half_fraction=r.min_half_fraction, keep_inside=r.keep_inside,
+                 apn_grid=r.apn_grid, k=r.k, min_half_fraction=r.min_half_fraction,
+                 max_half_fraction=r.max_half_fraction, keep_inside=r.keep_inside,
                  apn_init_half_fraction=r.apn_init_half_fraction, rngs=nnx.Rngs(config.seed + 1))
 
   def groups(self, model):
