@@ -118,7 +118,8 @@ def test_bfloat16_images_give_bfloat16_close_to_float32():
 def test_gradients_match_finite_differences(x64):
   images = jnp.asarray(np.stack([smooth_image(16, 16, 2, seed) for seed in (2, 3)]))
   weights = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 2)))
-  # Example 0: unclipped. Example 1: t_y = 0.2 * 16 = 3.2 is clipped to t_l = 16 * (1/3 + 0.72 / 6) = 7.25.
+  # Example 1 sits near the top edge: t_y = t_l + 0.2 (16 - 2 t_l) with t_l = 16 (1/3 + 0.72 / 6) = 7.25, which a
+  # clip of s_y * 16 = 3.2 into [t_l, 16 - t_l] would have frozen (no gradient); the affine keep-inside map does not.
   # Bilinear sampling has kinks where a sample crosses a pixel centre: every sample here is 0.02 px or more away.
   s = np.array([[0.47, 0.55, 0.4], [0.53, 0.2, 0.72]])
 
@@ -135,8 +136,7 @@ def test_gradients_match_finite_differences(x64):
     e[i] = eps
     numeric[i] = (loss(jnp.asarray(s + e)) - loss(jnp.asarray(s - e))) / (2 * eps)
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
-  assert grad[1, 1] == 0.0  # a clipped centre coordinate has no gradient...
-  assert np.all(np.abs(np.delete(numeric.ravel(), 4)) > 1e-3)  # ...every other one does: not vacuous
+  assert np.all(np.abs(numeric) > 1e-3)  # every coordinate moves the crop: not vacuous
 
 
 def test_gradient_reaches_the_box_through_the_mask_and_through_the_sampling():
@@ -208,13 +208,19 @@ def test_apn_box_values():
   s = np.array([[0.5, 0.25, 0.5], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0]], np.float32)
   t = np.asarray(apn_box(s, (20, 30), keep_inside=False))  # side 20: t_l in [20/3, 10]
   np.testing.assert_allclose(t, [[15, 5, 25 / 3], [3, 18, 20 / 3], [3, 18, 20 / 3]], rtol=1e-6)
-  t = np.asarray(apn_box(s, (20, 30)))  # the centre clipped into [t_l, side - t_l]
-  np.testing.assert_allclose(t, [[15, 25 / 3, 25 / 3], [20 / 3, 40 / 3, 20 / 3], [20 / 3, 40 / 3, 20 / 3]],
+  t = np.asarray(apn_box(s, (20, 30)))  # the centre mapped into [t_l, W - t_l]: t_l + s_x (W - 2 t_l)
+  np.testing.assert_allclose(t, [[15, 25 / 3 + 0.25 * 10 / 3, 25 / 3], [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3],
+                                 [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3]], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(square_box(t[:1])), [[15 - 25 / 3, 2.5 / 3, 15 + 25 / 3, 52.5 / 3]],
                              rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(square_box(t[:1])), [[15 - 25 / 3, 0, 15 + 25 / 3, 50 / 3]], rtol=1e-6)
+  # The centre has a gradient for every s_x, at the edges too (a clip would give none there): W - 2 t_l.
+  for s_x in (0.001, 0.02, 0.5, 0.999):
+    grad = jax.grad(lambda s: jnp.sum(racnn.apn_box(s, (20, 30))[:, 0]))(jnp.asarray([[s_x, 0.5, 0.5]]))
+    np.testing.assert_allclose(np.asarray(grad)[0, 0], 30 - 2 * 25 / 3, rtol=1e-5)
   # A lower bound above the upper one is capped at it; t_l has a gradient (hi - lo) everywhere inside [0, 1].
   np.testing.assert_allclose(np.asarray(apn_box(s, (20, 30), min_half_fraction=0.7))[:, 2], 10.0)
-  grad = jax.grad(lambda s: jnp.sum(racnn.apn_box(s, (20, 30))[:, 2]))(jnp.asarray([[0.5, 0.5, 0.02]]))
+  grad = jax.grad(lambda s: jnp.sum(racnn.apn_box(s, (20, 30), keep_inside=False)[:, 2]))(
+      jnp.asarray([[0.5, 0.5, 0.02]]))
   np.testing.assert_allclose(np.asarray(grad), [[0, 0, 10 - 20 / 3]], rtol=1e-5)
 
 

@@ -33,13 +33,15 @@ def _keep_inside(t_x, t_y, t_l, image_hw):
 def apn_box(s, image_hw, *, min_half_fraction=1 / 3, max_half_fraction=0.5, keep_inside=True):
   """(..., 3) APN outputs (s_x, s_y, s_l) in [0, 1] (after a sigmoid) -> (..., 3) (t_x, t_y, t_l) in pixels.
 
-  t_x = s_x * W and t_y = s_y * H. The half side is an affine map of s_l between the bounds,
-  t_l = lo + (hi - lo) * s_l with lo = min_half_fraction * side and hi = max_half_fraction * side, side = min(H, W),
-  so it has a gradient everywhere in [0, 1] (a hard clamp, as in the PyTorch ports' t_l >= side / 3, would have
-  none below the bound). min_half_fraction = 0 disables the lower bound; lo is capped at hi.
+  The half side is an affine map of s_l between the bounds, t_l = lo + (hi - lo) * s_l with lo = min_half_fraction
+  * side and hi = max_half_fraction * side, side = min(H, W), so it has a gradient everywhere in [0, 1] (a hard
+  clamp, as in the PyTorch ports' t_l >= side / 3, would have none below the bound). min_half_fraction = 0
+  disables the lower bound; lo is capped at hi.
 
-  keep_inside clips the centre to [t_l, side - t_l] along each axis, so the square lies inside the image: a
-  clipped coordinate has no gradient w.r.t. s_x (s_y) there, only w.r.t. t_l through the bound.
+  The centre: t_x = s_x * W and t_y = s_y * H (the paper), or with keep_inside an affine map into the positions
+  that keep the square inside the image, t_x = t_l + s_x * (W - 2 t_l) (and t_y alike). Not a clip of s_x * W
+  into [t_l, W - t_l]: a clipped centre has no gradient w.r.t. s_x, and measured, the APN pretraining then
+  stuck the centre at the clip and pushed t_l to its upper bound, the only way left to move a clipped centre.
 
   s is clipped to [0, 1] first, so that the bounds hold for any input; on a sigmoid's output that clip is the
   identity and passes gradients unchanged.
@@ -49,9 +51,11 @@ def apn_box(s, image_hw, *, min_half_fraction=1 / 3, max_half_fraction=0.5, keep
   side = min(h, w)
   hi = max_half_fraction * side
   lo = min(min_half_fraction * side, hi)
-  t_x, t_y, t_l = s[..., 0] * w, s[..., 1] * h, lo + (hi - lo) * s[..., 2]
+  t_l = lo + (hi - lo) * s[..., 2]
   if keep_inside:
-    t_x, t_y = _keep_inside(t_x, t_y, t_l, image_hw)
+    t_x, t_y = t_l + s[..., 0] * (w - 2 * t_l), t_l + s[..., 1] * (h - 2 * t_l)
+  else:
+    t_x, t_y = s[..., 0] * w, s[..., 1] * h
   return jnp.stack([t_x, t_y, t_l], axis=-1)
 
 
