@@ -8,7 +8,7 @@
 The run: 'object' trains the object stream; 'init' groups the channels by k-means of their peak positions
 and pretrains the grouping layers to those groups; then 'grouping' (the grouping layers on the channel-
 grouping loss, convolutions fixed) and 'classify' (convolutions and classifiers, grouping fixed) alternate
-`cycles` times; 'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
+`cycles` times (the real-data presets end each early when its loss stops falling: phases.*.plateau); 'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
 Keys: macnn.num_parts, .feature_stage ('' = the last conv stage, conv5_4 for VGG-19), .lam and .margin of
 L_cng = Dis + lam Div, .part_streams, .crop_fraction (crop side / image side: 128/448 birds, 96/448 others),
 .crop_reference ('image', the paper; 'object': crop_fraction of the object's extent found from the object
@@ -54,10 +54,12 @@ def get_config(arg=None):
   birds = arg == "cub"
   # The paper adds the object crop ("4 parts + object") for birds; --config.macnn.object_crop=True elsewhere.
   c.macnn.update(num_parts=4 if birds else 2, crop_fraction=(128 if birds else 96) / 448, object_crop=birds)
-  return _alternating(c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3)
+  # An alternating phase ends early after 10 logging windows (200 steps) without a 0.1% fall of its loss.
+  return _alternating(c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3,
+                      patience=10)
 
 
-def _alternating(c, epochs, lr, cycles):
+def _alternating(c, epochs, lr, cycles, patience=0):
   c.phases = {
       "object": common.phase(trains="convs", epochs=epochs["object"], lr=lr, losses={"cls": 1.0}),
       # The grouping layers' losses differ in scale by orders of magnitude (L_cng sums over the grid): Adam.
@@ -72,6 +74,9 @@ def _alternating(c, epochs, lr, cycles):
       "parts": common.phase(trains="parts", epochs=epochs["parts"], lr=lr, losses={"streams": 1.0, "joint": 1.0}),
   }
   c.phases.grouping.cycle = c.phases.classify.cycle = True
+  if patience:  # the paper's "until both losses stop changing": epochs are then an upper bound
+    for name in ("grouping", "classify"):
+      c.phases[name].plateau.patience = patience
   c.phase_order = ("object", "init", "grouping", "classify", "parts")
   c.cycles = cycles
   return c

@@ -169,6 +169,7 @@ def test_configs_and_the_alternating_plan():
   cub = macnn_config.get_config("cub")
   assert (cub.data.image_size, cub.macnn.num_parts, round(cub.macnn.crop_fraction * 448)) == (448, 4, 128)
   assert cub.macnn.object_crop and not macnn_config.get_config("cars").macnn.object_crop
+  assert cub.phases.grouping.plateau.patience > 0 and cub.phases.classify.plateau.patience > 0
 
 
 def test_pretrained_weights_fill_every_stream(tmp_path):

@@ -168,3 +168,6 @@ def test_configs_and_the_alternating_plan():
   assert (cub.data.image_size, cub.racnn.scale_input, cub.model.backbone, cub.model.require_pretrained) == (
       448, 224, "vgg19", True)
   assert cub.racnn.min_half_fraction < cub.racnn.apn_init_half_fraction
+  # The paper's plateau rule on the alternating phases of the real presets; off in the short synthetic run.
+  assert cub.phases.apn.plateau.patience > 0 and cub.phases.classify.plateau.patience > 0
+  assert c.phases.apn.plateau.patience == 0 and cub.phases.scales.plateau.patience == 0
