@@ -8,7 +8,8 @@
 The run: 'object' trains the object stream; 'init' groups the channels by k-means of their peak positions
 and pretrains the grouping layers to those groups; then 'grouping' (the grouping layers on the channel-
 grouping loss, convolutions fixed) and 'classify' (convolutions and classifiers, grouping fixed) alternate
-`cycles` times (the real-data presets end each early when its loss stops falling: phases.*.plateau); 'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
+`cycles` times (the real-data presets end each early when its loss stops falling: phases.*.plateau);
+'parts' trains the part streams on crops around the part maps' peaks and the joint classifier.
 Keys: macnn.num_parts, .feature_stage ('' = the last conv stage, conv5_4 for VGG-19), .lam and .margin of
 L_cng = Dis + lam Div, .part_streams, .crop_fraction (crop side / image side: 128/448 birds, 96/448 others),
 .crop_reference ('image', the paper; 'object': crop_fraction of the object's extent found from the object
