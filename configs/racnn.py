@@ -13,7 +13,9 @@ Keys: racnn.num_scales, .scale_input (the side of scales 2.. inputs: the attende
 .apn_hidden and .apn_grid (APN: the last conv features average-pooled to apn_grid x apn_grid -> FC apn_hidden ->
 tanh -> FC 3), .k (the mask's steepness per unit of the image), .min_half_fraction and .max_half_fraction (t_l's
 bounds / side; at 1/2 the ranking loss may grow the box to the whole image), .keep_inside (the square inside the
-image), .margin (of the ranking loss), .apn_init_half_fraction (the pretraining target's t_l / side).
+image), .margin (of the ranking loss), .apn_init_half_fraction (the pretraining target's t_l / side),
+.scale1_input (0: scale 1 sees the data's image_size and each zoom samples the previous scale's input, the paper;
+N: scale 1 sees the image resized to N and every zoom samples the full-resolution image).
 """
 
 from configs import common
@@ -35,7 +37,8 @@ def get_config(arg=None):
   # min_half_fraction == apn_init_half_fraction the target would sit on the lower bound, reachable only as the
   # sigmoid saturates (s_l -> 0, vanishing gradient); at 0.25 the target is s_l = 1/3, well inside.
   c.racnn = dict(num_scales=3, scale_input=224, apn_hidden=1024, apn_grid=7, k=10.0, min_half_fraction=0.25,
-                 max_half_fraction=0.5, keep_inside=True, margin=0.05, apn_init_half_fraction=1 / 3)
+                 max_half_fraction=0.5, keep_inside=True, margin=0.05, apn_init_half_fraction=1 / 3,
+                 scale1_input=0)
   if arg in (None, "", "e2e"):
     common.cpu_sized(c)
     c.data.image_size, c.data.resize_size = 96, 108

@@ -61,6 +61,27 @@ def test_each_scale_sees_the_previous_scales_attended_crop(built):
   np.testing.assert_allclose(out["txyl"][1], model.propose(1, f2, (64, 64)), rtol=1e-5, atol=1e-4)
 
 
+def test_zooms_sample_the_full_resolution_image():
+  """scale1_input: scale 1 sees the image resized to 48, each box is mapped from its scale's frame to the image's
+  (scale 2's box times 96 / 48; scale 3's through scale 2's crop) and the zoom samples the 96-pixel image."""
+  model = get_scheme("racnn").build(tiny(scale1_input=48, scale_input=32))
+  out = model(X)
+  assert out["input_hw"] == [(48, 48), (32, 32)]
+  small = jax.image.resize(X, (2, 48, 48, 3), "linear", antialias=True)
+  np.testing.assert_allclose(out["scale_logits"][0], model.nets[0].head(model.nets[0].features(small)[0])[1],
+                             rtol=1e-4, atol=1e-5)
+  box2 = out["boxes"][0] * 2.0  # 96 / 48
+  crop2 = racnn.attention_crop(X, box2, (32, 32), model.k)
+  np.testing.assert_allclose(out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop2)[0])[1],
+                             rtol=1e-4, atol=1e-5)
+  side = (box2[:, 2:] - box2[:, :2]) / 32  # one pixel of scale 2's input, in the image's pixels
+  box3 = jnp.tile(box2[:, :2], 2) + jnp.tile(side, 2) * out["boxes"][1]
+  assert np.all(np.asarray(box3[:, :2] >= box2[:, :2] - 1e-4)) and np.all(np.asarray(box3[:, 2:] <= box2[:, 2:] + 1e-4))
+  crop3 = racnn.attention_crop(X, box3, (32, 32), model.k)
+  np.testing.assert_allclose(out["scale_logits"][2], model.nets[2].head(model.nets[2].features(crop3)[0])[1],
+                             rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("bias,bounds", [(-20.0, (0.25, 0.5)), (0.0, (0.25, 0.5)), (20.0, (0.25, 0.5)),
                                          (-20.0, (0.15, 0.25)), (20.0, (0.15, 0.25))])
 def test_boxes_lie_inside_each_scales_image(bias, bounds):

@@ -11,6 +11,11 @@ backbone.
     zoom               ops.racnn.attention_crop: X * M(box) (soft box mask, steepness k per unit of the image)
                        resampled bilinearly from the square to scale_input x scale_input; gradients reach the box
                        through the mask and the sampling positions (plain autodiff)
+    scale1_input       0 (the paper): scale 1 sees the image as it comes and every zoom samples the previous scale's
+                       input. Else scale 1 sees the image resized (antialiased) to scale1_input x scale1_input, and
+                       every zoom samples the full-resolution image (each box mapped from its scale's frame to the
+                       image's): "look closer" at pixels scale 1 never saw, for images larger than a backbone's
+                       input (the boxes' outputs stay in each scale's own frame)
     fused classifier   the scales' pooled features (pre-logits) concatenated -> linear
     APN targets        ops.racnn.apn_targets: the square centred on the peak of scale s's channel-summed last conv
                        response, half side apn_init_half_fraction of the side (the pretraining's regression target)
@@ -49,14 +54,15 @@ class RACNN(nnx.Module):
 
   def __init__(self, nets: list[Backbone], num_classes: int, *, scale_input: int = 224, apn_hidden: int = 1024,
                apn_grid: int = 7, k: float = 10.0, min_half_fraction: float = 0.25, max_half_fraction: float = 0.5,
-               keep_inside: bool = True, apn_init_half_fraction: float = 1 / 3, rngs: nnx.Rngs):
+               keep_inside: bool = True, apn_init_half_fraction: float = 1 / 3, scale1_input: int = 0,
+               rngs: nnx.Rngs):
     if len(nets) < 2:
       raise ValueError(f"RA-CNN needs at least two scales, got {len(nets)}")
     if not 0 <= min_half_fraction <= max_half_fraction <= 0.5 or not 0 < apn_init_half_fraction <= 0.5:
       raise ValueError("racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
                        f"(0, 0.5]; got {min_half_fraction}, {max_half_fraction}, {apn_init_half_fraction}")
     self.nets = nnx.List(nets)
-    self.num_scales, self.scale_input, self.k = len(nets), scale_input, k
+    self.num_scales, self.scale_input, self.scale1_input, self.k = len(nets), scale_input, scale1_input, k
     self.max_half_fraction = max_half_fraction
     self.min_half_fraction, self.keep_inside, self.apn_init_half_fraction = (min_half_fraction, keep_inside,
                                                                              apn_init_half_fraction)
@@ -77,7 +83,13 @@ class RACNN(nnx.Module):
     """Normalised images -> {'logits' (fused), 'scale_logits', 'boxes' and 'txyl' (per transition, in the coarser
     scale's input pixels), 'apn_out' (= txyl), 'apn_targets', 'input_hw' (per transition), 'features' (scale 1)}."""
     out = {"scale_logits": [], "boxes": [], "txyl": [], "apn_targets": [], "input_hw": []}
-    pre, dtype = [], x.dtype
+    pre, dtype, image = [], x.dtype, x
+    if self.scale1_input:
+      size = (self.scale1_input, self.scale1_input)
+      x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear", antialias=True).astype(dtype)
+      # The current scale's frame in the image's: pixel (u, v) is at offset + scale * (u, v), per axis (x, y).
+      offset = jnp.zeros((x.shape[0], 2), jnp.float32)
+      scale = jnp.array([image.shape[2], image.shape[1]], jnp.float32)[None] / self.scale1_input
     for s, net in enumerate(self.nets):
       f, feats = net.features(x)
       p, logits = net.head(f)
@@ -94,7 +106,12 @@ class RACNN(nnx.Module):
       out["boxes"].append(box)
       out["input_hw"].append(tuple(hw))
       out["apn_targets"].append(racnn.apn_targets(f, hw, self.apn_init_half_fraction, self.keep_inside))
-      x = racnn.attention_crop(x, box, (self.scale_input, self.scale_input), self.k)
+      if not self.scale1_input:
+        x = racnn.attention_crop(x, box, (self.scale_input, self.scale_input), self.k)
+        continue
+      in_image = jnp.tile(offset, 2) + jnp.tile(scale, 2) * box
+      x = racnn.attention_crop(image, in_image, (self.scale_input, self.scale_input), self.k).astype(dtype)
+      offset, scale = in_image[:, :2], (in_image[:, 2:] - in_image[:, :2]) / self.scale_input
     out["apn_out"] = out["txyl"]
     out["logits"] = self.fused(jnp.concatenate(pre, axis=-1).astype(dtype)).astype(jnp.float32)
     return out

@@ -43,7 +43,8 @@ class RACNNScheme(Scheme):
     return RACNN(nets, config.data.num_classes, scale_input=r.scale_input, apn_hidden=r.apn_hidden,
                  apn_grid=r.apn_grid, k=r.k, min_half_fraction=r.min_half_fraction,
                  max_half_fraction=r.max_half_fraction, keep_inside=r.keep_inside,
-                 apn_init_half_fraction=r.apn_init_half_fraction, rngs=nnx.Rngs(config.seed + 1))
+                 apn_init_half_fraction=r.apn_init_half_fraction,
+                 scale1_input=r.scale1_input, rngs=nnx.Rngs(config.seed + 1))
 
   def groups(self, model):
     return {"all": nnx.Param, "apn": _under("apns"), "convs": nnx.All(nnx.Param, nnx.Not(_under("apns")))}
