@@ -106,12 +106,13 @@ class RACNN(nnx.Module):
       out["boxes"].append(box)
       out["input_hw"].append(tuple(hw))
       out["apn_targets"].append(racnn.apn_targets(f, hw, self.apn_init_half_fraction, self.keep_inside))
-      if not self.scale1_input:
-        x = racnn.attention_crop(x, box, (self.scale_input, self.scale_input), self.k)
-        continue
-      in_image = jnp.tile(offset, 2) + jnp.tile(scale, 2) * box
-      x = racnn.attention_crop(image, in_image, (self.scale_input, self.scale_input), self.k).astype(dtype)
-      offset, scale = in_image[:, :2], (in_image[:, 2:] - in_image[:, :2]) / self.scale_input
+      size = (self.scale_input, self.scale_input)
+      if self.scale1_input:  # the box in the image's frame; the zoom samples the full-resolution image
+        in_image = jnp.tile(offset, 2) + jnp.tile(scale, 2) * box
+        x = racnn.attention_crop(image, in_image, size, self.k).astype(dtype)
+        offset, scale = in_image[:, :2], (in_image[:, 2:] - in_image[:, :2]) / self.scale_input
+      else:
+        x = racnn.attention_crop(x, box, size, self.k)
     out["apn_out"] = out["txyl"]
     out["logits"] = self.fused(jnp.concatenate(pre, axis=-1).astype(dtype)).astype(jnp.float32)
     return out
