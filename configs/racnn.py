@@ -8,12 +8,15 @@
 The run: 'scales' trains the scales' classifiers and the fused classifier (APNs fixed, at their initial boxes);
 'apn_init' pretrains the APNs to squares on the peaks of the conv responses (smooth-L1); then 'apn' (the APNs on
 the ranking loss, classifiers fixed) and 'classify' (classifiers on cross-entropy, APNs fixed) alternate `cycles`
-times; in the real-data presets each of those ends early when its loss stops falling (phases.*.plateau). Evaluation reports the fused classifier ('logits'), each scale ('scale1'..) and the softmax average.
+times; in the real-data presets each of those ends early when its loss stops falling (phases.*.plateau).
+Evaluation reports the fused classifier ('logits'), each scale ('scale1'..) and the softmax average.
 Keys: racnn.num_scales, .scale_input (the side of scales 2.. inputs: the attended crop is resized to it),
 .apn_hidden and .apn_grid (APN: the last conv features average-pooled to apn_grid x apn_grid -> FC apn_hidden ->
-tanh -> FC 3), .k (the mask's steepness per unit of the image), .min_half_fraction and .max_half_fraction (t_l's
-bounds / side; at 1/2 the ranking loss may grow the box to the whole image), .keep_inside (the square inside the
-image), .margin (of the ranking loss), .apn_init_half_fraction (the pretraining target's t_l / side),
+tanh -> FC 3), .k (the mask's steepness per unit of the image: the mask at the centre of a box of side s (in
+image units) is (sigmoid(k s / 2) - sigmoid(-k s / 2))^2, at k = 10 0.87 for s = 2/3 but 0.41 for s = 0.3, which
+biases the ranking loss towards large boxes; raise k for small ones), .min_half_fraction and .max_half_fraction
+(t_l's bounds / side; at 1/2 the ranking loss may grow the box to the whole image), .keep_inside (the square inside
+the image), .margin (of the ranking loss), .apn_init_half_fraction (the pretraining target's t_l / side),
 .scale1_input (0: scale 1 sees the data's image_size and each zoom samples the previous scale's input, the paper;
 N: scale 1 sees the image resized to N and every zoom samples the full-resolution image).
 """

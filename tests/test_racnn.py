@@ -76,7 +76,8 @@ def test_zooms_sample_the_full_resolution_image():
                              rtol=1e-4, atol=1e-5)
   side = (box2[:, 2:] - box2[:, :2]) / 32  # one pixel of scale 2's input, in the image's pixels
   box3 = jnp.tile(box2[:, :2], 2) + jnp.tile(side, 2) * out["boxes"][1]
-  assert np.all(np.asarray(box3[:, :2] >= box2[:, :2] - 1e-4)) and np.all(np.asarray(box3[:, 2:] <= box2[:, 2:] + 1e-4))
+  box2, box3 = np.asarray(box2), np.asarray(box3)
+  assert np.all(box3[:, :2] >= box2[:, :2] - 1e-4) and np.all(box3[:, 2:] <= box2[:, 2:] + 1e-4)  # nested
   crop3 = racnn.attention_crop(X, box3, (32, 32), model.k)
   np.testing.assert_allclose(out["scale_logits"][2], model.nets[2].head(model.nets[2].features(crop3)[0])[1],
                              rtol=1e-4, atol=1e-5)

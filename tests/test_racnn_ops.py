@@ -209,8 +209,8 @@ def test_apn_box_values():
   t = np.asarray(apn_box(s, (20, 30), keep_inside=False))  # side 20: t_l in [20/3, 10]
   np.testing.assert_allclose(t, [[15, 5, 25 / 3], [3, 18, 20 / 3], [3, 18, 20 / 3]], rtol=1e-6)
   t = np.asarray(apn_box(s, (20, 30)))  # the centre mapped into [t_l, W - t_l]: t_l + s_x (W - 2 t_l)
-  np.testing.assert_allclose(t, [[15, 25 / 3 + 0.25 * 10 / 3, 25 / 3], [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3],
-                                 [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3]], rtol=1e-6)
+  low = [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3]  # t_l = 20 / 3: W - 2 t_l = 50 / 3, H - 2 t_l = 20 / 3
+  np.testing.assert_allclose(t, [[15, 25 / 3 + 0.25 * 10 / 3, 25 / 3], low, low], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(square_box(t[:1])), [[15 - 25 / 3, 2.5 / 3, 15 + 25 / 3, 52.5 / 3]],
                              rtol=1e-6)
   # The centre has a gradient for every s_x, at the edges too (a clip would give none there): W - 2 t_l.
