@@ -14,7 +14,8 @@ from fgattn_jax.training import checkpoint, loop, writers
 
 RES = 64
 # A peak "hits" a part when it is within one part's side of the part's centre (the synthetic parts are squares
-# of side 2 * round(0.045 * RES) = 6 pixels at 64; neighbouring parts on the ring are 10 pixels apart or more).
+# of side 2 * round(0.045 * RES) = 6 pixels at 64; neighbouring parts on the ring are 9.6 pixels apart or more;
+# a peak within reach of two parts counts for the nearer).
 HIT = 6.0
 
 
