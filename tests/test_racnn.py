@@ -186,6 +186,8 @@ def test_configs_and_the_alternating_plan():
   e2e = racnn_config.get_config("e2e")
   assert set(phases.plan(e2e, 62, get_scheme("racnn").loss_names, groups)[0].losses) == {"cls", "rank", "fused",
                                                                                          "apn_init"}
+  closer = racnn_config.get_config("closer")  # scale 1 on a reduced copy, the zoom on the full image
+  assert closer.racnn.scale1_input < closer.data.image_size and closer.racnn.num_scales == 2
   cub = racnn_config.get_config("cub")
   assert (cub.data.image_size, cub.racnn.scale_input, cub.model.backbone, cub.model.require_pretrained) == (
       448, 224, "vgg19", True)
