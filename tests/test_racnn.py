@@ -59,6 +59,13 @@ def test_each_scale_sees_the_previous_scales_attended_crop(built):
   np.testing.assert_allclose(out["boxes"][0], racnn.square_box(out["txyl"][0]))
   f2, _ = model.nets[1].features(crop)
   np.testing.assert_allclose(out["txyl"][1], model.propose(1, f2, (64, 64)), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(out["zooms"][0], crop, rtol=1e-5, atol=1e-5)
+  # The boxes in the image's pixels (what visualisation draws): scale 2's box as is, scale 3's through its crop.
+  np.testing.assert_allclose(out["image_boxes"][0], out["boxes"][0], rtol=1e-6)
+  b2 = np.asarray(out["boxes"][0])
+  unit = (b2[:, 2:] - b2[:, :2]) / 64
+  np.testing.assert_allclose(out["image_boxes"][1], np.tile(b2[:, :2], 2) + np.tile(unit, 2) * out["boxes"][1],
+                             rtol=1e-5, atol=1e-4)
 
 
 def test_zooms_sample_the_full_resolution_image():
@@ -78,6 +85,7 @@ def test_zooms_sample_the_full_resolution_image():
   box3 = jnp.tile(box2[:, :2], 2) + jnp.tile(side, 2) * out["boxes"][1]
   box2, box3 = np.asarray(box2), np.asarray(box3)
   assert np.all(box3[:, :2] >= box2[:, :2] - 1e-4) and np.all(box3[:, 2:] <= box2[:, 2:] + 1e-4)  # nested
+  np.testing.assert_allclose(out["image_boxes"][1], box3, rtol=1e-5, atol=1e-4)
   crop3 = racnn.attention_crop(X, box3, (32, 32), model.k)
   np.testing.assert_allclose(out["scale_logits"][2], model.nets[2].head(model.nets[2].features(crop3)[0])[1],
                              rtol=1e-4, atol=1e-5)

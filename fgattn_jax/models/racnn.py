@@ -81,14 +81,16 @@ class RACNN(nnx.Module):
 
   def __call__(self, x):
     """Normalised images -> {'logits' (fused), 'scale_logits', 'boxes' and 'txyl' (per transition, in the coarser
-    scale's input pixels), 'apn_out' (= txyl), 'apn_targets', 'input_hw' (per transition), 'features' (scale 1)}."""
-    out = {"scale_logits": [], "boxes": [], "txyl": [], "apn_targets": [], "input_hw": []}
+    scale's input pixels), 'image_boxes' (the same boxes in the image's pixels), 'apn_out' (= txyl), 'apn_targets',
+    'input_hw' (per transition), 'features' (scale 1), 'zooms' (the inputs of scales 2..)}."""
+    out = {"scale_logits": [], "boxes": [], "image_boxes": [], "zooms": [], "txyl": [], "apn_targets": [],
+           "input_hw": []}
     pre, dtype, image = [], x.dtype, x
+    # The current scale's frame in the image's: pixel (u, v) is at offset + scale * (u, v), per axis (x, y).
+    offset, scale = jnp.zeros((x.shape[0], 2), jnp.float32), jnp.ones((1, 2), jnp.float32)
     if self.scale1_input:
       size = (self.scale1_input, self.scale1_input)
       x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear", antialias=True).astype(dtype)
-      # The current scale's frame in the image's: pixel (u, v) is at offset + scale * (u, v), per axis (x, y).
-      offset = jnp.zeros((x.shape[0], 2), jnp.float32)
       scale = jnp.array([image.shape[2], image.shape[1]], jnp.float32)[None] / self.scale1_input
     for s, net in enumerate(self.nets):
       f, feats = net.features(x)
@@ -107,12 +109,14 @@ class RACNN(nnx.Module):
       out["input_hw"].append(tuple(hw))
       out["apn_targets"].append(racnn.apn_targets(f, hw, self.apn_init_half_fraction, self.keep_inside))
       size = (self.scale_input, self.scale_input)
-      if self.scale1_input:  # the box in the image's frame; the zoom samples the full-resolution image
-        in_image = jnp.tile(offset, 2) + jnp.tile(scale, 2) * box
+      in_image = jnp.tile(offset, 2) + jnp.tile(scale, 2) * box  # the box in the image's frame
+      out["image_boxes"].append(in_image)
+      offset, scale = in_image[:, :2], (in_image[:, 2:] - in_image[:, :2]) / self.scale_input
+      if self.scale1_input:  # the zoom samples the full-resolution image
         x = racnn.attention_crop(image, in_image, size, self.k).astype(dtype)
-        offset, scale = in_image[:, :2], (in_image[:, 2:] - in_image[:, :2]) / self.scale_input
       else:
         x = racnn.attention_crop(x, box, size, self.k)
+      out["zooms"].append(x)
     out["apn_out"] = out["txyl"]
     out["logits"] = self.fused(jnp.concatenate(pre, axis=-1).astype(dtype)).astype(jnp.float32)
     return out
