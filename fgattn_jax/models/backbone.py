@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fgattn_jax.models import layers
+
 
 def output_width(module, fn, hw=(64, 64)) -> int:
   """The channel count of fn(module, image), from shapes alone (on a copy: nothing is computed or updated)."""
@@ -30,7 +32,7 @@ class Backbone(nnx.Module):
     feats = {}
     stop = len(self.stages) if stop is None else stop
     for i in range(start, stop):
-      x = self.stages[i](x)
+      x = layers.tap(self.stage_names[i], self.stages[i](x))
       feats[self.stage_names[i]] = x
     return x, feats
 

@@ -7,6 +7,9 @@ PyTorch model and break exact weight import.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,4 +72,82 @@ def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
 
 
-relu = jax.nn.relu
+# Saliency (ops/saliency.py) changes how gradients pass the backbones' ReLUs and reads or perturbs their stages'
+# outputs. Both are read while a function is traced, so only code traced inside the context is affected: a jitted
+# function must set the context inside its own body (and be re-traced per rule), never around a cached call.
+_RELU_RULE = contextvars.ContextVar("relu_rule", default="plain")
+_TAP = contextvars.ContextVar("stage_tap", default=None)
+RELU_RULES = ("plain", "guided", "deconvnet")
+
+
+@jax.custom_vjp
+def _guided_relu(x):
+  return jax.nn.relu(x)
+
+
+def _guided_fwd(x):
+  return jax.nn.relu(x), x
+
+
+def _guided_bwd(x, g):
+  # Guided backpropagation (Springenberg et al. 2015): the gradient passes where the input was positive (as the
+  # plain rule) and where it is itself positive (as the deconvnet rule).
+  return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+_guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+
+@jax.custom_vjp
+def _deconvnet_relu(x):
+  return jax.nn.relu(x)
+
+
+def _deconvnet_fwd(x):
+  return jax.nn.relu(x), None
+
+
+def _deconvnet_bwd(_, g):
+  # Zeiler and Fergus's deconvnet: a ReLU on the backward signal, whatever the forward input was.
+  return (jax.nn.relu(g),)
+
+
+_deconvnet_relu.defvjp(_deconvnet_fwd, _deconvnet_bwd)
+
+
+def relu(x):
+  """The backbones' ReLU; its backward rule is 'plain' unless traced inside `relu_rule(...)`."""
+  rule = _RELU_RULE.get()
+  if rule == "guided":
+    return _guided_relu(x)
+  if rule == "deconvnet":
+    return _deconvnet_relu(x)
+  return jax.nn.relu(x)
+
+
+@contextlib.contextmanager
+def relu_rule(rule: str):
+  """Traces the backbones' ReLUs with a backward rule: 'plain', 'guided' or 'deconvnet'."""
+  if rule not in RELU_RULES:
+    raise ValueError(f"unknown ReLU gradient rule {rule!r}: one of {', '.join(RELU_RULES)}")
+  token = _RELU_RULE.set(rule)
+  try:
+    yield
+  finally:
+    _RELU_RULE.reset(token)
+
+
+def tap(name: str, x):
+  """A backbone stage's output passes here: inside `tapping(fn)`, fn(name, x) may record it and return it
+  perturbed (to differentiate with respect to it); elsewhere it is returned unchanged."""
+  fn = _TAP.get()
+  return x if fn is None else fn(name, x)
+
+
+@contextlib.contextmanager
+def tapping(fn):
+  token = _TAP.set(fn)
+  try:
+    yield
+  finally:
+    _TAP.reset(token)
