@@ -7,6 +7,12 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def pytest_collection_modifyitems(items):
+  """The learning tests (minutes each) first, so that with several workers none of them starts last and runs alone
+  at the end."""
+  items.sort(key=lambda item: not item.path.name.endswith("_learning.py"))
+
+
 @pytest.fixture
 def x64():
   """float64 in JAX for the test (finite-difference gradient checks), restored afterwards."""
