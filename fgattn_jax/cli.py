@@ -1,9 +1,11 @@
-"""Command-line pieces shared by train and evaluate: the config flags, presets in --help, logging."""
+"""Command-line pieces shared by train, evaluate and visualize: the config flags, presets in --help, a trained
+run's config, logging."""
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -48,6 +50,25 @@ def parse(p: argparse.ArgumentParser, argv):
   except config_lib.ConfigError as e:
     p.error(str(e))
   return p.parse_args(rest), pairs
+
+
+def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
+  """The config a training run saved in workdir, with --config.KEY=VALUE overrides (e.g. a moved data root);
+  a missing run or a wrong key is an argparse error (exit 2, one line)."""
+  import ml_collections
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    p.error(f"{path} not found: --workdir must be the folder a training run wrote")
+  with open(path) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  cfg.lock()
+  for key, text in pairs:
+    try:
+      config_lib.override(cfg, key, text)
+    except config_lib.ConfigError as e:
+      p.error(str(e))
+  return cfg
 
 
 def setup_logging():

@@ -6,11 +6,17 @@
 Reports top-1, top-5, mean class accuracy and expected calibration error for every output of the scheme,
 and saves per-class accuracy and the confusion matrix (CSV, NPY, PNG) in DIR/eval/. Every example of the
 split counts exactly once (the last batch is padded and masked).
+
+    python -m fgattn_jax.evaluate --workdir DIR --localization [--num-images N] [--layer NAME[#K]]
+                                  [--deletion-steps 16] [--part-radius PIXELS]
+
+also scores where each map kind points (the scheme's attention, CAM, Grad-CAM, for the true class) on the images
+with a ground-truth box (synthetic, CUB): the pointing game against its chance level, the deletion and insertion
+areas under the curve, and for MA-CNN's part maps the ground-truth parts they hit (fgattn_jax/localize.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -25,15 +31,23 @@ def main(argv=None) -> int:
   p.add_argument("--split", help="data split to evaluate (default: the run's data.eval_split)")
   p.add_argument("--checkpoint", default="best", help="'best' (by evaluation top-1), 'latest' or a step number")
   p.add_argument("--out", help="where to write the results (default: WORKDIR/eval)")
+  p.add_argument("--localization", action="store_true", help="also score the maps' localisation (see above)")
+  p.add_argument("--num-images", type=int, help="--localization on the first N images only (default: all)")
+  p.add_argument("--layer", help="the stage Grad-CAM reads (default: the explained backbone's last)")
+  p.add_argument("--deletion-steps", type=int, default=16, help="points on the deletion and insertion curves")
+  p.add_argument("--part-radius", type=float,
+                 help="a part map's peak hits a part within this many pixels (default: a tenth of the side)")
   args, pairs = cli.parse(p, argv)
+  if args.num_images is not None and args.num_images < 1:
+    p.error(f"--num-images must be at least 1, got {args.num_images}")
+  if args.deletion_steps < 1:
+    p.error(f"--deletion-steps must be at least 1, got {args.deletion_steps}")
   cli.setup_logging()
 
   import jax
-  import ml_collections
   from flax import nnx
 
   from data_pipelines import pipeline as data
-  from fgattn_jax import config as config_lib
   from fgattn_jax import evaluation
   from fgattn_jax.models.registry import compute_dtype
   from fgattn_jax.schemes import get_scheme
@@ -41,17 +55,7 @@ def main(argv=None) -> int:
   from fgattn_jax.training import loop, steps
   from fgattn_jax.training import mesh as mesh_lib
 
-  path = os.path.join(args.workdir, "config.json")
-  if not os.path.exists(path):
-    p.error(f"{path} not found: --workdir must be the folder a training run wrote")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  cfg.lock()
-  for key, text in pairs:
-    try:
-      config_lib.override(cfg, key, text)
-    except config_lib.ConfigError as e:
-      p.error(str(e))
+  cfg = cli.run_config(p, args.workdir, pairs)
   split = args.split or cfg.data.eval_split
 
   scheme = get_scheme(cfg.scheme)
@@ -74,6 +78,36 @@ def main(argv=None) -> int:
       files = evaluation.save(r, out, prefix=f"{split}_step{step}_{name}")
       print(f"  {name:<10} {evaluation.summary_line(r)}")
     print(f"per-class accuracy and confusion matrices: {out} (e.g. {os.path.basename(files['confusion_png'])})")
+  if args.localization:
+    return _localization(p, args, scheme, model, cfg, pipe, split, step)
+  return 0
+
+
+def _localization(p, args, scheme, model, cfg, pipe, split, step) -> int:
+  import json
+
+  import jax
+
+  from fgattn_jax import explain, localize
+  from fgattn_jax.models.registry import compute_dtype
+
+  model.eval()
+  layer = args.layer or explain.default_layer(scheme, model)
+  results = localize.evaluate(scheme, model, pipe, layer=layer, dtype=compute_dtype(cfg.model.dtype),
+                              steps=args.deletion_steps, part_radius=args.part_radius, max_images=args.num_images)
+  if not results:
+    print(f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB)",
+          file=sys.stderr)
+    return 2
+  if jax.process_index() == 0:
+    out = args.out or os.path.join(args.workdir, "eval")
+    path = os.path.join(out, f"{split}_step{step}_localization.json")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"layer": layer, "deletion_steps": args.deletion_steps, "maps": results}, f, indent=2)
+    print(f"localisation (true class; Grad-CAM at {layer}):")
+    print(localize.table(results))
+    print(f"saved {path}")
   return 0
 
 

@@ -1,6 +1,8 @@
-"""Localisation helpers: the object box found from activations (SCDA), the pointing game."""
+"""Localisation helpers: the object box found from activations (SCDA), the pointing game, the parts part maps hit,
+the deletion and insertion curves."""
 
 import numpy as np
+import pytest
 
 from fgattn_jax.ops import localization
 
@@ -28,3 +30,75 @@ def test_pointing_game_on_planted_maps():
   hits = np.asarray(localization.pointing_game(maps, boxes, (32, 32)))
   np.testing.assert_array_equal(hits, [True, False, True])
   np.testing.assert_allclose(np.asarray(localization.box_area_fraction(boxes, (32, 32))), [0.25, 0.25, 1 / 16])
+
+
+def test_nearest_part_hits_on_planted_peaks():
+  maps = np.zeros((2, 4, 4, 3), np.float32)
+  maps[0, 0, 0, 0] = maps[0, 0, 0, 1] = 1.0  # two maps on the cell centred (4, 4); the third at (28, 4)
+  maps[0, 0, 3, 2] = 1.0
+  maps[1, 2, 2, :] = 1.0
+  parts = np.array([[[5, 5], [26, 4], [28, 5]],  # part 2 is nearest the third map's peak, but absent
+                    [[np.nan, np.nan]] * 3], np.float32)
+  parts[0, 2] = np.nan
+  found = {k: np.asarray(v) for k, v in localization.nearest_part_hits(maps, parts, (32, 32), radius=3.0).items()}
+  np.testing.assert_array_equal(found["nearest"], [[0, 0, 1], [-1, -1, -1]])
+  np.testing.assert_array_equal(found["hit"], [[True, True, True], [False, False, False]])
+  np.testing.assert_array_equal(found["distinct"], [2, 0])  # two maps on one part count once
+  found = localization.nearest_part_hits(maps, parts, (32, 32), radius=1.0)
+  np.testing.assert_array_equal(np.asarray(found["hit"])[0], [False, False, False])
+
+
+def evidence_probs(images):
+  """Class 0's probability: the share of the 4x4 evidence square (rows and columns 2..5) still at its value 1."""
+  p = images[:, 2:6, 2:6, 0].mean(axis=(1, 2))
+  return np.stack([p, 1 - p], axis=1)
+
+
+def curves_by_hand(images, m, steps):
+  """NumPy: the zero-baseline deletion and insertion curves of class 0, pixels ranked by the (same-size) map."""
+  b, h, w, _ = images.shape
+  out = {"deletion": [], "insertion": []}
+  for t in range(steps + 1):
+    first = np.zeros((b, h * w), bool)
+    for i in range(b):
+      first[i, np.argsort(-m[i].ravel(), kind="stable")[:round(t * h * w / steps)]] = True
+    first = first.reshape(b, h, w, 1)
+    out["deletion"].append(evidence_probs(np.where(first, 0.0, images))[:, 0])
+    out["insertion"].append(evidence_probs(np.where(first, images, 0.0))[:, 0])
+  return {k: np.stack(v, axis=1) for k, v in out.items()}
+
+
+def test_deletion_and_insertion_reward_the_map_on_the_evidence():
+  images = np.zeros((2, 16, 16, 3), np.float32)
+  images[:, 2:6, 2:6] = 1.0
+  yy, xx = np.mgrid[:16, :16]
+  on = -((yy - 3.5) ** 2 + (xx - 3.5) ** 2).astype(np.float32)  # peaked on the evidence
+  off = -((yy - 12) ** 2 + (xx - 12) ** 2).astype(np.float32)  # peaked in the far corner
+  maps = np.stack([on, off])
+  labels = np.zeros(2, np.int32)
+  got = {k: np.asarray(v) for k, v in
+         localization.deletion_insertion(evidence_probs, images, maps, labels, steps=8, baseline="zero").items()}
+  want = curves_by_hand(images, maps, 8)
+  for name in ("deletion", "insertion"):
+    assert got[f"{name}_curve"].shape == (2, 9)
+    np.testing.assert_allclose(got[f"{name}_curve"], want[name], atol=1e-6)
+    np.testing.assert_allclose(got[name], np.trapezoid(want[name], dx=1 / 8, axis=1), atol=1e-6)
+  assert got["deletion"][0] < 0.1 < 0.6 < got["deletion"][1]
+  assert got["insertion"][0] > 0.9 > 0.4 > got["insertion"][1]
+
+
+def test_deletion_and_insertion_baselines_start_and_end_where_they_must():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  images[:, 2:6, 2:6, 0] = 1.0
+  maps = rng.uniform(size=(2, 4, 4)).astype(np.float32)  # smaller than the images: resized
+  labels = np.array([0, 1])
+  for baseline in ("mean", "blur"):
+    got = localization.deletion_insertion(evidence_probs, images, maps, labels, steps=4, baseline=baseline)
+    start = evidence_probs(images)[[0, 1], labels]
+    np.testing.assert_allclose(got["deletion_curve"][:, 0], start, atol=1e-6)
+    np.testing.assert_allclose(got["insertion_curve"][:, -1], start, atol=1e-6)
+    np.testing.assert_allclose(got["deletion_curve"][:, -1], got["insertion_curve"][:, 0], atol=1e-6)
+    assert not np.allclose(got["insertion_curve"][:, 0], start)  # the baseline is not the image
+  with pytest.raises(ValueError, match="blur, zero or mean"):
+    localization.deletion_insertion(evidence_probs, images, maps, labels, baseline="noise")

@@ -123,7 +123,7 @@ class MACNN(nnx.Module):
       patches = crops.crop_parts(x, boxes, size).astype(x.dtype)
       streams = [net.head(net.features(patches[:, i])[0]) for i, net in enumerate(self.part_nets)]
       out["stream_logits"] = [logits.astype(jnp.float32) for _, logits in streams]
-      out["boxes"] = boxes
+      out["boxes"], out["patches"] = boxes, patches
       if self.object_net is not None:
         net = self.object_net
         pre, logits = net.head(net.features(crops.crop_resize(x, object_boxes, size).astype(x.dtype))[0])

@@ -98,6 +98,7 @@ class Stem(nnx.Module):
 
 class LinearHead(nnx.Module):
   """Global average pool -> (dropout) -> linear."""
+  pooled_linear = True  # CAM applies
 
   def __init__(self, cin, num_classes, *, dropout=0.0, dtype, rngs):
     self.drop = nnx.Dropout(dropout, rngs=rngs)

@@ -70,6 +70,7 @@ class ClassifierHead(nnx.Module):
 
 
 class GAPHead(nnx.Module):
+  pooled_linear = True  # global average pool -> linear: CAM applies
 
   def __init__(self, cin, num_classes, *, dropout, dtype, rngs):
     self.drop = nnx.Dropout(dropout, rngs=rngs)

@@ -50,6 +50,14 @@ class ABNScheme(Scheme):
     outputs |= {f"task{t}_attention_branch": l for t, l in enumerate(out["attention_logits"])}
     return {"att": mean_ce(out["attention_logits"]), "per": mean_ce(out["logits"])}, outputs
 
+  def attention(self, model, images):
+    return {"maps": model(images)["attention"]}
+
+  def cam_net(self, model):
+    # Single task: the perception branch ends in the backbone's own head. Multi-task heads read the same pooled
+    # features but per-task copies of the maps; no single CAM then.
+    return None if self.multi_task else (model.backbone, "logits")
+
   def labels_for(self, output, batch):
     if not self.multi_task:
       return batch["label"]

@@ -31,6 +31,18 @@ class Scheme:
     """The targets an output's logits are scored against (evaluation, training accuracy)."""
     return batch["label"]
 
+  def attention(self, model, images) -> dict:
+    """The scheme's own attention on normalised images, for drawing and the localisation metrics; any of
+    'maps' (B, h, w, T) float32, higher where attended (ABN's map, one per task), 'part_maps' (B, h, w, N) (MA-CNN's,
+    one per part), 'boxes' (B, N, 4) in input pixels (x0, y0, x1, y1: MA-CNN's part crops, RA-CNN's box at each
+    scale), 'crops' (a list of (B, s, s, C) normalised images: what the scheme zoomed in on)."""
+    return {}
+
+  def cam_net(self, model):
+    """(the backbone whose last stage and global-average-pool + linear head CAM reads, the output name those
+    logits have), or None where no such head classifies."""
+    return None
+
   def before_phase(self, key: str, model, sample_batches) -> None:
     """Called as a phase starts (not when resuming inside it); sample_batches() gives a few evaluation-mode
     batches of the training split (e.g. MA-CNN's channel-grouping initialisation)."""

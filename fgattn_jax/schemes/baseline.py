@@ -30,6 +30,9 @@ class Baseline(Scheme):
     # 'all' respects model.freeze_features; 'head' is the classifier-only warm-up.
     return {"all": model.trainable(), "head": nnx.All(nnx.Param, nnx.PathContains("head"))}
 
+  def cam_net(self, model):
+    return model, "logits"
+
   def forward(self, model, images, batch, *, train):
     logits, _ = model(images)
     return {"ce": losses.cross_entropy(logits, batch["label"], batch["mask"])}, {"logits": logits}

@@ -67,6 +67,14 @@ class MACNNScheme(Scheme):
     outputs |= {f"part{i}": l for i, l in enumerate(streams)}
     return result, outputs
 
+  def attention(self, model, images):
+    out = model(images)
+    parts = {"boxes": out["boxes"], "crops": list(jnp.moveaxis(out["patches"], 1, 0))} if "boxes" in out else {}
+    return {"part_maps": out["maps"]} | parts
+
+  def cam_net(self, model):
+    return model.backbone, "object"
+
   def load_pretrained(self, model, path):
     """torchvision weights into the object stream, every part stream and the object-crop stream."""
     nets = [(("backbone",), model.backbone)]

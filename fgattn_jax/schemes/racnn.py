@@ -65,6 +65,13 @@ class RACNNScheme(Scheme):
     outputs = {"logits": out["logits"]} | {f"scale{s + 1}": l for s, l in enumerate(scales)} | {"average": average}
     return result, outputs
 
+  def attention(self, model, images):
+    out = model(images)
+    return {"boxes": jnp.stack(out["image_boxes"], axis=1), "crops": out["zooms"]}
+
+  def cam_net(self, model):
+    return model.nets[0], "scale1"
+
   def load_pretrained(self, model, path):
     """torchvision weights into every scale's backbone."""
     return load_into([(("nets", s), net) for s, net in enumerate(model.nets)], path)

@@ -1,0 +1,169 @@
+"""Maps drawn over images, and panels of captioned tiles (NumPy and Pillow; no JAX): what visualize writes.
+
+Images are uint8 (H, W, 3); maps are float (h, w) of any size, resized to the image (bilinear, pixel centres).
+Every function returns a new array and leaves its inputs alone.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# One colour per part or scale, in order (red, green, blue, yellow, magenta, cyan, orange, purple), then again.
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (240, 50, 230), (70, 240, 240),
+           (245, 130, 48), (145, 30, 180))
+MIN_TILE = 160  # small images (64 px in CPU runs) are enlarged so that captions and detail stay readable
+CAPTION_H, TITLE_H, LINE_H, GAP = 14, 20, 14, 6
+
+
+def _unit(m) -> np.ndarray:
+  """A map scaled to [0, 1] by its own min and max; a constant map -> zeros."""
+  m = np.nan_to_num(np.asarray(m, np.float32))
+  lo, span = m.min(), m.max() - m.min()
+  return (m - lo) / span if span > 0 else np.zeros_like(m)
+
+
+def resize_map(m, hw) -> np.ndarray:
+  """(h, w) float map -> (H, W) float32, bilinear with half-pixel centres (Pillow's, as jax.image.resize)."""
+  m = np.asarray(m, np.float32)
+  if m.shape == tuple(hw):
+    return m.copy()
+  return np.asarray(Image.fromarray(m, mode="F").resize((hw[1], hw[0]), Image.BILINEAR), np.float32)
+
+
+def heatmap_rgb(m, cmap: str = "jet") -> np.ndarray:
+  from matplotlib import colormaps
+  return np.round(colormaps[cmap](_unit(m))[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(image, m, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+  """The map coloured (min to max) and blended over the image."""
+  image = np.asarray(image)
+  heat = heatmap_rgb(resize_map(m, image.shape[:2]), cmap).astype(np.float32)
+  return np.round((1 - alpha) * image + alpha * heat).astype(np.uint8)
+
+
+def part_overlay(image, maps, colours=None, alpha: float = 0.6) -> np.ndarray:
+  """(h, w, N) part maps, each in its colour: where no part is active the image shows through."""
+  image = np.asarray(image)
+  colours = np.asarray(colours or PALETTE, np.float32)
+  n = maps.shape[-1]
+  weights = np.stack([_unit(resize_map(maps[..., i], image.shape[:2])) for i in range(n)], axis=-1)  # (H, W, N)
+  colour = np.clip(weights @ colours[np.arange(n) % len(colours)], 0, 255)
+  a = alpha * weights.max(axis=-1, keepdims=True)
+  return np.round((1 - a) * image + a * colour).astype(np.uint8)
+
+
+def _colour(colours, i):
+  return tuple(int(c) for c in (colours or PALETTE)[i % len(colours or PALETTE)])
+
+
+def draw_boxes(image, boxes, colours=None, width: int = 2) -> np.ndarray:
+  """(K, 4) boxes (x0, y0, x1, y1) in pixels, the k-th in colours[k]; rows with a NaN are skipped."""
+  canvas = Image.fromarray(np.asarray(image, np.uint8).copy())
+  draw = ImageDraw.Draw(canvas)
+  for k, b in enumerate(np.asarray(boxes, np.float32).reshape(-1, 4)):
+    if np.isfinite(b).all():
+      draw.rectangle([float(b[0]), float(b[1]), float(b[2]) - 1, float(b[3]) - 1], outline=_colour(colours, k),
+                     width=width)
+  return np.asarray(canvas)
+
+
+def draw_points(image, points, colours=None, radius: int = 3) -> np.ndarray:
+  """(K, 2) points (x, y), filled circles with a black outline; rows with a NaN are skipped."""
+  canvas = Image.fromarray(np.asarray(image, np.uint8).copy())
+  draw = ImageDraw.Draw(canvas)
+  for k, (x, y) in enumerate(np.asarray(points, np.float32).reshape(-1, 2)):
+    if np.isfinite([x, y]).all():
+      draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_colour(colours, k), outline=(0, 0, 0))
+  return np.asarray(canvas)
+
+
+def guided_rgb(g) -> np.ndarray:
+  """A (H, W, 3) input gradient as usually shown: centred, 0.1 per standard deviation around mid-grey."""
+  g = np.asarray(g, np.float32)
+  g = (g - g.mean()) / (g.std() + 1e-8) * 0.1 + 0.5
+  return np.round(np.clip(g, 0, 1) * 255).astype(np.uint8)
+
+
+def _fit(tile, th, tw) -> Image.Image:
+  image = Image.fromarray(np.asarray(tile, np.uint8))
+  if image.size == (tw, th):
+    return image
+  enlarging = th >= 2 * image.height and tw >= 2 * image.width
+  return image.resize((tw, th), Image.NEAREST if enlarging else Image.BILINEAR)
+
+
+def panel(tiles, title: str = "", footer_lines=(), tile_size=None, per_row: int = 6) -> np.ndarray:
+  """Captioned tiles in rows of per_row, the title above, footer lines below, on white.
+
+  Size: tiles (th, tw) = tile_size, or the largest tile's scaled up so that its longer side is at least MIN_TILE;
+  width = cols * tw + (cols + 1) * GAP with cols = min(len(tiles), per_row); height = TITLE_H + rows * (CAPTION_H +
+  th + GAP) + GAP + len(footer_lines) * LINE_H, rows = ceil(len(tiles) / per_row).
+  """
+  if not tiles:
+    raise ValueError("a panel needs at least one tile")
+  if tile_size is None:
+    th, tw = max(np.asarray(t).shape[0] for _, t in tiles), max(np.asarray(t).shape[1] for _, t in tiles)
+    scale = max(1, -(-MIN_TILE // max(th, tw)))
+    th, tw = th * scale, tw * scale
+  else:
+    th, tw = tile_size
+  cols, rows = min(len(tiles), per_row), -(-len(tiles) // per_row)
+  width = cols * tw + (cols + 1) * GAP
+  height = TITLE_H + rows * (CAPTION_H + th + GAP) + GAP + len(footer_lines) * LINE_H
+  canvas = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+  draw.text((GAP, 4), title, fill="black", font=font)
+  for i, (caption, tile) in enumerate(tiles):
+    x = GAP + (i % cols) * (tw + GAP)
+    y = TITLE_H + (i // cols) * (CAPTION_H + th + GAP)
+    draw.text((x, y), _clip_text(draw, caption, font, tw), fill="black", font=font)
+    canvas.paste(_fit(tile, th, tw), (x, y + CAPTION_H))
+  y = TITLE_H + rows * (CAPTION_H + th + GAP) + GAP
+  for line in footer_lines:
+    draw.text((GAP, y), line, fill="black", font=font)
+    y += LINE_H
+  return np.asarray(canvas)
+
+
+def _clip_text(draw, text, font, width) -> str:
+  """The caption cut (with '...') to the tile's width, so neighbours' captions never overlap."""
+  if draw.textlength(text, font=font) <= width:
+    return text
+  while text and draw.textlength(text + "...", font=font) > width:
+    text = text[:-1]
+  return text + "..."
+
+
+def save_png(path, image) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  return path
+
+
+def write_index(out_dir, entries, title: str) -> str:
+  """out_dir/index.html: the panels in a grid; entries are {'png': path relative to out_dir, 'caption': text}."""
+  cells = "\n".join(f'<figure><a href="{html.escape(e["png"])}"><img src="{html.escape(e["png"])}" loading="lazy">'
+                    f'</a><figcaption>{html.escape(e["caption"])}</figcaption></figure>' for e in entries)
+  page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 1em; }}
+figure {{ margin: 0; }} img {{ max-width: 100%; border: 1px solid #ccc; }} figcaption {{ font-size: 0.9em; }}
+</style></head>
+<body><h1>{html.escape(title)}</h1>
+<div class="grid">
+{cells}
+</div></body></html>
+"""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "index.html")
+  with open(path, "w") as f:
+    f.write(page)
+  return path

@@ -1,0 +1,162 @@
+"""See where a trained run looks:
+
+    python -m fgattn_jax.visualize --workdir DIR [--split test] [--num-images 16] [--out DIR]
+                                   [--checkpoint best|latest|STEP] [--layer NAME[#K]]
+                                   [--amplify LAYER[:CHANNEL]|class] [--config.KEY=VALUE ...]
+
+For each image, one PNG panel: the input with its ground-truth box and parts where the data set has them; the
+scheme's own attention (ABN: the attention map; MA-CNN: the part maps, each part in its colour, their crops; RA-CNN:
+the box of each scale on the image and the zoomed inputs); CAM where the explained classifier is a global-average-
+pool + linear head; Grad-CAM and guided Grad-CAM for the predicted and the true class; the top-5 predictions. With
+--amplify, the image after feature amplification (gradient ascent on the input) for a stage (and channel) or the
+predicted class. OUT/index.html shows every panel. Default OUT: WORKDIR/visualize/SPLIT_stepSTEP; nothing is
+written elsewhere.
+
+--layer: the stage Grad-CAM reads (default: the last stage of the explained backbone: the classifier's, scale 1's
+for RA-CNN, the object stream's for MA-CNN); in models with several backbones NAME#2 is the second of that name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fgattn_jax import cli, overlays
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  p = cli.parser("python -m fgattn_jax.visualize", __doc__, argv)
+  p.epilog = None
+  p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
+  p.add_argument("--split", help="data split to draw (default: the run's data.eval_split)")
+  p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split)")
+  p.add_argument("--checkpoint", default="best", help="'best' (by evaluation top-1), 'latest' or a step number")
+  p.add_argument("--out", help="folder for the panels and index.html (default: WORKDIR/visualize/SPLIT_stepSTEP)")
+  p.add_argument("--layer", help="the stage Grad-CAM reads, e.g. conv5_4, layer3, conv5_4#2")
+  p.add_argument("--amplify", metavar="LAYER[:CHANNEL]|class",
+                 help="also draw the image after feature amplification for a stage (and channel) or the predicted "
+                      "class")
+  p.add_argument("--amplify-steps", type=int, default=20, help="gradient-ascent steps of --amplify")
+  p.add_argument("--amplify-step-size", type=float, default=0.05,
+                 help="each step's size, in normalised pixel units over the gradient's mean magnitude")
+  args, pairs = cli.parse(p, argv)
+  if args.num_images < 1:
+    p.error(f"--num-images must be at least 1, got {args.num_images}")
+  cli.setup_logging()
+
+  import numpy as np
+
+  from data_pipelines import pipeline as data
+  from fgattn_jax import explain
+  from fgattn_jax.models.registry import compute_dtype
+  from fgattn_jax.ops import saliency
+  from fgattn_jax.schemes import get_scheme
+  from fgattn_jax.training import checkpoint as ckpt_lib
+
+  cfg = cli.run_config(p, args.workdir, pairs)
+  split = args.split or cfg.data.eval_split
+  scheme = get_scheme(cfg.scheme)
+  model = scheme.build(cfg)
+  try:
+    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
+    pipe = data.build(cfg, split, training=False)
+  except cli.user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  model.eval()
+  dtype = compute_dtype(cfg.model.dtype)
+  layer = args.layer or explain.default_layer(scheme, model)
+  amplify = None
+  if args.amplify:
+    name, _, channel = args.amplify.partition(":")
+    if channel and not channel.isdigit():
+      p.error(f"--amplify {args.amplify!r}: the channel after ':' must be a number")
+    amplify = dict(layer=None if name == "class" else name, channel=int(channel) if channel else None,
+                   use_class=name == "class", steps=args.amplify_steps, step_size=args.amplify_step_size)
+  probe = {k: v[:1] for k, v in next(iter(pipe)).items()}
+  stages = saliency.layer_names(explain.logits_fn(scheme, model, probe),
+                                np.zeros(probe["image"].shape, np.float32))
+  for name in {layer, (amplify or {}).get("layer") or layer}:
+    if name not in stages:
+      p.error(f"layer {name!r} does not run in this model; its stages: {', '.join(stages)}")
+
+  out = args.out or os.path.join(args.workdir, "visualize", f"{split}_step{step}")
+  names = pipe.source.class_names
+  entries, done = [], 0
+  for batch in pipe:
+    maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=explain.has_cam(scheme, model))
+    maps = _to_numpy(maps)
+    amp = (explain.to_uint8(explain.amplified(scheme, model, batch, dtype=dtype, **amplify))
+           if amplify else None)
+    for i in np.flatnonzero(batch["mask"]):
+      if done == args.num_images:
+        break
+      image_id = int(batch["index"][i])
+      path = os.path.join(out, f"{split}_{image_id:06d}.png")
+      tiles, footer = panel_tiles(batch, maps, amp, i, layer, names)
+      overlays.save_png(path, overlays.panel(tiles, title=f"{split} image {image_id} - {scheme.name}, {layer}",
+                                             footer_lines=footer))
+      entries.append({"png": os.path.basename(path), "caption": f"{split} {image_id}: {footer[0]}"})
+      done += 1
+    if done == args.num_images:
+      break
+  index = overlays.write_index(out, entries, f"{args.workdir} - {split}, checkpoint step {step}")
+  print(f"{done} panels of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; open {index}")
+  return 0
+
+
+def _to_numpy(tree):
+  import jax
+  import numpy as np
+  return jax.tree.map(np.asarray, tree)
+
+
+def _name(names, k) -> str:
+  return f"{names[k]} ({k})" if names and k < len(names) else str(k)
+
+
+def panel_tiles(batch, maps, amplified, i, layer, names):
+  """One image's tiles (caption, uint8 image) and footer lines, from explain()'s host arrays."""
+  import numpy as np
+
+  from fgattn_jax import explain
+
+  image = np.asarray(batch["image"][i])
+  size = min(image.shape[:2])  # marks in proportion to the image: panels enlarge small images
+  truth = overlays.draw_boxes(image, batch["box"][i][None], colours=[(255, 255, 255)], width=max(1, size // 100))
+  truth = overlays.draw_points(truth, batch["parts"][i], radius=max(1, round(size / 40)))
+  tiles = [("input, ground truth", truth)]
+  att = maps["attention"]
+  if "part_maps" in att:
+    shown = overlays.part_overlay(image, att["part_maps"][i])
+    if "boxes" in att:
+      shown = overlays.draw_boxes(shown, att["boxes"][i], colours=overlays.PALETTE)
+    tiles.append(("part maps and crops", shown))
+  elif "maps" in att:
+    m = att["maps"][i]
+    tiles += [(f"attention map{'' if m.shape[-1] == 1 else f', task {t}'}", overlays.overlay(image, m[..., t]))
+              for t in range(m.shape[-1])]
+  elif "boxes" in att:
+    tiles.append(("box of each scale", overlays.draw_boxes(image, att["boxes"][i], colours=overlays.PALETTE)))
+  for c, crop in enumerate(att.get("crops", [])):
+    caption = f"part {c + 1} crop" if "part_maps" in att else f"scale {c + 2} input"
+    tiles.append((caption, explain.to_uint8(crop[i])))
+  probs = maps["probs"][i]
+  pred, true = int(maps["classes"]["pred"][i]), int(maps["classes"]["true"][i])
+  for who in ("pred", "true"):
+    label = f"{'predicted' if who == 'pred' else 'true'} class"
+    if f"cam_{who}" in maps:
+      tiles.append((f"CAM, {label}", overlays.overlay(image, maps[f"cam_{who}"][i])))
+    tiles.append((f"Grad-CAM ({layer}), {label}", overlays.overlay(image, maps[f"gradcam_{who}"][i])))
+    tiles.append((f"guided Grad-CAM, {label}", overlays.guided_rgb(maps[f"guided_{who}"][i])))
+  if amplified is not None:
+    tiles.append(("amplified", amplified[i]))
+  top = np.argsort(-probs, kind="stable")[:5]
+  footer = [f"predicted {_name(names, pred)}, true {_name(names, true)}",
+            "top-5: " + ", ".join(f"{_name(names, int(k))} {probs[k]:.2f}" for k in top)]
+  return tiles, footer
+
+
+if __name__ == "__main__":
+  sys.exit(main())

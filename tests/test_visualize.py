@@ -1,0 +1,94 @@
+"""The visualize command and evaluate --localization on a short synthetic run of each scheme: panels and index
+written where asked, PNGs that open at the expected size, metrics for every map kind."""
+
+import importlib
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from fgattn_jax import evaluate, visualize
+from fgattn_jax.training import loop
+
+RES = 32
+
+
+def short_run(scheme, workdir):
+  """A few steps of each phase of the scheme's bare config, at 32 px with a 1/16-width VGG-11-BN."""
+  c = importlib.import_module(f"configs.{scheme}").get_config()
+  c.model.width, c.model.dtype = 1 / 16, "float32"
+  c.data.image_size, c.data.resize_size = RES, 36
+  c.data.synthetic.num_train, c.data.synthetic.num_test = 16, 6
+  c.data.batch_size, c.data.eval_batch_size = 8, 4
+  if scheme == "racnn":
+    c.racnn.update(num_scales=3, scale_input=24)
+  if scheme == "macnn":
+    c.macnn.part_input = 16
+  for name in c.phases:
+    c.phases[name].epochs, c.phases[name].steps = 0, 1
+  if "cycles" in c:
+    c.cycles = 1
+  c.eval.every_epochs = 0.0
+  c.log.tensorboard = False
+  loop.run(c, str(workdir), progress=False)
+  return workdir
+
+
+@pytest.fixture(scope="module", params=["baseline", "abn", "macnn", "racnn"])
+def run(request, tmp_path_factory):
+  return request.param, short_run(request.param, tmp_path_factory.mktemp(request.param))
+
+
+# Tiles in a panel: input, the scheme's own (ABN: the map; MA-CNN: the part maps and one crop per part; RA-CNN: the
+# boxes and the zoomed input of scales 2 and 3), CAM (pooled-linear heads), Grad-CAM and guided Grad-CAM for the
+# predicted and the true class.
+TILES = {"baseline": 1 + 0 + 2 + 4, "abn": 1 + 1 + 2 + 4, "macnn": 1 + 1 + 4 + 2 + 4, "racnn": 1 + 1 + 2 + 2 + 4}
+
+
+def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys):
+  scheme, workdir = run
+  out = tmp_path / "nested" / "panels"
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "5", "--out", str(out), "--checkpoint",
+                         "latest"]) == 0
+  assert "5 panels" in capsys.readouterr().out
+  pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
+  assert len(pngs) == 5 and sorted(os.listdir(out)) == sorted(pngs + ["index.html"])  # nothing else, nowhere else
+  index = (out / "index.html").read_text()
+  assert all(p in index for p in pngs)
+  sizes = {Image.open(out / p).size for p in pngs}
+  assert len(sizes) == 1  # the same layout for every image of the run
+  (width, _), = sizes
+  tile = 160  # 32-pixel images are enlarged to 160 (overlays.panel's minimum tile side)
+  per_row = min(TILES[scheme], 6)
+  assert width >= per_row * tile and width < per_row * (tile + 40)
+  assert not (workdir / "visualize").exists()
+
+
+def test_visualize_default_folder_layer_choice_and_amplify(tmp_path, capsys):
+  workdir = short_run("baseline", tmp_path / "run")
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--layer", "conv3_2", "--amplify",
+                         "conv4_2:0", "--checkpoint", "latest"]) == 0
+  out = workdir / "visualize" / "test_step1"
+  assert len(list(out.glob("*.png"))) == 2 and (out / "index.html").exists()
+  with pytest.raises(SystemExit):
+    visualize.main(["--workdir", str(workdir), "--layer", "conv9_9"])
+  assert "'conv9_9' does not run in this model; its stages: conv1_1" in capsys.readouterr().err
+
+
+def test_evaluate_localization_scores_every_map_kind(run, tmp_path, capsys):
+  scheme, workdir = run
+  assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--out", str(tmp_path),
+                        "--localization", "--deletion-steps", "4"]) == 0
+  assert "pointing" in capsys.readouterr().out
+  (path,) = tmp_path.glob("*_localization.json")
+  maps = json.loads(path.read_text())["maps"]
+  kinds = {"baseline": {"cam", "gradcam"}, "abn": {"attention", "cam", "gradcam"},
+           "macnn": {"attention", "cam", "gradcam"}, "racnn": {"attention", "cam", "gradcam"}}[scheme]
+  assert set(maps) == kinds
+  for kind, m in maps.items():
+    assert m["count"] == 6
+    assert 0 <= m["pointing"] <= 1 and 0 < m["chance"] < 1
+    assert 0 <= m["deletion"] <= 1 and 0 <= m["insertion"] <= 1
+  if scheme == "macnn":
+    assert 0 <= maps["attention"]["part_hit"] <= 1 and 0 <= maps["attention"]["distinct_parts"] <= 4
