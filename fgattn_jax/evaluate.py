@@ -87,14 +87,19 @@ def _localization(p, args, scheme, model, cfg, pipe, split, step) -> int:
   import json
 
   import jax
+  import tqdm
 
   from fgattn_jax import explain, localize
   from fgattn_jax.models.registry import compute_dtype
 
   model.eval()
   layer = args.layer or explain.default_layer(scheme, model)
-  results = localize.evaluate(scheme, model, pipe, layer=layer, dtype=compute_dtype(cfg.model.dtype),
-                              steps=args.deletion_steps, part_radius=args.part_radius, max_images=args.num_images)
+  total = min(len(pipe.source), args.num_images or len(pipe.source))
+  with tqdm.tqdm(total=total, unit="image", desc="localisation", dynamic_ncols=True,
+                 disable=jax.process_index() != 0) as bar:
+    results = localize.evaluate(scheme, model, pipe, layer=layer, dtype=compute_dtype(cfg.model.dtype),
+                                steps=args.deletion_steps, part_radius=args.part_radius, max_images=args.num_images,
+                                progress=lambda seen: bar.update(seen - bar.n))
   if not results:
     print(f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB)",
           file=sys.stderr)

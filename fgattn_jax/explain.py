@@ -40,11 +40,11 @@ def has_cam(scheme, model) -> bool:
   return found is not None and getattr(found[0].head, "pooled_linear", False)
 
 
-@functools.partial(nnx.jit, static_argnames=("scheme", "layer", "dtype", "cam"))
-def explain(scheme, model, batch, *, layer: str, dtype, cam: bool):
+@functools.partial(nnx.jit, static_argnames=("scheme", "layer", "dtype", "cam", "guided"))
+def explain(scheme, model, batch, *, layer: str, dtype, cam: bool, guided: bool = True):
   """A batch (uint8 images, labels) -> {'probs' (B, K), 'attention' (the scheme's dict), 'classes' {'pred', 'true'}
   (B,) each, and for c in pred, true:
-  'gradcam_c' (B, h, w), 'guided_c' (B, H, W, C), with cam: 'cam_c' (B, h', w') (signed)}."""
+  'gradcam_c' (B, h, w), with guided: 'guided_c' (B, H, W, C), with cam: 'cam_c' (B, h', w') (signed)}."""
   images = normalize(batch["image"], dtype)
   fn = logits_fn(scheme, model, batch)
   logits = fn(images)
@@ -53,7 +53,8 @@ def explain(scheme, model, batch, *, layer: str, dtype, cam: bool):
   out["classes"] = classes
   for name, k in classes.items():
     out[f"gradcam_{name}"] = saliency.grad_cam(fn, images, k, layer)
-    out[f"guided_{name}"] = saliency.guided_grad_cam(fn, images, k, layer)
+    if guided:
+      out[f"guided_{name}"] = saliency.guided_grad_cam(fn, images, k, layer)
     if cam:
       net = explained_net(scheme, model)
       _, features = saliency.tapped(fn, images, net.stage_names[-1])

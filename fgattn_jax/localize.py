@@ -103,7 +103,7 @@ def evaluate(scheme, model, pipe, *, layer: str, dtype, steps: int = 16, part_ra
       if max_images is not None and seen >= max_images:
         break
       continue
-    maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=cam)
+    maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=cam, guided=False)
     images = normalize(jnp.asarray(batch["image"]), dtype)
     score = lambda x: probs_of(model, batch, x)  # noqa: E731
     boxes = jnp.asarray(np.nan_to_num(batch["box"]))
