@@ -1,0 +1,1 @@
+"""PyTorch versions of the schemes at our sizes, for the throughput comparison (benchmarks/compare.py)."""

@@ -1,0 +1,97 @@
+"""One PyTorch scheme's training (and evaluation) step time, as benchmarks/throughput.py measures ours:
+
+    python -m benchmarks.torch_reference.run --scheme racnn --backbone vgg19 --res 448 --batch 16 [--mode compile]
+
+SGD momentum 0.9; on CUDA bf16 autocast and channels_last (model and inputs), on the CPU float32. Random images and
+labels made once on the device; each step timed to completion (torch.cuda.synchronize) after --warmup steps (for
+'compile', the warm-up includes the compilation: reported as compile_s); the median. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from benchmarks.torch_reference.schemes import build
+
+
+def _sync(device):
+  if device == "cuda":
+    torch.cuda.synchronize()
+
+
+def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", device="cuda", width=1.0,
+            num_classes=200, train=True) -> dict:
+  torch.manual_seed(0)
+  model = build(scheme, backbone, num_classes, res, width).to(device)
+  x = torch.randn(batch, 3, res, res, device=device)
+  y = torch.randint(0, num_classes, (batch,), device=device)
+  if device == "cuda":
+    model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    torch.cuda.reset_peak_memory_stats()
+  autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  forward = torch.compile(model) if mode == "compile" else model
+  model.train(train)
+
+  def step():
+    if not train:
+      with torch.no_grad(), autocast:
+        return forward(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      loss = forward(x, y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  start = time.perf_counter()
+  for _ in range(warmup):
+    step()
+  _sync(device)
+  warm_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "mode": mode, "device": device,
+          "train": train, "step_ms_median": 1e3 * median, "images_per_s": batch / median,
+          "peak_mem_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+          "compile_s": warm_s if mode == "compile" else None, "torch": torch.__version__}
+
+
+def measure_eval(*args, **kwargs) -> dict:
+  """Inference: forward only, no gradients, evaluation mode."""
+  return measure(*args, train=False, **kwargs)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.run", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--scheme", required=True, choices=("baseline", "abn", "macnn", "racnn"))
+  p.add_argument("--backbone", default="vgg19")
+  p.add_argument("--res", type=int, default=448)
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--mode", default="eager", choices=("eager", "compile"))
+  p.add_argument("--steps", type=int, default=50)
+  p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+  p.add_argument("--eval", action="store_true", help="inference instead of training steps")
+  args = p.parse_args(argv)
+  print(json.dumps(measure(args.scheme, args.backbone, args.res, args.batch, steps=args.steps, warmup=args.warmup,
+                           mode=args.mode, device=args.device, width=args.width, train=not args.eval)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
