@@ -7,10 +7,16 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+# The files that take a minute or more, longest first (measured on the 2-core CI machine): the workers (one file
+# at a time each, --dist loadfile) start with them, so that no long file starts last and runs alone at the end.
+LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_engine.py", "test_visualize.py",
+              "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
+              "test_backbones.py", "test_benchmarks.py")
+
+
 def pytest_collection_modifyitems(items):
-  """The learning tests (minutes each) first, so that with several workers none of them starts last and runs alone
-  at the end."""
-  items.sort(key=lambda item: not item.path.name.endswith("_learning.py"))
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 @pytest.fixture
