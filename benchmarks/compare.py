@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -35,26 +34,14 @@ def torch_run(scheme, backbone, res, batch, mode, steps, warmup, width, device) 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
-  p.add_argument("--backbone", default="vgg19")
-  p.add_argument("--res", type=int, default=448)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--all", action="store_true", help="the standard table (with --cpu: its toy version)")
-  p.add_argument("--cpu", action="store_true", help="toy sizes on the CPU, eager PyTorch only: a smoke test")
-  p.add_argument("--steps", type=int, default=50)
-  p.add_argument("--warmup", type=int, default=5)
-  p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=("eager", "compile"))
-  p.add_argument("--json", help="append each configuration's results (one object per line) to this file")
+  throughput.run_arguments(p)
+  p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=("eager", "compile"),
+                 help="PyTorch modes (with --cpu: eager only)")
   args = p.parse_args(argv)
-  if not args.all and not args.scheme:
-    p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
+  runs = throughput.selected_runs(p, args)
   width, dtype, device = 1.0, "bfloat16", "cuda"
-  runs = throughput.STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
   if args.cpu:
-    os.environ["JAX_PLATFORMS"] = "cpu"
     width, dtype, device, args.modes = 1 / 16, "float32", "cpu", ["eager"]
-    args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
-    runs = throughput.CPU if args.all else [(s, b, min(r, 64), min(n, 4)) for s, b, r, n in runs]
 
   rows = []
   for scheme, backbone, res, batch in runs:

@@ -132,32 +132,44 @@ def table(rows) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(p: argparse.ArgumentParser) -> None:
+  """The flags that choose what to measure, shared with benchmarks.compare."""
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--all", action="store_true", help="the standard table (with --cpu: its toy version)")
   p.add_argument("--cpu", action="store_true",
-                 help="toy sizes on the CPU (width 1/16, 64 px, float32, 3 steps): checks that the benchmark runs")
+                 help="toy sizes on the CPU (width 1/16, at most 64 px and batch 4, float32, 3 steps): a smoke test")
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--warmup", type=int, default=5)
-  p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-  p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product peak (default: known cards)")
-  p.add_argument("--json", help="also write the results (one object per line) to this file")
-  args = p.parse_args(argv)
+  p.add_argument("--json", help="append the results (one object per line) to this file")
+
+
+def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int, int]]:
+  """(scheme, backbone, res, batch) to measure; with --cpu, JAX on the CPU and the step counts capped."""
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
+  runs = (CPU if args.cpu else STANDARD) if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
   if args.cpu:
     import os
     os.environ["JAX_PLATFORMS"] = "cpu"
-    args.width, args.dtype, args.steps, args.warmup = 1 / 16, "float32", min(args.steps, 3), min(args.warmup, 1)
-  runs = (CPU if args.cpu else STANDARD) if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
-  if args.cpu and not args.all:
+    args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
     runs = [(s, b, min(r, 64), min(n, 4)) for s, b, r, n in runs]
+  return runs
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  run_arguments(p)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product peak (default: known cards)")
+  args = p.parse_args(argv)
+  runs = selected_runs(p, args)
+  if args.cpu:
+    args.width, args.dtype = 1 / 16, "float32"
 
   import jax
   print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "

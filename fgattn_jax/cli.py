@@ -71,6 +71,29 @@ def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
   return cfg
 
 
+def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1):
+  """A trained run, for the commands that read one (evaluate, visualize): -> namespace(cfg, split, scheme, model
+  (the checkpoint's weights), step, pipe (the split's evaluation pipeline)), or None after printing a one-line
+  error (a missing checkpoint, data set or weights file): the caller exits with 2."""
+  import types
+
+  from data_pipelines import pipeline as data
+  from fgattn_jax.schemes import get_scheme
+  from fgattn_jax.training import checkpoint as ckpt_lib
+
+  cfg = run_config(p, args.workdir, pairs)
+  split = args.split or cfg.data.eval_split
+  scheme = get_scheme(cfg.scheme)
+  model = scheme.build(cfg)
+  try:
+    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
+    pipe = data.build(cfg, split, process_index, process_count, training=False)
+  except user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return None
+  return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe)
+
+
 def setup_logging():
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   for noisy in ("absl", "jax._src", "orbax"):

@@ -47,25 +47,15 @@ def main(argv=None) -> int:
   import jax
   from flax import nnx
 
-  from data_pipelines import pipeline as data
   from fgattn_jax import evaluation
   from fgattn_jax.models.registry import compute_dtype
-  from fgattn_jax.schemes import get_scheme
-  from fgattn_jax.training import checkpoint as ckpt_lib
   from fgattn_jax.training import loop, steps
   from fgattn_jax.training import mesh as mesh_lib
 
-  cfg = cli.run_config(p, args.workdir, pairs)
-  split = args.split or cfg.data.eval_split
-
-  scheme = get_scheme(cfg.scheme)
-  model = scheme.build(cfg)
-  try:
-    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
-    pipe = data.build(cfg, split, jax.process_index(), jax.process_count(), training=False)
-  except cli.user_errors() as e:
-    print(f"error: {e}", file=sys.stderr)
+  run = cli.load_run(p, args, pairs, jax.process_index(), jax.process_count())
+  if run is None:
     return 2
+  cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
   eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
   state = mesh_lib.replicate(nnx.state(model), mesh)

@@ -47,23 +47,14 @@ def main(argv=None) -> int:
 
   import numpy as np
 
-  from data_pipelines import pipeline as data
   from fgattn_jax import explain
   from fgattn_jax.models.registry import compute_dtype
   from fgattn_jax.ops import saliency
-  from fgattn_jax.schemes import get_scheme
-  from fgattn_jax.training import checkpoint as ckpt_lib
 
-  cfg = cli.run_config(p, args.workdir, pairs)
-  split = args.split or cfg.data.eval_split
-  scheme = get_scheme(cfg.scheme)
-  model = scheme.build(cfg)
-  try:
-    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
-    pipe = data.build(cfg, split, training=False)
-  except cli.user_errors() as e:
-    print(f"error: {e}", file=sys.stderr)
+  run = cli.load_run(p, args, pairs)
+  if run is None:
     return 2
+  cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
   model.eval()
   dtype = compute_dtype(cfg.model.dtype)
   layer = args.layer or explain.default_layer(scheme, model)

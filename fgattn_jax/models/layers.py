@@ -77,64 +77,48 @@ def global_avg_pool(x):
 # function must set the context inside its own body (and be re-traced per rule), never around a cached call.
 _RELU_RULE = contextvars.ContextVar("relu_rule", default="plain")
 _TAP = contextvars.ContextVar("stage_tap", default=None)
-RELU_RULES = ("plain", "guided", "deconvnet")
 
 
-@jax.custom_vjp
-def _guided_relu(x):
-  return jax.nn.relu(x)
+def _relu_with_backward(backward):
+  """A ReLU whose gradient is backward(x, g): x the forward input, g the incoming gradient."""
+  @jax.custom_vjp
+  def f(x):
+    return jax.nn.relu(x)
+
+  f.defvjp(lambda x: (jax.nn.relu(x), x), lambda x, g: (backward(x, g),))
+  return f
 
 
-def _guided_fwd(x):
-  return jax.nn.relu(x), x
-
-
-def _guided_bwd(x, g):
-  # Guided backpropagation (Springenberg et al. 2015): the gradient passes where the input was positive (as the
-  # plain rule) and where it is itself positive (as the deconvnet rule).
-  return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
-
-
-_guided_relu.defvjp(_guided_fwd, _guided_bwd)
-
-
-@jax.custom_vjp
-def _deconvnet_relu(x):
-  return jax.nn.relu(x)
-
-
-def _deconvnet_fwd(x):
-  return jax.nn.relu(x), None
-
-
-def _deconvnet_bwd(_, g):
-  # Zeiler and Fergus's deconvnet: a ReLU on the backward signal, whatever the forward input was.
-  return (jax.nn.relu(g),)
-
-
-_deconvnet_relu.defvjp(_deconvnet_fwd, _deconvnet_bwd)
+_RELUS = {
+    "plain": jax.nn.relu,
+    # Guided backpropagation (Springenberg et al. 2015): the gradient passes where the input was positive (as the
+    # plain rule) and where it is itself positive (as the deconvnet rule).
+    "guided": _relu_with_backward(lambda x, g: jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g))),
+    # Zeiler and Fergus's deconvnet: a ReLU on the backward signal, whatever the forward input was.
+    "deconvnet": _relu_with_backward(lambda x, g: jax.nn.relu(g)),
+}
+RELU_RULES = tuple(_RELUS)
 
 
 def relu(x):
   """The backbones' ReLU; its backward rule is 'plain' unless traced inside `relu_rule(...)`."""
-  rule = _RELU_RULE.get()
-  if rule == "guided":
-    return _guided_relu(x)
-  if rule == "deconvnet":
-    return _deconvnet_relu(x)
-  return jax.nn.relu(x)
+  return _RELUS[_RELU_RULE.get()](x)
 
 
 @contextlib.contextmanager
-def relu_rule(rule: str):
-  """Traces the backbones' ReLUs with a backward rule: 'plain', 'guided' or 'deconvnet'."""
-  if rule not in RELU_RULES:
-    raise ValueError(f"unknown ReLU gradient rule {rule!r}: one of {', '.join(RELU_RULES)}")
-  token = _RELU_RULE.set(rule)
+def _setting(var: contextvars.ContextVar, value):
+  token = var.set(value)
   try:
     yield
   finally:
-    _RELU_RULE.reset(token)
+    var.reset(token)
+
+
+def relu_rule(rule: str):
+  """Traces the backbones' ReLUs with a backward rule: 'plain', 'guided' or 'deconvnet'."""
+  if rule not in _RELUS:
+    raise ValueError(f"unknown ReLU gradient rule {rule!r}: one of {', '.join(RELU_RULES)}")
+  return _setting(_RELU_RULE, rule)
 
 
 def tap(name: str, x):
@@ -144,10 +128,5 @@ def tap(name: str, x):
   return x if fn is None else fn(name, x)
 
 
-@contextlib.contextmanager
 def tapping(fn):
-  token = _TAP.set(fn)
-  try:
-    yield
-  finally:
-    _TAP.reset(token)
+  return _setting(_TAP, fn)
