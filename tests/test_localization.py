@@ -46,6 +46,9 @@ def test_nearest_part_hits_on_planted_peaks():
   np.testing.assert_array_equal(found["distinct"], [2, 0])  # two maps on one part count once
   found = localization.nearest_part_hits(maps, parts, (32, 32), radius=1.0)
   np.testing.assert_array_equal(np.asarray(found["hit"])[0], [False, False, False])
+  found = localization.nearest_part_hits(maps, parts, (32, 32), radius=100.0)  # absent parts are nowhere, not at 0
+  np.testing.assert_array_equal(np.asarray(found["hit"]), [[True, True, True], [False, False, False]])
+  np.testing.assert_array_equal(np.asarray(found["distinct"]), [2, 0])
 
 
 def evidence_probs(images):
@@ -87,6 +90,59 @@ def test_deletion_and_insertion_reward_the_map_on_the_evidence():
   assert got["insertion"][0] > 0.9 > 0.4 > got["insertion"][1]
 
 
+def baseline_by_hand(images, baseline):
+  """NumPy: the image's per-channel mean, or its Gaussian blur (sigma H / 16, 3 sigma, edge padding) axis by axis."""
+  if baseline == "mean":
+    return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape)
+  sigma = images.shape[1] / 16
+  r = int(3 * sigma)
+  k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  k /= k.sum()
+  for axis in (1, 2):
+    pad = [(0, 0)] * 4
+    pad[axis] = (r, r)
+    padded = np.pad(images, pad, mode="edge")
+    images = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), axis, padded)
+  return images
+
+
+def test_deletion_and_insertion_break_ties_by_flat_index_and_round_the_counts():
+  images = np.zeros((1, 16, 16, 1), np.float32)
+  images[:, 2:6, 2:6] = 1.0
+  maps = np.zeros((1, 16, 16), np.float32)  # all tied: pixels go in flat order, from the top row
+  # 256 / 3 and 256 / 7 pixels a step: at t = 1, ceil (86) and floor (36) would each take one more or one fewer
+  # square pixel than rounding (85, 37).
+  for steps in (3, 7):
+    got = localization.deletion_insertion(evidence_probs, images, maps, np.zeros(1, np.int32), steps=steps,
+                                          baseline="zero")
+    want = curves_by_hand(images, maps, steps)
+    for name in ("deletion", "insertion"):
+      np.testing.assert_allclose(np.asarray(got[f"{name}_curve"]), want[name], atol=1e-6)
+
+
+def upsample_by_hand(m, hw):
+  """NumPy bilinear upsampling of (B, h, w) maps, pixel centres aligned, edges held."""
+  b, h, w = m.shape
+  v = np.clip((np.arange(hw[0]) + 0.5) * h / hw[0] - 0.5, 0, h - 1)
+  u = np.clip((np.arange(hw[1]) + 0.5) * w / hw[1] - 0.5, 0, w - 1)
+  r0, c0 = np.minimum(v.astype(int), h - 2), np.minimum(u.astype(int), w - 2)
+  fy, fx = (v - r0)[:, None], (u - c0)[None, :]
+  return ((1 - fy) * ((1 - fx) * m[:, r0][:, :, c0] + fx * m[:, r0][:, :, c0 + 1])
+          + fy * ((1 - fx) * m[:, r0 + 1][:, :, c0] + fx * m[:, r0 + 1][:, :, c0 + 1]))
+
+
+def test_deletion_and_insertion_rank_pixels_by_the_bilinearly_resized_map():
+  rng = np.random.default_rng(2)
+  images = np.zeros((2, 16, 16, 1), np.float32)
+  images[:, 2:6, 2:6] = 1.0
+  maps = rng.uniform(size=(2, 4, 4)).astype(np.float32)
+  got = localization.deletion_insertion(evidence_probs, images, maps, np.zeros(2, np.int32), steps=16,
+                                        baseline="zero")
+  want = curves_by_hand(images, upsample_by_hand(maps.astype(np.float64), (16, 16)), 16)
+  for name in ("deletion", "insertion"):
+    np.testing.assert_allclose(np.asarray(got[f"{name}_curve"]), want[name], atol=1e-6)
+
+
 def test_deletion_and_insertion_baselines_start_and_end_where_they_must():
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -96,9 +152,33 @@ def test_deletion_and_insertion_baselines_start_and_end_where_they_must():
   for baseline in ("mean", "blur"):
     got = localization.deletion_insertion(evidence_probs, images, maps, labels, steps=4, baseline=baseline)
     start = evidence_probs(images)[[0, 1], labels]
+    base = baseline_by_hand(images, baseline)
+    end = evidence_probs(base)[[0, 1], labels]  # nothing of the image left / nothing put back yet
     np.testing.assert_allclose(got["deletion_curve"][:, 0], start, atol=1e-6)
     np.testing.assert_allclose(got["insertion_curve"][:, -1], start, atol=1e-6)
-    np.testing.assert_allclose(got["deletion_curve"][:, -1], got["insertion_curve"][:, 0], atol=1e-6)
-    assert not np.allclose(got["insertion_curve"][:, 0], start)  # the baseline is not the image
+    np.testing.assert_allclose(got["deletion_curve"][:, -1], end, atol=1e-5)
+    np.testing.assert_allclose(got["insertion_curve"][:, 0], end, atol=1e-5)
+    assert not np.allclose(end, start)  # the baseline is not the image
   with pytest.raises(ValueError, match="blur, zero or mean"):
     localization.deletion_insertion(evidence_probs, images, maps, labels, baseline="noise")
+
+
+def test_deletion_and_insertion_curves_of_probabilities_lie_in_the_unit_square():
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 16, 16, 2)).astype(np.float32)
+  maps = rng.normal(size=(3, 8, 8)).astype(np.float32)
+  weights = rng.normal(size=(16 * 16 * 2, 4)).astype(np.float32)
+
+  def probs(x):  # a linear model with a softmax, as a caller's score_fn would be
+    logits = np.asarray(x).reshape(len(x), -1) @ weights
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+  labels = np.array([0, 2, 3])
+  for baseline in ("blur", "zero", "mean"):
+    got = {k: np.asarray(v) for k, v in
+           localization.deletion_insertion(probs, images, maps, labels, steps=5, baseline=baseline).items()}
+    for name in ("deletion", "insertion"):
+      assert got[f"{name}_curve"].shape == (3, 6) and got[name].shape == (3,)
+      np.testing.assert_allclose(got[name], np.trapezoid(got[f"{name}_curve"], dx=1 / 5, axis=1), atol=1e-6)
+      assert np.all((got[name] >= 0) & (got[name] <= 1))
