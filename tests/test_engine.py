@@ -85,18 +85,36 @@ def test_evaluation_counts_every_example_once(tmp_path):
   assert results["logits"]["confusion"].sum() == 30
 
 
-def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
-  made = []
-  original = steps.make_train_step
+def record(monkeypatch, name):
+  """Replaces steps.<name> with a wrapper that keeps every jitted step it makes, in the returned list."""
+  made, original = [], getattr(steps, name)
 
-  def recording(*args, **kwargs):
+  def making(*args, **kwargs):
     made.append(original(*args, **kwargs))
     return made[-1]
 
-  monkeypatch.setattr(steps, "make_train_step", recording)
+  monkeypatch.setattr(steps, name, making)
+  return made
+
+
+def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
+  made = record(monkeypatch, "make_train_step")
   c = tiny(main=24)  # three epochs of 8 steps
   loop.run(c, str(tmp_path), progress=False)
   assert len(made) == 1 and made[0]._cache_size() == 1
+
+
+def test_a_cycle_reuses_its_compiled_steps_and_evaluation_compiles_once(tmp_path, monkeypatch):
+  train, evaluation = record(monkeypatch, "make_train_step"), record(monkeypatch, "make_eval_step")
+  c = tiny(warm=2, a=2, b=2)
+  c.phases.a.cycle = c.phases.b.cycle = True
+  c.cycles = 3
+  c.phases.b.losses = {"ce": 0.5}
+  loop.run(c, str(tmp_path), progress=False)  # warm, a#1, b#1, a#2, b#2, a#3, b#3: seven phases, each evaluated
+  assert len(train) == 3 and all(f._cache_size() == 1 for f in train)  # one per phase key
+  assert len(evaluation) == 1 and evaluation[0]._cache_size() == 1
+  assert [r["phase"] for r in writers.read_metrics(tmp_path) if r["split"] == "eval"] == [
+      "warm", "a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
 
 
 def test_evaluate_command_writes_results(tmp_path, capsys):

@@ -120,6 +120,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
   eval_every = int(round(config.eval.every_epochs * train_data.steps_per_epoch))
   results = None
+  # Compiled programs are kept for the whole run: one evaluation step, and a training step per phase key, which
+  # a cycle's later rounds reuse (their phases are the first round's again). Compiling a VGG-19 step takes tens
+  # of seconds on a GPU; MA-CNN's and RA-CNN's alternating schedules would otherwise compile it every round.
+  model.train()  # the mode every phase trains in (the evaluation step switches its own copy to eval)
+  model_graphdef = nnx.graphdef(model)
+  eval_step = steps.make_eval_step(scheme, model_graphdef, dtype, mesh)
+  train_steps = {}
   try:
     for index in range(position["phase"], len(plan)):
       phase = plan[index]
@@ -135,6 +142,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, train_data.steps_per_epoch, new_paths)
       optimizer = nnx.Optimizer(model, tx, wrt=wrt)
       graphdef, state = nnx.split((model, optimizer))
+      if nnx.graphdef(model) != model_graphdef:  # a model whose structure changed: nothing compiled fits it
+        raise RuntimeError(f"phase {phase.name}: the model's structure changed between phases")
+      if phase.key not in train_steps:
+        train_steps[phase.key] = graphdef, steps.make_train_step(scheme, graphdef, wrt, phase.losses, lr, dtype, mesh)
+      # The first round's graph definition: the same model and an optimiser of the same config (only the optax
+      # objects are new), so the state fits it and the compiled step is reused.
+      graphdef, train_step = train_steps[phase.key]
       state = mesh_lib.replicate(state, mesh)
       if resuming:
         if position["phase_step"] > 0:
@@ -143,8 +157,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           data_state = ckpts.restore_data_state(latest)
         if data_state is not None:
           train_data.set_state(data_state)
-      train_step = steps.make_train_step(scheme, graphdef, wrt, phase.losses, lr, dtype, mesh)
-      eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), dtype, mesh)
       plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta)
       sums, count = None, 0
 
@@ -212,7 +224,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       latest = None
     if results is None:  # the run had finished before: evaluate its final model
       ckpt_lib.load_model_weights(workdir, model, latest)
-      eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), dtype, mesh)
       results = evaluate(scheme, eval_step, mesh_lib.replicate(nnx.state(model), mesh), eval_data, mesh)
   finally:
     bar.close()
