@@ -4,8 +4,9 @@
     python -m benchmarks.input_pipeline --images DIR          # a class-per-folder tree of your own
     python -m benchmarks.input_pipeline --sizes 448 --workers 0 2 4 8 --batch 64
 
-Workers 0 means reader threads in the main process; N > 0 means N decoding processes. The training
-transform is measured (random crop, flip, rotation, brightness and colour jitter: the most work).
+Workers 0 means reader threads in the main process; N > 0 means N decoding processes. The training transform is
+measured with two sets of augmentations: 'paper' (random crop and flip: the presets' default, as in the three
+papers) and 'all' (also rotation up to 15 degrees and brightness and colour jitter: the most work).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ def write_jpegs(root: str, count: int, classes: int = 8) -> None:
     Image.fromarray(ex["image"][:375]).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
 
 
-def measure(root: str, size: int, workers: int, batch: int, steps: int) -> float:
+AUGMENTS = {"paper": {}, "all": dict(rotation=15.0, brightness=0.25, colour=0.25)}
+
+
+def measure(root: str, size: int, workers: int, batch: int, steps: int, augment: str = "all") -> float:
   c = common.get_config()
   source = ImageFolder(root, "train")
   c.data.update(dict(num_classes=source.num_classes, image_size=size, resize_size=size * 8 // 7,
                      batch_size=batch, num_workers=workers))
-  c.data.augment.update(dict(rotation=15.0, brightness=0.25, colour=0.25))
+  c.data.augment.update(AUGMENTS[augment])
   p = pipeline.build(c, "train", source=source)
   it = iter(p)
   next(it)  # start-up (worker processes, first buffers) is not throughput
@@ -57,6 +61,7 @@ def main(argv=None):
   ap.add_argument("--num-images", type=int, default=512, help="files to write when --images is not given")
   ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
   ap.add_argument("--workers", type=int, nargs="+", default=None, help="default: 0 1 2 4 ... up to the cores")
+  ap.add_argument("--augment", nargs="+", default=list(AUGMENTS), choices=list(AUGMENTS))
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--steps", type=int, default=10, help="batches timed per cell, after one warm-up batch")
   args = ap.parse_args(argv)
@@ -69,11 +74,12 @@ def main(argv=None):
       print(f"writing {args.num_images} JPEG files (500x375) to {tmp} ...", flush=True)
       write_jpegs(tmp, args.num_images)
     print(f"\nmachine: {platform.processor() or platform.machine()}, {cores} cores; batch {args.batch}")
-    print("| output | " + " | ".join(f"{w} workers" if w else "threads" for w in workers) + " |")
-    print("|---|" + "---|" * len(workers))
+    print("| output | augment | " + " | ".join(f"{w} workers" if w else "threads" for w in workers) + " |")
+    print("|---|---|" + "---|" * len(workers))
     for size in args.sizes:
-      rates = [measure(root, size, w, args.batch, args.steps) for w in workers]
-      print(f"| {size} | " + " | ".join(f"{r:.0f} img/s" for r in rates) + " |", flush=True)
+      for augment in args.augment:
+        rates = [measure(root, size, w, args.batch, args.steps, augment) for w in workers]
+        print(f"| {size} | {augment} | " + " | ".join(f"{r:.0f} img/s" for r in rates) + " |", flush=True)
 
 
 if __name__ == "__main__":

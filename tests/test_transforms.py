@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from data_pipelines import transforms as T
 
@@ -74,11 +75,37 @@ def test_flip_mirrors_coordinates():
     np.testing.assert_allclose(p[:, 0], 150 - ref[2][:, 0], atol=1e-4)
 
 
-def test_photometric_jitter():
-  img = np.full((8, 8, 3), (200, 100, 50), np.uint8)
-  assert T._photometric(img, 1.25, 1.0).mean() > img.mean()
-  grey = T._photometric(img, 1.0, 0.0)
-  assert np.ptp(grey[0, 0].astype(int)) <= 1  # no saturation left
+def test_colour_jitter_against_numpy():
+  img = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+  x = img.astype(np.float64)
+  for brightness, saturation in [(1.25, 1.0), (1.0, 0.0), (0.8, 1.3), (1.1, 0.6)]:
+    out = np.asarray(T._jitter(Image.fromarray(img), brightness, saturation))
+    grey = x @ [0.299, 0.587, 0.114]
+    expected = np.clip(brightness * (grey[..., None] + saturation * (x - grey[..., None])), 0, 255)
+    assert out.dtype == np.uint8
+    np.testing.assert_allclose(out, expected, atol=0.5 + 1e-3)  # rounded to the nearest level
+  grey = np.asarray(T._jitter(Image.fromarray(img), 1.0, 0.0))
+  assert (np.ptp(grey.astype(int), axis=-1) <= 1).all()  # no saturation left
+
+
+@pytest.mark.parametrize("resize", [200, 128])  # the window enlarged (one affine map), then shrunk (resize first)
+def test_one_resampling_equals_crop_flip_and_rotation_in_turn(resize):
+  # A smooth image, so that one interpolation and three in a row agree closely away from the turned-in corners.
+  yy, xx = np.mgrid[:150, :200]
+  img = np.stack([128 + 100 * np.sin(xx / 9), 128 + 100 * np.cos(yy / 11), np.full_like(xx, 90)], -1)
+  img = img.astype(np.uint8)
+  n, region = 112, T._window(img, resize, 112, (10, 7))
+  for flip, degrees in [(False, 0.0), (True, 0.0), (False, 12.0), (True, -20.0)]:
+    out = np.asarray(T._resample(Image.fromarray(img), region, n, flip, degrees))
+    step = Image.fromarray(img).resize((n, n), Image.BILINEAR, box=region)
+    step = step.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else step
+    step = np.asarray(step.rotate(degrees, Image.BILINEAR))
+    assert out.shape == (n, n, 3) and out.dtype == np.uint8
+    inner = (slice(20, -20), slice(20, -20))  # clear of the corners the turn brings in
+    if degrees:
+      assert np.abs(out[inner].astype(int) - step[inner]).mean() < 1.0  # a wrong flip or turn: 20 or more
+    else:
+      np.testing.assert_array_equal(out, step)
 
 
 def test_same_rng_same_result_and_bad_sizes():
