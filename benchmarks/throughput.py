@@ -46,6 +46,89 @@ def config_for(scheme: str, backbone: str, res: int, batch: int, width: float, d
   return c
 
 
+def backbone_passes(scheme: str, c) -> list[int]:
+  """The input side of every backbone pass one image of the scheme makes: what its attention machinery is measured
+  against (the issue's targets: MA-CNN's and ABN's step against their backbones', RA-CNN's against the sum of its
+  scales'). MA-CNN: the object stream at the input, then each part stream and the object crop at part_input;
+  RA-CNN: scale 1 at the input (or scale1_input), the zoomed scales at scale_input."""
+  res = c.data.image_size
+  if scheme == "macnn":
+    m = c.macnn
+    return [res] + [m.part_input] * (m.num_parts * bool(m.part_streams) + bool(m.object_crop))
+  if scheme == "racnn":
+    r = c.racnn
+    return [r.scale1_input or res] + [r.scale_input] * (r.num_scales - 1)
+  return [res]
+
+
+def _setup(scheme_name: str, c, *, abstract: bool = False):
+  """The engine's jitted train and eval steps for config c, with their arguments: a synthetic batch on the device
+  and the state, or (abstract=True) only their shapes, enough to count FLOPs of full-size models in seconds."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from fgattn_jax.models.registry import compute_dtype
+  from fgattn_jax.schemes import get_scheme
+  from fgattn_jax.training import mesh as mesh_lib
+  from fgattn_jax.training import steps as steps_lib
+
+  scheme = get_scheme(c.scheme)
+
+  def build():
+    model = scheme.build(c)
+    model.train()
+    wrt = scheme.groups(model)["all"]
+    return model, nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=wrt)
+
+  model, optimizer = nnx.eval_shape(build) if abstract else build()
+  wrt = scheme.groups(model)["all"]
+  mesh = mesh_lib.make_mesh(-1)
+  graphdef, state = nnx.split((model, optimizer))
+  model_graphdef, model_state = nnx.graphdef(model), nnx.state(model)
+  b, res = c.data.batch_size, c.data.image_size
+  if abstract:
+    data = {"image": jax.ShapeDtypeStruct((b, res, res, 3), jnp.uint8),
+            "label": jax.ShapeDtypeStruct((b,), jnp.int32), "mask": jax.ShapeDtypeStruct((b,), jnp.bool_)}
+  else:
+    state = mesh_lib.replicate(state, mesh)
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 256, (b, res, res, 3), dtype=np.uint8),
+            "label": rng.integers(0, c.data.num_classes, b).astype(np.int32), "mask": np.ones(b, bool)}
+    data = jax.device_put(host, mesh_lib.batch_sharding(mesh))
+  losses = {k: 1.0 for k in scheme.loss_names if k not in ("group_init", "apn_init")}
+  cdtype = compute_dtype(c.model.dtype)
+  train = steps_lib.make_train_step(scheme, graphdef, wrt, losses, lambda step: 0.01, cdtype, mesh)
+  evaluate = steps_lib.make_eval_step(scheme, model_graphdef, cdtype, mesh)
+  return train, state, evaluate, model_state, data
+
+
+def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width: float = 1.0,
+                 peak_tflops: float | None = PEAKS["H100"]) -> dict:
+  """FLOPs per image of a training step at full size, counted from the program without running it (any machine):
+  the scheme's, its backbone passes' (plain backbone steps at the same inputs, summed), their ratio (the
+  arithmetic the attention machinery adds), and the images/s the step could reach at peak_tflops."""
+  from benchmarks import flops
+
+  def per_image(scheme, c):
+    train, state, _, _, data = _setup(scheme, c, abstract=True)
+    return flops.count(train, state, data) / batch
+
+  c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
+  step = per_image(scheme_name, c)
+  sides = backbone_passes(scheme_name, c)
+  plain = {s: per_image("baseline", config_for("baseline", backbone, s, batch, width, "bfloat16"))
+           for s in set(sides)}
+  passes = sum(plain[s] for s in sides)
+  result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width,
+            "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
+            "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name]}
+  result["ceiling_img_s"] = peak_tflops * 1e12 / step if peak_tflops else None
+  return result
+
+
 def _timed(fn, state, batch, steps: int, warmup: int):
   import jax
   times = []
@@ -60,37 +143,16 @@ def _timed(fn, state, batch, steps: int, warmup: int):
 
 
 def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,
-            width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None) -> dict:
+            width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None,
+            overhead: bool = False) -> dict:
+  """Times the scheme's training and evaluation steps. overhead=True also times a plain backbone step at each of
+  the scheme's backbone inputs (backbone_passes) and reports the scheme's step over their sum."""
   import jax
-  import numpy as np
-  import optax
-  from flax import nnx
 
   from benchmarks import flops
-  from fgattn_jax.models.registry import compute_dtype
-  from fgattn_jax.schemes import get_scheme
-  from fgattn_jax.training import mesh as mesh_lib
-  from fgattn_jax.training import steps as steps_lib
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  scheme = get_scheme(scheme_name)
-  model = scheme.build(c)
-  model.train()
-  mesh = mesh_lib.make_mesh(-1)
-  wrt = scheme.groups(model)["all"]
-  optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=wrt)
-  graphdef, state = nnx.split((model, optimizer))
-  state = mesh_lib.replicate(state, mesh)
-  rng = np.random.default_rng(0)
-  host = {"image": rng.integers(0, 256, (batch, res, res, 3), dtype=np.uint8),
-          "label": rng.integers(0, c.data.num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}
-  data = jax.device_put(host, mesh_lib.batch_sharding(mesh))
-  losses = {k: 1.0 for k in scheme.loss_names if k not in ("group_init", "apn_init")}
-  cdtype = compute_dtype(dtype)
-  train = steps_lib.make_train_step(scheme, graphdef, wrt, losses, lambda step: 0.01, cdtype, mesh)
-  model_graphdef, model_state = nnx.graphdef(model), nnx.state(model)
-  evaluate = steps_lib.make_eval_step(scheme, model_graphdef, cdtype, mesh)
-
+  train, state, evaluate, model_state, data = _setup(scheme_name, c)
   start = time.perf_counter()
   train_compiled = train.lower(state, data).compile()
   compile_s = time.perf_counter() - start
@@ -114,21 +176,36 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
             "eval_tflops": eval_flops / eval_s / 1e12, "eval_compile_s": eval_compile_s,
             "peak_mem_gib": stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
+  result["overhead"], result["overhead_target"] = None, OVERHEAD_TARGETS[scheme_name]
+  if overhead and scheme_name == "baseline":
+    result["passes_ms"], result["overhead"] = result["train_ms"], 1.0
+  elif overhead:
+    sides = backbone_passes(scheme_name, c)
+    plain = {s: measure("baseline", backbone, s, batch, steps=steps, warmup=warmup, width=width, dtype=dtype,
+                        peak_tflops=peak)["train_ms"] for s in set(sides)}
+    result["passes_ms"] = sum(plain[s] for s in sides)
+    result["overhead"] = result["train_ms"] / result["passes_ms"]
   return result
 
 
 COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("train_img_s", "{:.1f}"),
            ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
            ("train_gflop_per_image", "{:.1f}"), ("peak_mem_gib", "{:.1f}"), ("compile_s", "{:.1f}"),
-           ("eval_img_s", "{:.1f}")]
+           ("eval_img_s", "{:.1f}"), ("overhead", "{:.2f}"),
+           ("overhead_target", "{:.2f}")]
+FLOP_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("passes", "{}"),
+                ("train_gflop_per_image", "{:.1f}"), ("passes_gflop_per_image", "{:.1f}"), ("flop_overhead", "{:.3f}"),
+                ("overhead_target", "{:.2f}"), ("ceiling_img_s", "{:.0f}")]
+# The issue's ceilings on a scheme's step over its backbone passes' (backbone_passes).
+OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 
 
-def table(rows) -> str:
+def table(rows, columns=COLUMNS) -> str:
   """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU)."""
-  head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
-  lines = [head, "|" + "---|" * len(COLUMNS)]
+  head = "| " + " | ".join(name for name, _ in columns) + " |"
+  lines = [head, "|" + "---|" * len(columns)]
   for r in rows:
-    lines.append("| " + " | ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in COLUMNS) + " |")
+    lines.append("| " + " | ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in columns) + " |")
   return "\n".join(lines)
 
 
@@ -166,10 +243,23 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
   p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product peak (default: known cards)")
+  p.add_argument("--overhead", action="store_true",
+                 help="also time a plain backbone step at each input the scheme's backbones see, and report the "
+                      "scheme's step over their sum (targets: ABN 1.30, MA-CNN 1.15, RA-CNN 1.10)")
+  p.add_argument("--flops", action="store_true",
+                 help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
+                      "their share beyond the backbone passes")
   args = p.parse_args(argv)
+  if args.flops and args.cpu:
+    p.error("--flops counts the full-size models without running them: leave out --cpu")
   runs = selected_runs(p, args)
   if args.cpu:
     args.width, args.dtype = 1 / 16, "float32"
+  if args.flops:
+    rows = [flop_profile(s, b, r, n, width=args.width, peak_tflops=args.peak_tflops or PEAKS["H100"])
+            for s, b, r, n in runs]
+    print(table(rows, FLOP_COLUMNS))
+    return 0
 
   import jax
   print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
@@ -178,7 +268,7 @@ def main(argv=None) -> int:
   rows = []
   for scheme, backbone, res, batch in runs:
     r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, width=args.width,
-                dtype=args.dtype, peak_tflops=args.peak_tflops)
+                dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead)
     rows.append(r)
     print(json.dumps(r), file=sys.stderr)
     if args.json:

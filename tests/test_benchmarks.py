@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from PIL import Image
 
-from benchmarks import chart, compare, flops, throughput
+from benchmarks import chart, compare, flops, input_pipeline, throughput
 
 
 def conv(x, w):
@@ -34,11 +34,15 @@ def test_flops_of_convolutions_their_gradients_and_products():
 @pytest.mark.parametrize("scheme,backbone", [("baseline", "resnet18"), ("abn", "vgg11_bn"), ("macnn", "vgg11_bn"),
                                              ("racnn", "vgg11_bn")])
 def test_throughput_measures_every_scheme(scheme, backbone):
-  r = throughput.measure(scheme, backbone, 32, 2, steps=2, warmup=1, width=1 / 16, dtype="float32")
+  r = throughput.measure(scheme, backbone, 32, 2, steps=2, warmup=1, width=1 / 16, dtype="float32",
+                         overhead=scheme == "racnn")
   assert r["train_img_s"] > 0 and r["eval_img_s"] > 0 and r["compile_s"] > 0
   assert r["train_tflops"] > 0 and r["eval_tflops"] > 0
   assert r["peak_fraction"] is None and r["peak_mem_gib"] is None  # the CPU reports neither
   assert "| " + scheme + " | " + backbone in throughput.table([r])
+  if scheme == "racnn":  # timed against a plain step at 32 px and two at 16 px (its zoomed scales' input)
+    assert r["passes_ms"] > 0 and r["overhead"] == pytest.approx(r["train_ms"] / r["passes_ms"])
+    assert r["overhead_target"] == 1.10
   if scheme == "baseline":  # a training step: the forward, the input gradients (none for the image: the first
     # convolution, a large share of this tiny ResNet's work, has none) and the weight gradients
     forward = r["eval_tflops"] * r["eval_ms"] * 1e9 / 2
@@ -56,3 +60,34 @@ def test_compare_runs_both_frameworks_and_the_chart_draws_them(tmp_path, capsys)
   png = tmp_path / "chart.png"
   assert chart.main(["--json", str(results), "--out", str(png)]) == 0
   assert Image.open(png).size[0] >= 600
+
+
+def test_flop_profile_counts_the_backbone_passes_of_each_scheme():
+  # Full-size configurations (counted without running): MA-CNN 'cub' = the object stream at the input, four part
+  # streams and the object crop at half of it; RA-CNN three scales, the zoomed two at half.
+  c = throughput.config_for("macnn", "vgg11", 64, 2, 1 / 16, "float32")
+  assert throughput.backbone_passes("macnn", c) == [64] + [32] * 5
+  c = throughput.config_for("racnn", "vgg11", 64, 2, 1 / 16, "float32")
+  assert throughput.backbone_passes("racnn", c) == [64, 32, 32]
+  # Full width (the shapes only: nothing is allocated); at 1/16 of the width the APNs' 1024-wide layers would
+  # outweigh the tiny convolutions.
+  r = throughput.flop_profile("racnn", "vgg11", 128, 2, peak_tflops=100.0)
+  plain = throughput.flop_profile("baseline", "vgg11", 128, 2)
+  half = throughput.flop_profile("baseline", "vgg11", 64, 2)
+  assert plain["flop_overhead"] == 1.0 and plain["passes"] == [128]
+  assert r["passes_gflop_per_image"] == pytest.approx(plain["train_gflop_per_image"] + 2 * half["train_gflop_per_image"])
+  # The APNs, the crops and the ranking loss add little arithmetic next to three VGG passes (their cost on a GPU is
+  # memory traffic, which only timing shows: --overhead).
+  assert 1.0 < r["flop_overhead"] < 1.05
+  assert r["ceiling_img_s"] == pytest.approx(100e12 / (r["train_gflop_per_image"] * 1e9))
+  # ABN's attention branch on a ResNet is a stride-1 copy of the last stage (the paper's): at 4x that stage's cost.
+  abn = throughput.flop_profile("abn", "resnet18", 64, 2, width=1 / 16)
+  assert abn["flop_overhead"] > 1.3
+  assert "| racnn | vgg11 | 128 | [128, 64, 64] |" in throughput.table([r], throughput.FLOP_COLUMNS)
+
+
+def test_input_pipeline_benchmark_runs(capsys):
+  input_pipeline.main(["--num-images", "16", "--sizes", "32", "--workers", "0", "--batch", "4", "--steps", "1"])
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
+  assert [r.split(" | ")[1] for r in rows] == ["paper", "all"]
+  assert all(float(r.split(" | ")[2].split()[0]) > 0 for r in rows)
