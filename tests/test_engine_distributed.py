@@ -14,6 +14,9 @@ WORKER = os.path.join(os.path.dirname(__file__), "engine_worker.py")
 
 def launch(workdir, *extra, devices=1):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  # Without the suite's compilation cache (conftest.py): with it, one process could skip a compile the other
+  # did, and the laggard reach the first collective more than gloo's 30 s after its peer (seen in CI).
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return subprocess.Popen([sys.executable, WORKER, str(workdir), *map(str, extra)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
