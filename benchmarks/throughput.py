@@ -61,6 +61,12 @@ def backbone_passes(scheme: str, c) -> list[int]:
   return [res]
 
 
+def _over_passes(sides: list[int], cost) -> float:
+  """The sum of cost(side) over the backbone passes, each distinct side computed once."""
+  known = {s: cost(s) for s in set(sides)}
+  return sum(known[s] for s in sides)
+
+
 def _setup(scheme_name: str, c, *, abstract: bool = False):
   """The engine's jitted train and eval steps for config c, with their arguments: a synthetic batch on the device
   and the state, or (abstract=True) only their shapes, enough to count FLOPs of full-size models in seconds."""
@@ -119,9 +125,8 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
   c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
   step = per_image(scheme_name, c)
   sides = backbone_passes(scheme_name, c)
-  plain = {s: per_image("baseline", config_for("baseline", backbone, s, batch, width, "bfloat16"))
-           for s in set(sides)}
-  passes = sum(plain[s] for s in sides)
+  passes = _over_passes(sides, lambda s: per_image("baseline", config_for("baseline", backbone, s, batch, width,
+                                                                          "bfloat16")))
   result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width,
             "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
             "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name]}
@@ -180,10 +185,9 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   if overhead and scheme_name == "baseline":
     result["passes_ms"], result["overhead"] = result["train_ms"], 1.0
   elif overhead:
-    sides = backbone_passes(scheme_name, c)
-    plain = {s: measure("baseline", backbone, s, batch, steps=steps, warmup=warmup, width=width, dtype=dtype,
-                        peak_tflops=peak)["train_ms"] for s in set(sides)}
-    result["passes_ms"] = sum(plain[s] for s in sides)
+    result["passes_ms"] = _over_passes(backbone_passes(scheme_name, c), lambda s: measure(
+        "baseline", backbone, s, batch, steps=steps, warmup=warmup, width=width, dtype=dtype,
+        peak_tflops=peak)["train_ms"])
     result["overhead"] = result["train_ms"] / result["passes_ms"]
   return result
 

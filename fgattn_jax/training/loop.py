@@ -142,8 +142,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, train_data.steps_per_epoch, new_paths)
       optimizer = nnx.Optimizer(model, tx, wrt=wrt)
       graphdef, state = nnx.split((model, optimizer))
-      if nnx.graphdef(model) != model_graphdef:  # a model whose structure changed: nothing compiled fits it
-        raise RuntimeError(f"phase {phase.name}: the model's structure changed between phases")
+      if nnx.graphdef(model) != model_graphdef:  # a phase changed the model's structure: compile afresh
+        model_graphdef = nnx.graphdef(model)
+        eval_step = steps.make_eval_step(scheme, model_graphdef, dtype, mesh)
+        train_steps.clear()
       if phase.key not in train_steps:
         train_steps[phase.key] = graphdef, steps.make_train_step(scheme, graphdef, wrt, phase.losses, lr, dtype, mesh)
       # The first round's graph definition: the same model and an optimiser of the same config (only the optax
