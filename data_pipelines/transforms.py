@@ -54,7 +54,7 @@ def _move(region, size, box, parts):
 def _crop_resize(image: np.ndarray, box, parts, resize: int, size: int, offset):
   """Resize so the shorter side is `resize`, then take the size x size window at `offset` (resized pixels)."""
   region = _window(image, resize, size, offset)
-  out = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=region))
+  out = np.asarray(_resample(Image.fromarray(image), region, size, flip=False, degrees=0.0))
   return out, *_move(region, size, box, parts)
 
 
@@ -115,11 +115,17 @@ def _resample(image: Image.Image, region, n: int, flip: bool, degrees: float) ->
     window = np.eye(3)
   # Output pixel -> source pixel, in continuous coordinates: undo the turn, then the mirror, then the window's
   # scaling (the inverse of what _turn, the flip and _move do to the coordinates).
-  t = np.deg2rad(degrees)
-  unturn = _about_centre(np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]), n)
+  unturn = _about_centre(_rotation(degrees), n)
   mirror = np.array([[-1, 0, n], [0, 1, 0], [0, 0, 1]]) if flip else np.eye(3)
   m = window @ mirror @ unturn
   return image.transform((n, n), Image.AFFINE, tuple(m[:2].ravel()), Image.BILINEAR)
+
+
+def _rotation(degrees: float) -> np.ndarray:
+  """[[cos t, -sin t], [sin t, cos t]]: applied to row vectors (xy @ R), a counter-clockwise turn as seen with y
+  pointing down; applied to column vectors (R @ xy), the turn back."""
+  t = np.deg2rad(degrees)
+  return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
 
 
 def _about_centre(linear, n):
@@ -133,10 +139,9 @@ def _about_centre(linear, n):
 def _turn(box, parts, n, degrees: float):
   """Coordinates turned counter-clockwise (as seen) about the image centre; the box becomes that of its turned
   corners."""
-  t = np.deg2rad(degrees)
   # With y pointing down, a counter-clockwise turn maps the offset (dx, dy) to
   # (dx cos t + dy sin t, -dx sin t + dy cos t).
-  rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]], np.float32)
+  rot = _rotation(degrees).astype(np.float32)
   turn = lambda xy: (xy - n / 2) @ rot + n / 2  # noqa: E731
   corners = turn(np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]], np.float32))
   box = np.concatenate([corners.min(0), corners.max(0)])
