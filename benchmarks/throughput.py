@@ -22,9 +22,10 @@ import statistics
 import sys
 import time
 
-# (scheme, backbone, res, batch): the standard table; batches are the papers' (ABN 256 over 4 GPUs -> 64 here).
-STANDARD = [(s, b, 448, batch) for b in ("vgg19", "resnet50") for s, batch in
-            (("baseline", 32), ("abn", 32), ("macnn", 16), ("racnn", 16))]
+# (scheme, backbone, res, batch): the standard table, cheapest programs first (a run cut short by a deadline keeps
+# the most rows); the papers' per-GPU batch sizes.
+STANDARD = [(s, b, 448, batch) for s, batch in (("baseline", 32), ("abn", 32), ("racnn", 16), ("macnn", 16))
+            for b in ("vgg19", "resnet50")]
 CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "abn", "macnn", "racnn")]
 PEAKS = {"H100": 798.0, "H200": 798.0}  # bf16 matrix product TFLOP/s measured on the card (shared/device/README.md)
 
@@ -149,9 +150,10 @@ def _timed(fn, state, batch, steps: int, warmup: int):
 
 def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,
             width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None,
-            overhead: bool = False) -> dict:
-  """Times the scheme's training and evaluation steps. overhead=True also times a plain backbone step at each of
-  the scheme's backbone inputs (backbone_passes) and reports the scheme's step over their sum."""
+            overhead: bool = False, evaluation: bool = True) -> dict:
+  """Times the scheme's training and evaluation steps (evaluation=False: training only). overhead=True also times a
+  plain backbone step at each of the scheme's backbone inputs (backbone_passes) and reports the scheme's step over
+  their sum."""
   import jax
 
   from benchmarks import flops
@@ -161,14 +163,14 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   start = time.perf_counter()
   train_compiled = train.lower(state, data).compile()
   compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  eval_compiled = evaluate.lower(model_state, data).compile()
-  eval_compile_s = time.perf_counter() - start
   train_flops = flops.count(train, state, data)
-  eval_flops = flops.count(evaluate, model_state, data)
-
-  # Evaluation first: the training step donates the state's buffers, which the model's state shares.
-  eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), model_state, data, steps, warmup)
+  if evaluation:
+    start = time.perf_counter()
+    eval_compiled = evaluate.lower(model_state, data).compile()
+    eval_compile_s = time.perf_counter() - start
+    eval_flops = flops.count(evaluate, model_state, data)
+    # Evaluation first: the training step donates the state's buffers, which the model's state shares.
+    eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), model_state, data, steps, warmup)
   train_s = _timed(train_compiled, state, data, steps, warmup)
   device = jax.devices()[0]
   stats = (device.memory_stats() if hasattr(device, "memory_stats") else None) or {}  # None on the CPU
@@ -177,10 +179,11 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width, "dtype": dtype,
             "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
-            "compile_s": compile_s, "eval_ms": 1e3 * eval_s, "eval_img_s": batch / eval_s,
-            "eval_tflops": eval_flops / eval_s / 1e12, "eval_compile_s": eval_compile_s,
-            "peak_mem_gib": stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None}
+            "compile_s": compile_s, "peak_mem_gib": stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
+  if evaluation:
+    result.update(eval_ms=1e3 * eval_s, eval_img_s=batch / eval_s, eval_tflops=eval_flops / eval_s / 1e12,
+                  eval_compile_s=eval_compile_s)
   result["overhead"], result["overhead_target"] = None, OVERHEAD_TARGETS[scheme_name]
   if overhead and scheme_name == "baseline":
     result["passes_ms"], result["overhead"] = result["train_ms"], 1.0
@@ -210,6 +213,8 @@ def table(rows, columns=COLUMNS) -> str:
   lines = [head, "|" + "---|" * len(columns)]
   for r in rows:
     lines.append("| " + " | ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in columns) + " |")
+  lines += [f"failed: {r['scheme']} {r['backbone']} {r['res']} batch {r['batch']}: {r['error']}" for r in rows
+            if "error" in r]
   return "\n".join(lines)
 
 
@@ -227,11 +232,26 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--json", help="append the results (one object per line) to this file")
 
 
+def pass_runs(runs) -> list[tuple[str, str, int, int]]:
+  """The plain backbone steps (baseline, backbone, side, batch) that the schemes in runs are weighed against
+  (backbone_passes), each once: with --passes, measured on their own so that a deadline-bound GPU run can time
+  the schemes first and the passes after (benchmarks.compare --collect computes the ratios)."""
+  needed = []
+  for scheme, backbone, res, batch in runs:
+    c = config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
+    for side in backbone_passes(scheme, c):
+      if ("baseline", backbone, side, batch) not in needed:
+        needed.append(("baseline", backbone, side, batch))
+  return needed
+
+
 def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int, int]]:
   """(scheme, backbone, res, batch) to measure; with --cpu, JAX on the CPU and the step counts capped."""
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
   runs = (CPU if args.cpu else STANDARD) if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
+  if getattr(args, "passes", False):
+    runs = [r for r in pass_runs(runs) if r not in runs]  # a plain step already in the table is not timed twice
   if args.cpu:
     import os
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -250,10 +270,19 @@ def main(argv=None) -> int:
   p.add_argument("--overhead", action="store_true",
                  help="also time a plain backbone step at each input the scheme's backbones see, and report the "
                       "scheme's step over their sum (targets: ABN 1.30, MA-CNN 1.15, RA-CNN 1.10)")
+  p.add_argument("--passes", action="store_true",
+                 help="instead of the schemes, time only the plain backbone steps they are weighed against (at "
+                      "the inputs their backbones see, at their batch; training only), for "
+                      "benchmarks.compare --collect")
   p.add_argument("--flops", action="store_true",
                  help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
                       "their share beyond the backbone passes")
+  p.add_argument("--collect", nargs="+", metavar="JSONL", help="measure nothing: print the table of earlier --json files")
   args = p.parse_args(argv)
+  if args.collect:
+    rows = [json.loads(line) for path in args.collect for line in open(path) if line.strip()]
+    print(table(rows))
+    return 0
   if args.flops and args.cpu:
     p.error("--flops counts the full-size models without running them: leave out --cpu")
   runs = selected_runs(p, args)
@@ -271,15 +300,19 @@ def main(argv=None) -> int:
         file=sys.stderr)
   rows = []
   for scheme, backbone, res, batch in runs:
-    r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, width=args.width,
-                dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead)
+    try:
+      r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, width=args.width,
+                  dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead, evaluation=not args.passes)
+    except Exception as e:  # e.g. out of device memory at this batch: say so and measure the rest of the table
+      r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch,
+           "error": f"{type(e).__name__}: {str(e)[:300]}"}
     rows.append(r)
     print(json.dumps(r), file=sys.stderr)
     if args.json:
       with open(args.json, "a") as f:
         f.write(json.dumps(r) + "\n")
   print(table(rows))
-  return 0
+  return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

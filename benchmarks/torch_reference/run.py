@@ -2,7 +2,10 @@
 
     python -m benchmarks.torch_reference.run --scheme racnn --backbone vgg19 --res 448 --batch 16 [--mode compile]
 
-SGD momentum 0.9; on CUDA bf16 autocast and channels_last (model and inputs), on the CPU float32. Random images and
+    python -m benchmarks.torch_reference.run --all --mode eager --json torch.jsonl   # the standard table
+
+SGD momentum 0.9; on CUDA bf16 autocast, channels_last (model and inputs) and cuDNN's autotuner
+(cudnn.benchmark: what a tuned PyTorch run uses), on the CPU float32. Random images and
 labels made once on the device; each step timed to completion (torch.cuda.synchronize) after --warmup steps (for
 'compile', the warm-up includes the compilation: reported as compile_s); the median. Prints one JSON line.
 """
@@ -33,6 +36,7 @@ def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", d
   x = torch.randn(batch, 3, res, res, device=device)
   y = torch.randint(0, num_classes, (batch,), device=device)
   if device == "cuda":
+    torch.backends.cudnn.benchmark = True
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     torch.cuda.reset_peak_memory_stats()
   autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
@@ -77,7 +81,10 @@ def measure_eval(*args, **kwargs) -> dict:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.run", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--scheme", required=True, choices=("baseline", "abn", "macnn", "racnn"))
+  p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
+  p.add_argument("--all", action="store_true", help="the standard table (benchmarks/throughput.py's), one process")
+  p.add_argument("--json", help="append the results (one object per line) to this file")
+  p.add_argument("--cpu", action="store_true", help="with --all: its toy version on the CPU (a smoke test)")
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
@@ -88,9 +95,32 @@ def main(argv=None) -> int:
   p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
   p.add_argument("--eval", action="store_true", help="inference instead of training steps")
   args = p.parse_args(argv)
-  print(json.dumps(measure(args.scheme, args.backbone, args.res, args.batch, steps=args.steps, warmup=args.warmup,
-                           mode=args.mode, device=args.device, width=args.width, train=not args.eval)))
-  return 0
+  if not args.all and not args.scheme:
+    p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
+  from benchmarks.throughput import CPU, STANDARD  # no JAX import: the table's sizes only
+  runs = STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
+  if args.cpu:
+    runs = CPU if args.all else runs
+    runs = [(s, b, min(r, 64), min(n, 4)) for s, b, r, n in runs]
+    args.device, args.width, args.steps, args.warmup = "cpu", 1 / 16, min(args.steps, 3), min(args.warmup, 1)
+  failed = False
+  for scheme, backbone, res, batch in runs:
+    try:
+      r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, mode=args.mode,
+                  device=args.device, width=args.width, train=not args.eval)
+    except Exception as e:  # e.g. out of memory, or torch.compile lacking a compiler: say so, measure the rest
+      if not args.all:
+        raise
+      failed = True
+      r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "mode": args.mode,
+           "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if args.device == "cuda":
+      torch.cuda.empty_cache()
+    print(json.dumps(r), flush=True)
+    if args.json:
+      with open(args.json, "a") as f:
+        f.write(json.dumps(r) + "\n")
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":
