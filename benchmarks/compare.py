@@ -49,7 +49,8 @@ def joined(jax_rows: list[dict], torch_rows: list[dict], modes, pass_rows: list[
   """One row per configuration (the last result of each): the PyTorch modes' images/s beside it, the ratio to
   the faster one, and the step's time over its backbone passes' (where every pass was timed)."""
   torch = {(*_key(t), t["mode"]): t for t in torch_rows if "error" not in t}
-  plain = {_key(r)[1:]: r["train_ms"] for r in [*pass_rows, *jax_rows] if r["scheme"] == "baseline" and "error" not in r}
+  plain = {_key(r)[1:]: r["train_ms"] for r in [*pass_rows, *jax_rows]
+           if r["scheme"] == "baseline" and "error" not in r}
   configs = {_key(r): r for r in jax_rows}
   for key in [k[:4] for k in torch]:  # a configuration only PyTorch ran (JAX failed or was cut short): shown too
     configs.setdefault(key, dict(zip(("scheme", "backbone", "res", "batch"), key)))

@@ -5,18 +5,25 @@
 # what the later stages are promised, so a slow stage is cut short (its finished rows kept) instead of the rest.
 #
 #   bash benchmarks/gpu_session.sh [SECONDS]          # on the GPU machine, repo root; results in $OUT (or gpu_out/)
+#   STAGES="pool_ab profile" bash benchmarks/gpu_session.sh 300      # some of the stages only
 #   CPU=1 bash benchmarks/gpu_session.sh 400          # the same stages at toy sizes on a CPU: a dry run
 #
 # The GPU machine lacks grain, ml-collections and tensorflow-datasets: `bash ../shared/device/wheels.sh` puts them
 # in .whl/ here, and the call carries .whl (installed below into /tmp/site).
 set -uo pipefail
 budget=${1:-540}
-out=${OUT:-gpu_out}
+out=${OUT:-gpu_out}           # what comes back: results.tgz (every log and JSON line), table.md, results.jsonl, PNG
+work=$(mktemp -d)             # the stages' files, packed into $out/results.tgz after each stage
 mkdir -p "$out"
 begin=$(date +%s)
 export PYTHONUNBUFFERED=1
+# In order of need; STAGES="pool_ab profile" runs a subset. Nominal seconds each: a stage may run until only the
+# nominal time of the stages after it is left.
+STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab profile input_pipeline}
+declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [profile]=70
+                    [input_pipeline]=35)
 
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
   # A carried Flax that does not work with the machine's JAX gives way to the machine's own.
@@ -26,26 +33,37 @@ else
   export PYTHONPATH=$PWD
 fi
 
-stage() {  # stage NAME RESERVE CMD...: CMD gets the time left minus RESERVE seconds (promised to later stages)
-  local name=$1 reserve=$2
-  shift 2
-  local t=$((budget - ($(date +%s) - begin) - reserve)) s
+later() {  # the nominal seconds of the selected stages after $1
+  local seen= total=0 s
+  for s in $STAGES; do
+    [[ -n $seen ]] && total=$((total + ${nominal[$s]}))
+    [[ $s == "$1" ]] && seen=1
+  done
+  echo $total
+}
+
+run() {  # run NAME CMD...: CMD under the stage's deadline, its output in $work/NAME.log
+  local name=$1 t s
+  shift
+  t=$((budget - ($(date +%s) - begin) - $(later "$stage")))
   if ((t < 15)); then
     echo "## $name: skipped, ${t}s left for it"
     return
   fi
   echo "## $name: up to ${t}s: $*"
   s=$(date +%s)
-  timeout -k 5 "$t" "$@" >"$out/$name.log" 2>&1
+  timeout -k 5 "$t" "$@" >>"$work/$name.log" 2>&1
   echo "## $name: rc $? after $(($(date +%s) - s))s"
-  grep -v '^{' "$out/$name.log" | grep -v '^\s*$' | tail -n 14
+  grep -v '^{' "$work/$name.log" | grep -v 'Delay kernel\|^\s*$' | tail -n 14
+  tar czf "$out/results.tgz" -C "$work" .
 }
 
 if [[ -n "${CPU:-}" ]]; then  # toy sizes: every stage's code path, minutes on a laptop
-  size=(--cpu) torch_size=(--cpu) compile=() pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
+  size=(--cpu) torch_size=(--cpu) compile=() prof=(--cpu) prof_racnn=(--cpu) pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
+  pool=(--scheme baseline --backbone vgg11_bn --cpu)
 else
-  size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile)
-  pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10)
+  size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile) prof=(--batch 32) prof_racnn=(--batch 16)
+  pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10) pool=(--scheme baseline --backbone vgg19 --batch 32)
 fi
 
 {
@@ -55,21 +73,32 @@ fi
 'optax', optax.__version__, 'numpy', numpy.__version__, 'pillow', PIL.__version__, jax.devices())"
   python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.backends.cudnn.version())"
   python3 -c "import platform, os; print(platform.processor() or platform.machine(), os.cpu_count(), 'cores')"
-} 2>&1 | tee "$out/machine.txt"
+} 2>&1 | tee "$work/machine.txt"
 
-stage jax_train 250 python3 -m benchmarks.throughput --all "${size[@]}" --json "$out/jax.jsonl"
-stage torch_eager 160 python3 -m benchmarks.torch_reference.run --all --mode eager "${torch_size[@]}" \
-  --json "$out/torch.jsonl"
-if ((${#compile[@]})); then
-  stage torch_compile 100 python3 -m benchmarks.torch_reference.run --all "${compile[@]}" "${torch_size[@]}" \
-    --json "$out/torch.jsonl"
-fi
-stage jax_passes 45 python3 -m benchmarks.throughput --all --passes "${size[@]}" --json "$out/passes.jsonl"
-stage input_pipeline 12 python3 -m benchmarks.input_pipeline "${pipeline[@]}"
+for stage in $STAGES; do
+  case $stage in
+    jax_train) run jax_train python3 -m benchmarks.throughput --all "${size[@]}" --json "$work/jax.jsonl" ;;
+    torch_eager) run torch_eager python3 -m benchmarks.torch_reference.run --all --mode eager "${torch_size[@]}" \
+      --json "$work/torch.jsonl" ;;
+    torch_compile) ((${#compile[@]})) && run torch_compile python3 -m benchmarks.torch_reference.run --all \
+      "${compile[@]}" "${torch_size[@]}" --json "$work/torch.jsonl" ;;
+    jax_passes) run jax_passes python3 -m benchmarks.throughput --all --passes "${size[@]}" --json "$work/passes.jsonl" ;;
+    pool_ab)  # XLA's pooling (select-and-scatter gradient) against ours, same process kind, back to back
+      for p in reduce_window slices; do
+        run pool_ab python3 -m benchmarks.throughput "${pool[@]}" "${size[@]}" --pool "$p" --json "$work/pool.jsonl"
+      done ;;
+    profile)
+      run profile python3 -m benchmarks.profile --scheme baseline --backbone vgg19 "${prof[@]}" --hlo "$work/vgg19.hlo"
+      run profile python3 -m benchmarks.profile --scheme racnn --backbone resnet50 "${prof_racnn[@]}" ;;
+    input_pipeline) run input_pipeline python3 -m benchmarks.input_pipeline "${pipeline[@]}" ;;
+    *) echo "unknown stage $stage (known: ${!nominal[*]})"; exit 2 ;;
+  esac
+done
 
-touch "$out/jax.jsonl" "$out/torch.jsonl" "$out/passes.jsonl"
-python3 -m benchmarks.compare --collect "$out/jax.jsonl" "$out/torch.jsonl" --passes "$out/passes.jsonl" \
+touch "$work/jax.jsonl" "$work/torch.jsonl" "$work/passes.jsonl"
+python3 -m benchmarks.compare --collect "$work/jax.jsonl" "$work/torch.jsonl" --passes "$work/passes.jsonl" \
   --json "$out/results.jsonl" | tee "$out/table.md"
-python3 -m benchmarks.throughput --collect "$out/jax.jsonl" "$out/passes.jsonl" 2>/dev/null | tee -a "$out/table.md"
+python3 -m benchmarks.throughput --collect "$work"/*.jsonl 2>/dev/null | tee -a "$out/table.md"
 [[ -s "$out/results.jsonl" ]] && python3 -m benchmarks.chart --json "$out/results.jsonl" --out "$out/throughput.png"
+tar czf "$out/results.tgz" -C "$work" .
 echo "## done in $(($(date +%s) - begin))s"

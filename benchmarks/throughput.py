@@ -9,7 +9,8 @@ momentum update of every parameter: the end-to-end step, the most work a phase c
 of --steps steps is timed to completion (block_until_ready) and the median taken. Reported: images/s, TFLOP/s
 achieved (matrix products and convolutions counted from the step's program: benchmarks/flops.py), the share of the
 bf16 matrix-product peak (--peak-tflops, default: the measured 798 on an H100, see ../shared/device/README.md),
-peak device memory (where the device reports it), compile time, and the same for evaluation (forward only).
+the device memory the compiled step needs (arguments, outputs, temporaries), compile time, and the same for
+evaluation (forward only).
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
   return result
 
 
+def program_memory(compiled) -> int:
+  """Bytes of device memory a compiled program holds at once: its arguments, its outputs that do not reuse an
+  argument's buffer (donation), and its temporaries. Per program, unlike the device's peak counter, which keeps the
+  largest of everything a process ran (the first GPU table showed the first row's peak on every row)."""
+  m = compiled.memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+
 def _timed(fn, state, batch, steps: int, warmup: int):
   import jax
   times = []
@@ -157,6 +166,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   import jax
 
   from benchmarks import flops
+  from fgattn_jax.models import layers
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
   train, state, evaluate, model_state, data = _setup(scheme_name, c)
@@ -173,13 +183,13 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
     eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), model_state, data, steps, warmup)
   train_s = _timed(train_compiled, state, data, steps, warmup)
   device = jax.devices()[0]
-  stats = (device.memory_stats() if hasattr(device, "memory_stats") else None) or {}  # None on the CPU
   peak = peak_tflops if peak_tflops is not None else next(
       (v for k, v in PEAKS.items() if k in device.device_kind), None)
   result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width, "dtype": dtype,
             "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
-            "compile_s": compile_s, "peak_mem_gib": stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None}
+            "compile_s": compile_s, "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
+            "pool": layers.POOLING}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
   if evaluation:
     result.update(eval_ms=1e3 * eval_s, eval_img_s=batch / eval_s, eval_tflops=eval_flops / eval_s / 1e12,
@@ -195,9 +205,9 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   return result
 
 
-COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("train_img_s", "{:.1f}"),
-           ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
-           ("train_gflop_per_image", "{:.1f}"), ("peak_mem_gib", "{:.1f}"), ("compile_s", "{:.1f}"),
+COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("pool", "{}"),
+           ("train_img_s", "{:.1f}"), ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
+           ("train_gflop_per_image", "{:.1f}"), ("train_mem_gib", "{:.1f}"), ("compile_s", "{:.1f}"),
            ("eval_img_s", "{:.1f}"), ("overhead", "{:.2f}"),
            ("overhead_target", "{:.2f}")]
 FLOP_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("passes", "{}"),
@@ -277,7 +287,11 @@ def main(argv=None) -> int:
   p.add_argument("--flops", action="store_true",
                  help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
                       "their share beyond the backbone passes")
-  p.add_argument("--collect", nargs="+", metavar="JSONL", help="measure nothing: print the table of earlier --json files")
+  p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"),
+                 help="max pooling as the backbones do it (slices: layers.max_pool's own gradient) or as XLA's "
+                      "reduce_window (its gradient a select-and-scatter): to time the two on one machine")
+  p.add_argument("--collect", nargs="+", metavar="JSONL",
+                 help="measure nothing: print the table of earlier --json files")
   args = p.parse_args(argv)
   if args.collect:
     rows = [json.loads(line) for path in args.collect for line in open(path) if line.strip()]
@@ -295,6 +309,9 @@ def main(argv=None) -> int:
     return 0
 
   import jax
+
+  from fgattn_jax.models import layers
+  layers.POOLING = args.pool
   print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
         f"python {platform.python_version()}; {args.dtype}, median of {args.steps} steps after {args.warmup}",
         file=sys.stderr)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from PIL import Image
 
-from benchmarks import chart, compare, flops, input_pipeline, throughput
+from benchmarks import chart, compare, flops, input_pipeline, profile, throughput
 
 
 def conv(x, w):
@@ -38,7 +38,8 @@ def test_throughput_measures_every_scheme(scheme, backbone):
                          overhead=scheme == "racnn")
   assert r["train_img_s"] > 0 and r["eval_img_s"] > 0 and r["compile_s"] > 0
   assert r["train_tflops"] > 0 and r["eval_tflops"] > 0
-  assert r["peak_fraction"] is None and r["peak_mem_gib"] is None  # the CPU reports neither
+  assert r["peak_fraction"] is None  # no known matrix-product peak for a CPU
+  assert 0 < r["train_mem_gib"] < 1  # this tiny model's step: parameters, momenta, batch, activations
   assert "| " + scheme + " | " + backbone in throughput.table([r])
   if scheme == "racnn":  # timed against a plain step at 32 px and two at 16 px (its zoomed scales' input)
     assert r["passes_ms"] > 0 and r["overhead"] == pytest.approx(r["train_ms"] / r["passes_ms"])
@@ -91,3 +92,29 @@ def test_input_pipeline_benchmark_runs(capsys):
   rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
   assert [r.split(" | ")[1] for r in rows] == ["paper", "all"]
   assert all(float(r.split(" | ")[2].split()[0]) > 0 for r in rows)
+
+
+def test_profile_reads_a_gpu_trace_by_operation_and_kind():
+  # The layout of a JAX GPU trace (Perfetto JSON): kernels on the device's streams, named by the XLA op they run;
+  # host events beside them are not device time.
+  meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}}]
+  kernels = [("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000), ("loop_add_fusion", "add_fusion.1", 500),
+             ("select_and_scatter_kernel", "select-and-scatter.2", 1500),
+             ("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000)]
+  events = meta + [{"ph": "X", "pid": 1, "tid": 7, "name": n, "dur": d, "args": {"hlo_op": op}} for n, op, d in kernels]
+  events.append({"ph": "X", "pid": 2, "tid": 1, "name": "PjitFunction(step)", "dur": 99000})
+  text, totals = profile.summarise(profile.device_events({"traceEvents": events}), steps=2, top=5)
+  assert totals["busy_ms"] == 4.0 and totals["operations"] == 3  # (3 + 0.5 + 1.5 + 3) ms over two steps
+  assert totals["by_kind"] == {"convolution": 3.0, "elementwise fusion": 0.25,
+                               "scatter (select-and-scatter, scatter)": 0.75}
+  assert text.index("convolution.3") < text.index("select-and-scatter.2") < text.index("add_fusion.1")
+
+
+def test_profile_runs_a_step_under_the_tracer_on_the_cpu(capsys, tmp_path):
+  hlo = tmp_path / "step.hlo"
+  assert profile.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--top", "5",
+                       "--hlo", str(hlo)]) == 0
+  out = capsys.readouterr().out
+  assert "device busy" in out and "| convolution |" in out
+  assert "convolution(" in hlo.read_text()  # the optimised program's text

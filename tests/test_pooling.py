@@ -1,0 +1,66 @@
+"""Max pooling (layers.max_pool): PyTorch's values and gradients, ties included, without a scatter in the program."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from fgattn_jax.models import layers
+
+
+def torch_pool(x, g, kernel, stride, padding):
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+  yt = torch.nn.functional.max_pool2d(xt, kernel, stride, padding)
+  yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+  return yt.detach().permute(0, 2, 3, 1).numpy(), xt.grad.permute(0, 2, 3, 1).numpy()
+
+
+# VGG's 2x2 / 2 and ResNet's 3x3 / 2 padded by 1 (overlapping windows), on even and odd sides (odd: the last row or
+# column is in no window, or only in a padded one).
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1)])
+@pytest.mark.parametrize("hw", [(8, 8), (7, 10)])
+def test_max_pool_matches_pytorch_values_and_gradients_with_ties(kernel, stride, padding, hw):
+  rng = np.random.default_rng(0)
+  x = np.maximum(rng.normal(size=(2, *hw, 3)), 0).astype(np.float32)  # ReLU output: windows of tied zeros
+  x[0, 2:4, 2:4, 1] = 0.5  # a window of four equal positive values
+  y, vjp = jax.vjp(lambda x: layers.max_pool(x, kernel, stride, padding), jnp.asarray(x))
+  g = rng.normal(size=y.shape).astype(np.float32)
+  (dx,) = vjp(jnp.asarray(g))
+  ref_y, ref_dx = torch_pool(x, g, kernel, stride, padding)
+  np.testing.assert_array_equal(np.asarray(y), ref_y)
+  # Each window's gradient goes to its first maximum, as PyTorch's; overlapping windows add theirs in another
+  # order (float32 rounding).
+  np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=0, atol=1e-6)
+  assert np.count_nonzero(np.asarray(dx)) == np.count_nonzero(ref_dx)
+
+
+def test_max_pool_keeps_bf16_and_equals_xla_pooling():
+  x = jax.random.normal(jax.random.key(1), (2, 12, 12, 4), jnp.bfloat16)
+  f = jax.jit(jax.value_and_grad(lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))
+  value, grad = f(x)
+  assert grad.dtype == jnp.bfloat16 and layers.max_pool(x, 2, 2).dtype == jnp.bfloat16
+  try:
+    layers.POOLING = "reduce_window"
+    ref_value, ref_grad = jax.jit(jax.value_and_grad(
+        lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))(x)
+  finally:
+    layers.POOLING = "slices"
+  assert value == ref_value
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32), rtol=1e-2)
+
+
+def test_max_pool_gradient_has_no_select_and_scatter():
+  # The reason for the custom gradient: XLA's pooling differentiates into a select-and-scatter (atomic updates on a
+  # GPU). Ours must be free of it; XLA's own pooling shows what the check looks for.
+  x = jnp.ones((2, 16, 16, 8), jnp.bfloat16)
+
+  def program():
+    return jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2).astype(jnp.float32).sum())).lower(x).as_text()
+
+  assert "select_and_scatter" not in program()
+  try:
+    layers.POOLING = "reduce_window"
+    assert "select_and_scatter" in program()
+  finally:
+    layers.POOLING = "slices"
