@@ -76,7 +76,8 @@ def test_flop_profile_counts_the_backbone_passes_of_each_scheme():
   plain = throughput.flop_profile("baseline", "vgg11", 128, 2)
   half = throughput.flop_profile("baseline", "vgg11", 64, 2)
   assert plain["flop_overhead"] == 1.0 and plain["passes"] == [128]
-  assert r["passes_gflop_per_image"] == pytest.approx(plain["train_gflop_per_image"] + 2 * half["train_gflop_per_image"])
+  assert r["passes_gflop_per_image"] == pytest.approx(
+      plain["train_gflop_per_image"] + 2 * half["train_gflop_per_image"])
   # The APNs, the crops and the ranking loss add little arithmetic next to three VGG passes (their cost on a GPU is
   # memory traffic, which only timing shows: --overhead).
   assert 1.0 < r["flop_overhead"] < 1.05
@@ -118,3 +119,27 @@ def test_profile_runs_a_step_under_the_tracer_on_the_cpu(capsys, tmp_path):
   out = capsys.readouterr().out
   assert "device busy" in out and "| convolution |" in out
   assert "convolution(" in hlo.read_text()  # the optimised program's text
+
+
+def test_collect_joins_separate_runs_into_ratios_and_overheads():
+  # What gpu_session.sh measures apart: the schemes (JAX), PyTorch's modes, and the plain backbone passes.
+  passes = throughput.pass_runs(throughput.STANDARD)
+  assert [r for r in passes if r not in throughput.STANDARD] == [
+      ("baseline", "vgg19", 448, 16), ("baseline", "vgg19", 224, 16),
+      ("baseline", "resnet50", 448, 16), ("baseline", "resnet50", 224, 16)]
+  jax_rows = [{"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 33.0,
+               "train_img_s": 485.0},
+              {"scheme": "macnn", "backbone": "vgg19", "res": 448, "batch": 16, "error": "out of memory"}]
+  pass_rows = [{"scheme": "baseline", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 20.0},
+               {"scheme": "baseline", "backbone": "vgg19", "res": 224, "batch": 16, "train_ms": 5.0}]
+  torch_rows = [{"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "mode": m, "images_per_s": v}
+                for m, v in (("eager", 250.0), ("compile", 388.0))]
+  torch_rows.append({"scheme": "abn", "backbone": "vgg19", "res": 448, "batch": 32, "mode": "eager", "images_per_s": 9.0})
+  rows = {(r["scheme"], r["batch"]): r for r in compare.joined(jax_rows, torch_rows, ["eager", "compile"], pass_rows)}
+  racnn = rows[("racnn", 16)]
+  assert racnn["ratio"] == pytest.approx(485 / 388)  # against the faster PyTorch mode
+  assert racnn["overhead"] == pytest.approx(33 / (20 + 2 * 5)) and racnn["overhead_target"] == 1.10
+  assert rows[("macnn", 16)]["jax_img_s"] is None and rows[("macnn", 16)]["ratio"] is None  # failed: shown empty
+  assert rows[("abn", 32)]["torch_eager_img_s"] == 9.0  # a configuration only PyTorch ran is kept
+  table = compare.table(list(rows.values()), ["eager", "compile"])
+  assert "| racnn | vgg19 | 448 | 16 | 485.0 | 250.0 | 388.0 | 1.25 | 1.10 | 1.10 |" in table
