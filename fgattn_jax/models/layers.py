@@ -8,7 +8,6 @@ PyTorch model and break exact weight import.
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
 
 import jax
@@ -55,54 +54,61 @@ POOLING = "slices"
 def max_pool(x, kernel: int, stride: int, padding: int = 0):
   """torch.nn.MaxPool2d(kernel, stride, padding) on NHWC input: -inf padding, the windows that fit (floor).
 
-  Written as the maximum of the kernel x kernel strided slices, with its own gradient: each window's first maximum
-  (row-major, as PyTorch and XLA choose) takes the window's gradient. XLA's reduce_window pooling computes the same
-  function, but its gradient is a select-and-scatter, whose bf16 additions are atomic compare-and-swap loops on a
-  GPU; this gradient is elementwise comparisons and strided pads, which fuse into one pass over the input."""
+  Written as a running maximum over the kernel x kernel strided slices that also records which slice won, with its
+  own gradient: each window's first maximum (row-major, as PyTorch and XLA choose) takes the window's gradient.
+  XLA's reduce_window pooling computes the same function, but its gradient is a select-and-scatter, whose bf16
+  additions are atomic compare-and-swap loops on a GPU; here the gradient is integer comparisons with the recorded
+  winner and strided pads, which fuse into one pass. (The winner is recorded, not found again by comparing the
+  input with the output: XLA may recompute the input inside each fusion that reads it, rounded differently, and an
+  equality test would then lose or double a window's gradient.)"""
   if POOLING == "reduce_window":
     return nnx.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2)
   return _max_pool(x, kernel, stride, padding)
 
 
 def _pool_views(x, kernel, stride, padding):
-  """The kernel * kernel strided views of x padded with -inf: view (i, j) holds element (i, j) of every window."""
+  """The kernel * kernel strided views of x padded with -inf, row-major: view i * kernel + j holds element (i, j) of
+  every window."""
   b, h, w, c = x.shape
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
   ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
-  views = {(i, j): jax.lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                                 (1, stride, stride, 1)) for i in range(kernel) for j in range(kernel)}
-  return views, x.shape
+  return [jax.lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                        (1, stride, stride, 1)) for i in range(kernel) for j in range(kernel)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, kernel, stride, padding):
-  return functools.reduce(jnp.maximum, _pool_views(x, kernel, stride, padding)[0].values())
+  if kernel * kernel > 127:
+    raise ValueError(f"max_pool: a {kernel}x{kernel} window has more elements than its int8 winner index can name")
+  hp, wp = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
 
+  def forward(x):
+    views = _pool_views(x, kernel, stride, padding)
+    best, winner = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for k, v in enumerate(views[1:], 1):
+      take = (v > best) | jnp.isnan(v)  # strictly greater: the first maximum keeps ties; NaN propagates
+      best, winner = jnp.where(take, v, best), jnp.where(take, jnp.int8(k), winner)
+    return best, winner
 
-def _max_pool_fwd(x, kernel, stride, padding):
-  y = _max_pool(x, kernel, stride, padding)
-  return y, (x, y)
+  @jax.custom_vjp
+  def pool(x):
+    return forward(x)[0]
 
+  def pool_bwd(winner, g):
+    zero = jnp.zeros((), g.dtype)
+    ho, wo = g.shape[1], g.shape[2]
+    dx = None
+    for k in range(kernel * kernel):
+      i, j = divmod(k, kernel)
+      # Back to the padded input's grid: element (a, b) of view (i, j) sits at (i + stride a, j + stride b).
+      part = jax.lax.pad(jnp.where(winner == k, g, zero), zero,
+                         ((0, 0, 0), (i, hp - i - (stride * (ho - 1) + 1), stride - 1),
+                          (j, wp - j - (stride * (wo - 1) + 1), stride - 1), (0, 0, 0)))
+      dx = part if dx is None else dx + part
+    return (dx[:, padding:hp - padding, padding:wp - padding],)
 
-def _max_pool_bwd(kernel, stride, padding, saved, g):
-  x, y = saved
-  views, (_, hp, wp, _) = _pool_views(x, kernel, stride, padding)
-  taken = jnp.zeros(y.shape, bool)
-  zero = jnp.zeros((), g.dtype)
-  dx = None
-  for (i, j), v in views.items():  # row-major: the first maximum of a window wins its ties
-    hit = (v == y) & ~taken
-    taken = taken | hit
-    # Back to the padded input's grid: element (a, b) of view (i, j) sits at (i + stride a, j + stride b).
-    part = jax.lax.pad(jnp.where(hit, g, zero), zero,
-                       ((0, 0, 0), (i, hp - i - (stride * (y.shape[1] - 1) + 1), stride - 1),
-                        (j, wp - j - (stride * (y.shape[2] - 1) + 1), stride - 1), (0, 0, 0)))
-    dx = part if dx is None else dx + part
-  return (dx[:, padding:hp - padding, padding:wp - padding],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+  pool.defvjp(forward, pool_bwd)
+  return pool(x)
 
 
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
