@@ -52,6 +52,6 @@ def jaxpr_flops(jaxpr) -> int:
   return total
 
 
-def count(fn, *args) -> int:
+def count(fn, *args, static_argnums=()) -> int:
   """Matrix-product and convolution FLOPs of one call fn(*args) (args may be jax.ShapeDtypeStruct)."""
-  return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  return jaxpr_flops(jax.make_jaxpr(fn, static_argnums=static_argnums)(*args).jaxpr)

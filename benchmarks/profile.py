@@ -84,8 +84,8 @@ def profile(scheme: str, backbone: str, res: int, batch: int, *, steps: int = 5,
   import jax
 
   c = throughput.config_for(scheme, backbone, res, batch, width, dtype)
-  train, state, _, _, data = throughput._setup(scheme, c)
-  compiled = train.lower(state, data).compile()
+  (train, (state, data, structure)), _ = throughput._setup(scheme, c)
+  compiled = train.lower(state, data, structure).compile()
   if hlo:
     with open(hlo, "w") as f:
       f.write(compiled.as_text())

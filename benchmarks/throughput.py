@@ -70,8 +70,9 @@ def _over_passes(sides: list[int], cost) -> float:
 
 
 def _setup(scheme_name: str, c, *, abstract: bool = False):
-  """The engine's jitted train and eval steps for config c, with their arguments: a synthetic batch on the device
-  and the state, or (abstract=True) only their shapes, enough to count FLOPs of full-size models in seconds."""
+  """The engine's jitted train and eval steps for config c, each with its arguments (the state's leaves, a synthetic
+  batch on the device, the state's structure), or (abstract=True) only their shapes, enough to count FLOPs of
+  full-size models in seconds: ((train, args), (evaluate, args))."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -110,7 +111,9 @@ def _setup(scheme_name: str, c, *, abstract: bool = False):
   cdtype = compute_dtype(c.model.dtype)
   train = steps_lib.make_train_step(scheme, graphdef, wrt, losses, lambda step: 0.01, cdtype, mesh)
   evaluate = steps_lib.make_eval_step(scheme, model_graphdef, cdtype, mesh)
-  return train, state, evaluate, model_state, data
+  leaves, structure = jax.tree.flatten(state)
+  model_leaves, model_structure = jax.tree.flatten(model_state)
+  return (train, (leaves, data, structure)), (evaluate, (model_leaves, data, model_structure))
 
 
 def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width: float = 1.0,
@@ -121,8 +124,8 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
   from benchmarks import flops
 
   def per_image(scheme, c):
-    train, state, _, _, data = _setup(scheme, c, abstract=True)
-    return flops.count(train, state, data) / batch
+    (train, args), _ = _setup(scheme, c, abstract=True)
+    return flops.count(train, *args, static_argnums=(2,)) / batch
 
   c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
   step = per_image(scheme_name, c)
@@ -157,6 +160,31 @@ def _timed(fn, state, batch, steps: int, warmup: int):
   return statistics.median(times)
 
 
+def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 30, warmup: int = 3,
+             width: float = 1.0, dtype: str = "bfloat16") -> dict:
+  """The host's share of a training step, through the engine's own jitted call (not the AOT-compiled one measure
+  uses): the median time until the call returns (flattening the state's leaves, checking and launching) and until
+  the step is done. On an accelerator the first is what the host needs per step, hidden behind the device's work
+  only while it is the shorter; on a CPU the call may run part of the step itself."""
+  import jax
+
+  c = config_for(scheme_name, backbone, res, batch, width, dtype)
+  (train, (leaves, data, structure)), _ = _setup(scheme_name, c)
+  for _ in range(warmup):
+    leaves = train(leaves, data, structure)[0]
+  jax.block_until_ready(leaves)
+  returned, done = [], []
+  for _ in range(steps):
+    start = time.perf_counter()
+    out = train(leaves, data, structure)
+    returned.append(time.perf_counter() - start)
+    jax.block_until_ready(out)
+    done.append(time.perf_counter() - start)
+    leaves = out[0]
+  return {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "state_arrays": len(leaves),
+          "call_ms": 1e3 * statistics.median(returned), "step_ms": 1e3 * statistics.median(done)}
+
+
 def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,
             width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None,
             overhead: bool = False, evaluation: bool = True) -> dict:
@@ -169,19 +197,19 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   from fgattn_jax.models import layers
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  train, state, evaluate, model_state, data = _setup(scheme_name, c)
+  (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c)
   start = time.perf_counter()
-  train_compiled = train.lower(state, data).compile()
+  train_compiled = train.lower(*train_args).compile()
   compile_s = time.perf_counter() - start
-  train_flops = flops.count(train, state, data)
+  train_flops = flops.count(train, *train_args, static_argnums=(2,))
   if evaluation:
     start = time.perf_counter()
-    eval_compiled = evaluate.lower(model_state, data).compile()
+    eval_compiled = evaluate.lower(*eval_args).compile()
     eval_compile_s = time.perf_counter() - start
-    eval_flops = flops.count(evaluate, model_state, data)
+    eval_flops = flops.count(evaluate, *eval_args, static_argnums=(2,))
     # Evaluation first: the training step donates the state's buffers, which the model's state shares.
-    eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), model_state, data, steps, warmup)
-  train_s = _timed(train_compiled, state, data, steps, warmup)
+    eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), *eval_args[:2], steps, warmup)
+  train_s = _timed(train_compiled, *train_args[:2], steps, warmup)
   device = jax.devices()[0]
   peak = peak_tflops if peak_tflops is not None else next(
       (v for k, v in PEAKS.items() if k in device.device_kind), None)
@@ -213,6 +241,8 @@ COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"),
 FLOP_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("passes", "{}"),
                 ("train_gflop_per_image", "{:.1f}"), ("passes_gflop_per_image", "{:.1f}"), ("flop_overhead", "{:.3f}"),
                 ("overhead_target", "{:.2f}"), ("ceiling_img_s", "{:.0f}")]
+DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("state_arrays", "{}"),
+                    ("call_ms", "{:.2f}"), ("step_ms", "{:.2f}")]
 # The issue's ceilings on a scheme's step over its backbone passes' (backbone_passes).
 OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 
@@ -284,6 +314,8 @@ def main(argv=None) -> int:
                  help="instead of the schemes, time only the plain backbone steps they are weighed against (at "
                       "the inputs their backbones see, at their batch; training only), for "
                       "benchmarks.compare --collect")
+  p.add_argument("--dispatch", action="store_true",
+                 help="time the host's share of each step: until the engine's jitted call returns, and until done")
   p.add_argument("--flops", action="store_true",
                  help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
                       "their share beyond the backbone passes")
@@ -312,6 +344,11 @@ def main(argv=None) -> int:
 
   from fgattn_jax.models import layers
   layers.POOLING = args.pool
+  if args.dispatch:
+    rows = [dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype)
+            for s, b, r, n in runs]
+    print(table(rows, DISPATCH_COLUMNS))
+    return 0
   print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
         f"python {platform.python_version()}; {args.dtype}, median of {args.steps} steps after {args.warmup}",
         file=sys.stderr)

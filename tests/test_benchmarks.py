@@ -143,3 +143,11 @@ def test_collect_joins_separate_runs_into_ratios_and_overheads():
   assert rows[("abn", 32)]["torch_eager_img_s"] == 9.0  # a configuration only PyTorch ran is kept
   table = compare.table(list(rows.values()), ["eager", "compile"])
   assert "| racnn | vgg19 | 448 | 16 | 485.0 | 250.0 | 388.0 | 1.25 | 1.10 | 1.10 |" in table
+
+
+def test_dispatch_times_the_hosts_share_of_the_engines_step():
+  r = throughput.dispatch("baseline", "resnet18", 32, 2, steps=3, warmup=1, width=1 / 16, dtype="float32")
+  # ResNet-18 and its SGD momenta: 62 parameters + 40 batch statistics + 62 momenta + the step counters.
+  assert r["state_arrays"] > 150
+  assert 0 < r["call_ms"] <= r["step_ms"]  # the call returns before (or as) the step is done
+  assert "| baseline | resnet18 | 32 | 2 |" in throughput.table([r], throughput.DISPATCH_COLUMNS)

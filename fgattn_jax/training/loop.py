@@ -26,6 +26,8 @@ from fgattn_jax.training import mesh as mesh_lib
 from fgattn_jax.training import optim, phases, steps, writers
 
 log = logging.getLogger(__name__)
+# The running sums of the step's metrics, added on the device in one call per step (not one per metric).
+_accumulate = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -39,9 +41,10 @@ class Interrupted(Exception):
 def evaluate(scheme, eval_step, model_state, pipe, mesh) -> dict[str, dict]:
   """One pass over an evaluation pipeline -> {output name: evaluation.Accumulator result}."""
   accs, names = {}, pipe.source.class_names
+  leaves, structure = jax.tree.flatten(model_state)  # once, not per batch (steps.py)
   for batch in pipe:
     on_device = mesh_lib.to_device(batch, mesh)
-    outputs = eval_step(model_state, on_device)
+    outputs = eval_step(leaves, on_device, structure)
     mask = mesh_lib.to_host(on_device["mask"])  # every process scores the whole global batch
     for name, logits in outputs.items():
       k = logits.shape[-1]
@@ -159,6 +162,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           data_state = ckpts.restore_data_state(latest)
         if data_state is not None:
           train_data.set_state(data_state)
+      # The step takes and returns the state's leaves (steps.py: flattening an nnx State per call costs ms); the
+      # donated buffers of `state` must not be read again: checkpoints and evaluation rebuild it from the leaves.
+      leaves, structure = jax.tree.flatten(state)
+      del state
+
+      def current_state():
+        return jax.tree.unflatten(structure, leaves)
       plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta)
       sums, count = None, 0
 
@@ -180,11 +190,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
       def save(eval_metrics=None):
         check_and_log()  # never save a state whose loss was not finite
-        ckpts.save(position["step"], state, position, train_data.get_state(), eval_metrics)
+        ckpts.save(position["step"], current_state(), position, train_data.get_state(), eval_metrics)
 
       def run_eval():
         nonlocal results
-        results = evaluate(scheme, eval_step, state[0], eval_data, mesh)
+        results = evaluate(scheme, eval_step, current_state()[0], eval_data, mesh)
         main = results[scheme.main_output]
         for name, r in results.items():
           writer.write(position["step"], {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
@@ -199,8 +209,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         if stop.requested:
           save()
           raise Interrupted(stop.requested)
-        state, metrics = train_step(state, mesh_lib.to_device(next(it), mesh))
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        leaves, metrics = train_step(leaves, mesh_lib.to_device(next(it), mesh), structure)
+        sums = metrics if sums is None else _accumulate(sums, metrics)
         count += 1
         position["step"] += 1
         position["phase_step"] += 1
@@ -222,7 +232,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       # --- End of the phase: evaluate, save; the next phase starts from this model.
       position.update(phase=index + 1, phase_step=0)
       save(run_eval())
-      model, _ = nnx.merge(graphdef, state)
+      model, _ = nnx.merge(graphdef, current_state())
       latest = None
     if results is None:  # the run had finished before: evaluate its final model
       ckpt_lib.load_model_weights(workdir, model, latest)
