@@ -228,7 +228,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   elif overhead:
     result["passes_ms"] = _over_passes(backbone_passes(scheme_name, c), lambda s: measure(
         "baseline", backbone, s, batch, steps=steps, warmup=warmup, width=width, dtype=dtype,
-        peak_tflops=peak)["train_ms"])
+        peak_tflops=peak, evaluation=False)["train_ms"])  # the passes' training steps only
     result["overhead"] = result["train_ms"] / result["passes_ms"]
   return result
 
