@@ -6,9 +6,10 @@ are normalised here, on the device, into the model's compute dtype; losses are f
 
 The state crosses the jit boundary as the flat list of its arrays, with its tree structure as a static argument:
 step(jax.tree.leaves(state), batch, jax.tree.structure(state)). An nnx State is a Python object per variable,
-flattened and rebuilt on every call at about 25 microseconds per variable: 11 ms a step for a ResNet-50 and its
-optimiser (431 arrays), 70 ms for MA-CNN's six (measured on the H200 machine as the fixed cost per step, and on
-the CPU), more than the GPU's own time at these batch sizes. A list of arrays crosses in microseconds.
+flattened and rebuilt in Python on every call: the H200 timings imply a fixed ~25 microseconds per array each step
+(11.5 ms for a ResNet-50 and its optimiser, 431 arrays: more than the GPU's own time at batch 16), and on the CPU
+the host's share of an MA-CNN ResNet-50 step (2634 arrays) fell from 42 to 18 ms with the flat list
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
