@@ -36,11 +36,6 @@ def torch_run(scheme, backbone, res, batch, mode, steps, warmup, width, device) 
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _lines(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _key(r: dict) -> tuple:
   return r["scheme"], r["backbone"], r["res"], r["batch"]
 
@@ -86,8 +81,9 @@ def main(argv=None) -> int:
   p.add_argument("--passes", metavar="JSONL", help="with --collect: the plain backbone steps (throughput --passes)")
   args = p.parse_args(argv)
   if args.collect:
-    torch_rows = [r for path in args.collect[1:] for r in _lines(path)]
-    rows = joined(_lines(args.collect[0]), torch_rows, args.modes, _lines(args.passes) if args.passes else [])
+    read = throughput.read_json_lines
+    torch_rows = [r for path in args.collect[1:] for r in read(path)]
+    rows = joined(read(args.collect[0]), torch_rows, args.modes, read(args.passes) if args.passes else [])
     if args.json:
       with open(args.json, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -247,6 +247,12 @@ DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch
 OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 
 
+def read_json_lines(path: str) -> list[dict]:
+  """The results a --json file holds, one object per line (what benchmarks.compare --collect joins)."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def table(rows, columns=COLUMNS) -> str:
   """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU)."""
   head = "| " + " | ".join(name for name, _ in columns) + " |"
@@ -326,7 +332,7 @@ def main(argv=None) -> int:
                  help="measure nothing: print the table of earlier --json files")
   args = p.parse_args(argv)
   if args.collect:
-    rows = [json.loads(line) for path in args.collect for line in open(path) if line.strip()]
+    rows = [r for path in args.collect for r in read_json_lines(path)]
     print(table(rows))
     return 0
   if args.flops and args.cpu:
