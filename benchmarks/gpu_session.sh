@@ -19,9 +19,9 @@ begin=$(date +%s)
 export PYTHONUNBUFFERED=1
 # In order of need; STAGES="pool_ab profile" runs a subset. Nominal seconds each: a stage may run until only the
 # nominal time of the stages after it is left.
-STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab profile input_pipeline}
-declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [profile]=70
-                    [input_pipeline]=35)
+STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab crop_ab profile input_pipeline}
+declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [crop_ab]=80
+                    [profile]=70 [input_pipeline]=35)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -60,10 +60,11 @@ run() {  # run NAME CMD...: CMD under the stage's deadline, its output in $work/
 
 if [[ -n "${CPU:-}" ]]; then  # toy sizes: every stage's code path, minutes on a laptop
   size=(--cpu) torch_size=(--cpu) compile=() prof=(--cpu) prof_racnn=(--cpu) pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
-  pool=(--scheme baseline --backbone vgg11_bn --cpu)
+  pool=(--scheme baseline --backbone vgg11_bn --cpu) crop=(--scheme racnn --backbone vgg11_bn --cpu)
 else
   size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile) prof=(--batch 32) prof_racnn=(--batch 16)
   pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10) pool=(--scheme baseline --backbone vgg19 --batch 32)
+  crop=(--scheme racnn --backbone resnet50 --batch 16)
 fi
 
 {
@@ -86,6 +87,10 @@ for stage in $STAGES; do
     pool_ab)  # XLA's pooling (select-and-scatter gradient) against ours, same process kind, back to back
       for p in reduce_window slices; do
         run pool_ab python3 -m benchmarks.throughput "${pool[@]}" "${size[@]}" --pool "$p" --json "$work/pool.jsonl"
+      done ;;
+    crop_ab)  # the crops' gathers (scatter-add gradient) against the interpolation-matrix products
+      for p in gather matmul; do
+        run crop_ab python3 -m benchmarks.throughput "${crop[@]}" "${size[@]}" --crop "$p" --json "$work/crop.jsonl"
       done ;;
     profile)
       run profile python3 -m benchmarks.profile --scheme baseline --backbone vgg19 "${prof[@]}" --hlo "$work/vgg19.hlo"

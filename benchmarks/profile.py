@@ -119,7 +119,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--top", type=int, default=25, help="operations listed")
-  p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"), help="as benchmarks.throughput")
+  throughput.add_formulation_args(p)
   p.add_argument("--hlo", help="write the optimised program's text here")
   p.add_argument("--trace", help="keep the trace in this folder (default: a temporary one)")
   p.add_argument("--cpu", action="store_true", help="toy sizes on the CPU (width 1/16, 32 px, batch 2, float32)")
@@ -128,8 +128,7 @@ def main(argv=None) -> int:
   if args.cpu:
     os.environ["JAX_PLATFORMS"] = "cpu"
     width, dtype, args.res, args.batch, args.steps, args.warmup = 1 / 16, "float32", 32, 2, 2, 1
-  from fgattn_jax.models import layers
-  layers.POOLING = args.pool
+  throughput.use_formulations(args)
   text, _ = profile(args.scheme, args.backbone, args.res, args.batch, steps=args.steps, warmup=args.warmup,
                     top=args.top, width=width, dtype=dtype, hlo=args.hlo, trace_dir=args.trace)
   print(text)

@@ -195,6 +195,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
 
   from benchmarks import flops
   from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
   (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c)
@@ -217,7 +218,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
             "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
             "compile_s": compile_s, "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
-            "pool": layers.POOLING}
+            "pool": layers.POOLING, "crop": crops.RESAMPLE}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
   if evaluation:
     result.update(eval_ms=1e3 * eval_s, eval_img_s=batch / eval_s, eval_tflops=eval_flops / eval_s / 1e12,
@@ -233,7 +234,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   return result
 
 
-COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("pool", "{}"),
+COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("pool", "{}"), ("crop", "{}"),
            ("train_img_s", "{:.1f}"), ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
            ("train_gflop_per_image", "{:.1f}"), ("train_mem_gib", "{:.1f}"), ("compile_s", "{:.1f}"),
            ("eval_img_s", "{:.1f}"), ("overhead", "{:.2f}"),
@@ -245,6 +246,22 @@ DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch
                     ("call_ms", "{:.2f}"), ("step_ms", "{:.2f}")]
 # The issue's ceilings on a scheme's step over its backbone passes' (backbone_passes).
 OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
+
+
+def add_formulation_args(p: argparse.ArgumentParser):
+  """The switches between equivalent formulations of an op, to time them on one machine (also benchmarks.profile)."""
+  p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"),
+                 help="max pooling as the backbones do it (slices: layers.max_pool's own gradient) or as XLA's "
+                      "reduce_window (its gradient a select-and-scatter)")
+  p.add_argument("--crop", default="gather", choices=("gather", "matmul"),
+                 help="the MA-CNN and RA-CNN crops as gathers (their image gradient a scatter-add) or as two "
+                      "interpolation-matrix products per box (ops.crops.RESAMPLE)")
+
+
+def use_formulations(args):
+  from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
+  layers.POOLING, crops.RESAMPLE = args.pool, args.crop
 
 
 def read_json_lines(path: str) -> list[dict]:
@@ -325,9 +342,7 @@ def main(argv=None) -> int:
   p.add_argument("--flops", action="store_true",
                  help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
                       "their share beyond the backbone passes")
-  p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"),
-                 help="max pooling as the backbones do it (slices: layers.max_pool's own gradient) or as XLA's "
-                      "reduce_window (its gradient a select-and-scatter): to time the two on one machine")
+  add_formulation_args(p)
   p.add_argument("--collect", nargs="+", metavar="JSONL",
                  help="measure nothing: print the table of earlier --json files")
   args = p.parse_args(argv)
@@ -348,8 +363,7 @@ def main(argv=None) -> int:
 
   import jax
 
-  from fgattn_jax.models import layers
-  layers.POOLING = args.pool
+  use_formulations(args)
   if args.dispatch:
     rows = [dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype)
             for s, b, r, n in runs]

@@ -35,3 +35,18 @@ def x64():
   jax.config.update("jax_enable_x64", True)
   yield
   jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(params=["gather", "matmul"])
+def resample(request):
+  """Runs the test with each of the crops' two formulations (ops.crops.RESAMPLE), then restores the default.
+
+  The switch is read at trace time: jitted functions traced under the other one are dropped from the caches."""
+  import jax
+  from fgattn_jax.ops import crops
+  default = crops.RESAMPLE
+  jax.clear_caches()
+  crops.RESAMPLE = request.param
+  yield request.param
+  crops.RESAMPLE = default
+  jax.clear_caches()

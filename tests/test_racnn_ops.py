@@ -94,6 +94,7 @@ def test_mask_inside_outside_edge_and_hard_limit():
 
 # ---- the crop --------------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("resample")
 def test_attention_crop_with_large_k_is_bilinear_resize_of_the_masked_box():
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (3, 16, 16, 2)).astype(np.float32)
@@ -106,6 +107,7 @@ def test_attention_crop_with_large_k_is_bilinear_resize_of_the_masked_box():
     np.testing.assert_allclose(np.asarray(crop[b]), reference_crop(masked, boxes[b], (8, 8)), atol=1e-5)
 
 
+@pytest.mark.usefixtures("resample")
 def test_bfloat16_images_give_bfloat16_close_to_float32():
   images = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
   boxes = np.array([[1.3, 2.2, 12.9, 13.8], [4.0, 0.5, 15.5, 12.0]], np.float32)
@@ -115,6 +117,7 @@ def test_bfloat16_images_give_bfloat16_close_to_float32():
   np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(full), atol=2e-2)
 
 
+@pytest.mark.usefixtures("resample")
 def test_gradients_match_finite_differences(x64):
   images = jnp.asarray(np.stack([smooth_image(16, 16, 2, seed) for seed in (2, 3)]))
   weights = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 2)))
@@ -139,6 +142,7 @@ def test_gradients_match_finite_differences(x64):
   assert np.all(np.abs(numeric) > 1e-3)  # every coordinate moves the crop: not vacuous
 
 
+@pytest.mark.usefixtures("resample")
 def test_gradient_reaches_the_box_through_the_mask_and_through_the_sampling():
   box = jnp.asarray([[3.25, 2.75, 12.2, 11.75]])  # edges 0.25 px or more from the pixel centres
 
@@ -158,6 +162,7 @@ def test_gradient_reaches_the_box_through_the_mask_and_through_the_sampling():
                              atol=1e-3)
 
 
+@pytest.mark.usefixtures("resample")
 def test_planted_patch_pulls_the_box_towards_it():
   image = np.zeros((1, 16, 16, 1), np.float32)
   image[:, 10:14, 11:15] = 1.0  # the bright patch, centred at (13, 12); the box overlaps its top-left corner
@@ -174,6 +179,7 @@ def test_planted_patch_pulls_the_box_towards_it():
   assert after > before + 1e-3
 
 
+@pytest.mark.usefixtures("resample")
 def test_end_to_end_under_jit():
   @jax.jit
   def zoom(images, s):

@@ -9,14 +9,22 @@ Outside the image: the image is a grid of samples at the pixel centres, extended
 half a pixel beyond the outermost centres therefore blends towards zero, and one a full pixel or more outside is
 exactly zero (PyTorch's grid_sample with padding_mode='zeros', align_corners=False behaves the same way).
 
-The gathers and the weighting are written out (no jax.image.resize, which cannot take a box, and no
-map_coordinates) so that plain autodiff gives gradients to the images and to the boxes: the sampling positions
-are linear in the box and the bilinear weights are linear in the positions' fractional parts.
+The sampling is written out (no jax.image.resize, which cannot take a box, and no map_coordinates) so that plain
+autodiff gives gradients to the images and to the boxes: the sampling positions are linear in the box and the
+bilinear weights are linear in the positions' fractional parts. Two formulations of the same function (RESAMPLE):
+"gather" gathers the four taps of every output pixel, and its gradient to the images is a scatter-add (atomics on
+a GPU; slow on a TPU); "matmul" writes each box's sampling as an (oh, H) and an (ow, W) interpolation matrix and
+the crop as two batched products, whose gradients are products too. They agree to rounding (tests/test_crops.py).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+# "gather" or "matmul" (module docstring); `python -m benchmarks.throughput --crop` times either. A module switch,
+# read at trace time, as layers.POOLING.
+RESAMPLE = "gather"
 
 
 def _axis_taps(lo, hi, n_out, size, dtype):
@@ -35,6 +43,29 @@ def _axis_taps(lo, hi, n_out, size, dtype):
   return jnp.clip(idx, 0, size - 1), weights
 
 
+def _axis_matrix(lo, hi, n_out, size, dtype):
+  """(..., n_out, size) bilinear interpolation matrix along one axis: row i holds sample i's two tap weights."""
+  idx, weights = _axis_taps(lo, hi, n_out, size, dtype)
+  # The taps' indices are constant w.r.t. the box; the gradient reaches it through the weights, as in the gather.
+  return jnp.sum(weights[..., None] * (idx[..., None] == jnp.arange(size)), axis=-2)
+
+
+def axis_matrices(boxes, image_hw, out_hw, dtype):
+  """(..., 4) boxes -> ((..., oh, H), (..., ow, W)) the rows' and the columns' interpolation matrices."""
+  (h, w), (oh, ow) = image_hw, (int(n) for n in out_hw)
+  return (_axis_matrix(boxes[..., 1], boxes[..., 3], oh, h, dtype),
+          _axis_matrix(boxes[..., 0], boxes[..., 2], ow, w, dtype))
+
+
+def resample(images, rows, cols):
+  """(B, H, W, C) images, (B, N, oh, H) and (B, N, ow, W) matrices -> (B, N, oh, ow, C) = rows @ image @ cols^T.
+
+  At full float32 precision (a TF32 or bfloat16 product would lose the sub-pixel positions on accelerators)."""
+  highest = jax.lax.Precision.HIGHEST
+  columns = jnp.einsum("bnjw,bhwc->bnhjc", cols, images, precision=highest)
+  return jnp.einsum("bnih,bnhjc->bnijc", rows, columns, precision=highest)
+
+
 def _float_images(images):
   images = jnp.asarray(images)
   return images if jnp.issubdtype(images.dtype, jnp.floating) else images.astype(jnp.float32)
@@ -43,7 +74,8 @@ def _float_images(images):
 def crop_parts(images, boxes, out_hw):
   """(B, H, W, C) images and (B, N, 4) boxes -> (B, N, oh, ow, C) bilinear crops, N per image.
 
-  One batched gather of the four taps of every output pixel (no loop over the batch or the boxes). Arithmetic runs
+  One batched gather of the four taps of every output pixel, or two batched products (RESAMPLE); no loop over the
+  batch or the boxes. Arithmetic runs
   in at least float32 (bfloat16 images would lose the sub-pixel positions) and the result is cast back to the
   images' float dtype; uint8 images become float32. out_hw must be static under jit.
   """
@@ -54,6 +86,8 @@ def crop_parts(images, boxes, out_hw):
   boxes = boxes.astype(dtype)
   oh, ow = (int(n) for n in out_hw)
   b, h, w, _ = images.shape
+  if RESAMPLE == "matmul":
+    return resample(images.astype(dtype), *axis_matrices(boxes, (h, w), (oh, ow), dtype)).astype(out_dtype)
   rows, wy = _axis_taps(boxes[..., 1], boxes[..., 3], oh, h, dtype)  # (B, N, oh, 2)
   cols, wx = _axis_taps(boxes[..., 0], boxes[..., 2], ow, w, dtype)  # (B, N, ow, 2)
   batch = jnp.arange(b)[:, None, None, None, None, None]

@@ -71,7 +71,12 @@ def box_mask(boxes, hw, k=10.0):
   Evaluated at pixel centres (c + 0.5, r + 0.5); z is divided by W (x) or H (y), so k is per unit of the image's
   extent (module docstring). Float32 at least (float64 boxes stay float64).
   """
-  boxes = at_least_float32(boxes)
+  rows, cols = _mask_factors(at_least_float32(boxes), hw, k)
+  return rows[:, :, None] * cols[:, None, :]
+
+
+def _mask_factors(boxes, hw, k):
+  """(B, 4) boxes -> the box mask's two factors, (B, H) along the rows and (B, W) along the columns."""
   h, w = hw
   x = (jnp.arange(w, dtype=boxes.dtype) + 0.5) / w
   y = (jnp.arange(h, dtype=boxes.dtype) + 0.5) / h
@@ -80,7 +85,7 @@ def box_mask(boxes, hw, k=10.0):
   def step(u, lo, hi):  # (n,), (B,), (B,) -> (B, n); jax.nn.sigmoid saturates cleanly for large |k z|
     return jax.nn.sigmoid(k * (u - lo[:, None])) - jax.nn.sigmoid(k * (u - hi[:, None]))
 
-  return step(y, b[:, 1], b[:, 3])[:, :, None] * step(x, b[:, 0], b[:, 2])[:, None, :]
+  return step(y, b[:, 1], b[:, 3]), step(x, b[:, 0], b[:, 2])
 
 
 def attention_crop(images, boxes, out_hw, k=10.0):
@@ -95,6 +100,13 @@ def attention_crop(images, boxes, out_hw, k=10.0):
   boxes = at_least_float32(boxes)
   x = at_least_float32(images)
   x = x.astype(jnp.promote_types(x.dtype, boxes.dtype))  # bfloat16 images are masked and sampled in float32
+  if crops.RESAMPLE == "matmul":
+    # The mask is separable, M = rows x cols: folded into the interpolation matrices, the masked image is never
+    # formed and the mask's gradient is a product as well.
+    mask_rows, mask_cols = _mask_factors(boxes, images.shape[1:3], k)
+    rows, cols = crops.axis_matrices(boxes[:, None], images.shape[1:3], out_hw, x.dtype)  # (B, 1, oh, H), ...
+    return crops.resample(x, rows * mask_rows[:, None, None, :].astype(x.dtype),
+                          cols * mask_cols[:, None, None, :].astype(x.dtype))[:, 0].astype(out_dtype)
   masked = x * box_mask(boxes, images.shape[1:3], k).astype(x.dtype)[..., None]
   return crops.crop_resize(masked, boxes, out_hw).astype(out_dtype)
 
