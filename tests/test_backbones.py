@@ -88,7 +88,8 @@ def _batch_stats(model):
 def _loss_grads(model, x, wrt=nnx.Param):
   def loss(m):
     return jnp.mean(m(x)[0] ** 2)
-  return nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(model)
+  # One compiled program: op by op, a backward pass dispatches and compiles each primitive on its own.
+  return nnx.jit(lambda m: nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(m))(model)
 
 
 def test_gradients_reach_every_parameter():

@@ -80,9 +80,9 @@ def test_grad_cam_equals_the_hand_computation_at_every_stage(toy_case):
 def test_cam_is_grad_cam_up_to_scale_for_a_pooled_linear_head():
   net = build_backbone("resnet18", 5, width=0.125, rngs=nnx.Rngs(0))
   net.eval()
-  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-  classes = jnp.array([1, 4])
+  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))  # a 2x2 layer4
   fn = lambda im: net(im)[0]  # noqa: E731
+  classes = jnp.argmax(fn(x), axis=-1)  # the predicted class: the one whose map has something positive to show
   gc = saliency.grad_cam(fn, x, classes, "layer4")
   _, feats = net(x)
   c = saliency.cam(feats["layer4"], net.head.fc.kernel[...], classes)

@@ -22,7 +22,7 @@ class ABNScheme(Scheme):
   loss_names = ("att", "per")
   multi_task = False  # set by build() from config.abn.task_classes
 
-  def build(self, config):
+  def create(self, config):
     tasks = tuple(config.abn.task_classes)
     self.multi_task = bool(tasks)
     self.main_output = "task0" if tasks else "logits"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from fgattn_jax.models import pretrained
+from fgattn_jax.models import pretrained, registry
 
 
 class Scheme:
@@ -15,6 +15,11 @@ class Scheme:
   main_output = "logits"
 
   def build(self, config) -> nnx.Module:
+    """The model (create) with its parameters drawn in the layout that compiles fast (registry.initializing)."""
+    with registry.initializing():
+      return self.create(config)
+
+  def create(self, config) -> nnx.Module:
     """The model, float32 parameters, compute dtype from config.model.dtype."""
     raise NotImplementedError
 

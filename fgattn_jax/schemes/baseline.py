@@ -23,7 +23,7 @@ class Baseline(Scheme):
   name = "baseline"
   loss_names = ("ce",)
 
-  def build(self, config):
+  def create(self, config):
     return backbone_from_config(config)
 
   def groups(self, model):

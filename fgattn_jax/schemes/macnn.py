@@ -34,7 +34,7 @@ class MACNNScheme(Scheme):
   loss_names = ("cls", "parts", "cng", "streams", "joint", "group_init")
   lam, margin = 2.0, 0.02
 
-  def build(self, config):
+  def create(self, config):
     m = config.macnn
     self.lam, self.margin = m.lam, m.margin
     part_nets = ([backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)]

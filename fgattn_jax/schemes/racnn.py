@@ -36,7 +36,7 @@ class RACNNScheme(Scheme):
   loss_names = ("cls", "rank", "fused", "apn_init")
   margin = 0.05
 
-  def build(self, config):
+  def create(self, config):
     r = config.racnn
     self.margin = r.margin
     nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
