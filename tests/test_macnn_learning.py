@@ -82,9 +82,11 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path):
   # in the grouping phases 15.2 -> 4.5; peaks on a part 0.55 (random points 0.10); distinct parts hit per image
   # 1.59 (random points 0.38; maps collapsed on one part: at most 1). Not asserted: the nearest part of the
   # peaks, 2.27 distinct per image, is no better than random points' 2.52 (random points spread by
-  # construction). The outcome turns on the initial draw: with the earlier layout of the draws (before
-  # models.registry.initializing) the same test gave joint 0.993, peaks on a part 0.72, 2.16 parts hit. The
-  # bars are what the claim needs: peaks on parts four times as often as random points, more than one part.
+  # construction). Under other rounding (XLA_FLAGS=--xla_backend_optimization_level=0): joint 0.807, object 0.780,
+  # peaks on a part 0.52, 1.59 parts hit. The outcome turns on the initial draw: with the earlier layout of the
+  # draws (before models.registry.initializing) the same test gave joint 0.993, peaks on a part 0.72, 2.16 parts
+  # hit. The bars are what the claim needs: peaks on parts four times as often as random points, more than one
+  # part.
   assert after < 0.8 * before
   assert on > on_r + 0.3
   assert hit > 1.3
