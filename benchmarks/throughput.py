@@ -259,6 +259,7 @@ def add_formulation_args(p: argparse.ArgumentParser):
 
 
 def use_formulations(args):
+  """Sets the module switches the formulation flags name; read when the steps are traced, so before any is."""
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
   layers.POOLING, crops.RESAMPLE = args.pool, args.crop

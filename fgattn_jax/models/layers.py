@@ -58,9 +58,9 @@ def max_pool(x, kernel: int, stride: int, padding: int = 0):
   own gradient: each window's first maximum (row-major, as PyTorch and XLA choose) takes the window's gradient.
   XLA's reduce_window pooling computes the same function, but its gradient is a select-and-scatter, whose bf16
   additions are atomic compare-and-swap loops on a GPU; here the gradient is integer comparisons with the recorded
-  winner and strided pads, elementwise work XLA can fuse into one pass. (The winner is recorded, not found again by comparing the
-  input with the output: XLA may recompute the input inside each fusion that reads it, rounded differently, and an
-  equality test would then lose or double a window's gradient.)"""
+  winner and strided pads, elementwise work XLA can fuse into one pass. (The winner is recorded, not found again by
+  comparing the input with the output: XLA may recompute the input inside each fusion that reads it, rounded
+  differently, and an equality test would then lose or double a window's gradient.)"""
   if POOLING == "reduce_window":
     return nnx.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2)
   return _max_pool(x, kernel, stride, padding)
