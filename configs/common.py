@@ -24,9 +24,11 @@ DATASETS = {
     "aircraft": dict(source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512),
     "cars": dict(source="folder", name="cars", num_classes=196, image_size=448, resize_size=512),
     "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
-    "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32),
-    "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32),
+    "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32, pad=4),
+    "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32, pad=4),
 }
+# CIFAR's pad (data.augment.pad): the ResNet paper's augmentation that ABN's CIFAR results use, a random 32 x 32
+# window of the image padded with 4 black pixels on every side.
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -57,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.augment.rotation = 0.0  # maximum degrees either way
   c.data.augment.brightness = 0.0  # maximum relative change
   c.data.augment.colour = 0.0  # maximum relative saturation change
+  c.data.augment.pad = 0  # black pixels around the resized image before the random crop (CIFAR: 4)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "vgg19"  # any name of fgattn_jax.models.BACKBONES
@@ -139,5 +142,8 @@ def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Confi
   if name not in DATASETS:
     raise ValueError(f"Unknown data set {name!r}; known: {', '.join(DATASETS)}")
   for key, value in DATASETS[name].items():
-    c.data[key] = value
+    if key == "pad":
+      c.data.augment.pad = value
+    else:
+      c.data[key] = value
   return c

@@ -122,7 +122,8 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
     raise ValueError(f"batch size {global_batch} does not split evenly over {process_count} processes")
   batch = global_batch // process_count
   aug = transforms.Augment(resize=d.resize_size, size=d.image_size, flip=d.augment.flip,
-                           rotation=d.augment.rotation, brightness=d.augment.brightness, colour=d.augment.colour)
+                           rotation=d.augment.rotation, brightness=d.augment.brightness, colour=d.augment.colour,
+                           pad=d.augment.pad)
   n = len(source)
   if training:
     if d.balanced:  # an endless stream of positions, mapped to class-balanced example indices

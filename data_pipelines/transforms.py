@@ -1,10 +1,11 @@
 """Image transforms that carry the object box and part points along, deterministic given an rng.
 
-Training: resize the shorter side to `resize`, random `size` x `size` crop, horizontal flip, optional
-rotation about the crop's centre, brightness and colour (saturation) jitter. Evaluation: resize and
-centre crop. Resize and crop are one resampling of the source region (PIL's resize with a box), which
-costs less than resizing the whole image first and gives the same geometry; with a rotation, the crop, the
-flip and the rotation are one affine resampling (see _resample). Everything runs in PIL's C code: the input
+Training: resize the shorter side to `resize`, random `size` x `size` crop (optionally of the resized image
+padded with `pad` black pixels on every side: CIFAR's pad-4 crop), horizontal flip, optional rotation about
+the crop's centre, brightness and colour (saturation) jitter. Evaluation: resize and centre crop. Resize and
+crop are one resampling of the source region (PIL's resize with a box), which costs less than resizing the
+whole image first and gives the same geometry; with a rotation, the crop, the flip and the rotation are one
+affine resampling (see _resample). Everything runs in PIL's C code: the input
 pipeline has to keep up with a GPU step on the host's cores (benchmarks/input_pipeline.py).
 
 Coordinates are continuous pixels (a pixel's centre at +0.5), so every geometric step is an exact affine
@@ -28,20 +29,23 @@ class Augment:
   rotation: float = 0.0  # maximum degrees either way
   brightness: float = 0.0  # maximum relative change
   colour: float = 0.0  # maximum relative change of saturation
+  pad: int = 0  # training: black pixels (at the resized scale) around the resized image before the random crop
 
   def __post_init__(self):
     if self.resize < self.size:
       raise ValueError(f"data.resize_size={self.resize} must be at least data.image_size={self.size}")
+    if self.pad < 0:
+      raise ValueError(f"data.augment.pad={self.pad} must be 0 or more")
 
 
-def _window(image, resize: int, size: int, offset):
-  """The size x size window at `offset` (pixels of the image resized so that its shorter side is `resize`), in
-  source pixels (x0, y0, x1, y1)."""
+def _window(image, resize: int, size: int, offset, pad: int = 0):
+  """The size x size window at `offset` (pixels of the image resized so that its shorter side is `resize`, from
+  its corner; negative into a padding of `pad` resized pixels), in source pixels (x0, y0, x1, y1)."""
   h, w = image.shape[:2]
   s = resize / min(h, w)
   ox, oy = offset
-  # Rounding the resized size can push the window's far edge a hair past the image: clamp it.
-  return ox / s, oy / s, min((ox + size) / s, w), min((oy + size) / s, h)
+  # Rounding the resized size can push the window's far edge a hair past the (padded) image: clamp it.
+  return ox / s, oy / s, min((ox + size) / s, w + pad / s), min((oy + size) / s, h + pad / s)
 
 
 def _move(region, size, box, parts):
@@ -74,15 +78,16 @@ def evaluate(image, box, parts, aug: Augment):
 def train(image, box, parts, aug: Augment, rng: np.random.Generator):
   """The random window, flip, rotation and colour jitter, resampled once where it can be (see _resample)."""
   rh, rw = _resized_shape(image, aug.resize)
-  offset = (rng.integers(0, rw - aug.size + 1), rng.integers(0, rh - aug.size + 1))
+  p = aug.pad
+  offset = (rng.integers(-p, rw - aug.size + p + 1), rng.integers(-p, rh - aug.size + p + 1))
   flip = bool(aug.flip and rng.random() < 0.5)
   degrees = rng.uniform(-aug.rotation, aug.rotation) if aug.rotation > 0 else 0.0
   jitter = aug.brightness > 0 or aug.colour > 0
   if jitter:
     brightness, saturation = 1 + rng.uniform(-aug.brightness, aug.brightness), 1 + rng.uniform(-aug.colour, aug.colour)
   n = aug.size
-  region = _window(image, aug.resize, n, offset)
-  out = _resample(Image.fromarray(image), region, n, flip, degrees)
+  region = _window(image, aug.resize, n, offset, p)
+  out = _resample(*_padded(image, region), n, flip, degrees)
   if jitter:
     out = _jitter(out, brightness, saturation)
   # The coordinates take the same steps one at a time: what the window cut away must not come back with the turn.
@@ -93,6 +98,17 @@ def train(image, box, parts, aug: Augment, rng: np.random.Generator):
   if degrees:
     box, parts = _turn(box, parts, n, degrees)
   return np.asarray(out), *_clip(box, parts, n)
+
+
+def _padded(image: np.ndarray, region):
+  """The image and the window in it, with black borders added where the window reaches outside (PIL's resize
+  takes no box outside the image). The borders are whole source pixels, so the window moves by whole pixels."""
+  h, w = image.shape[:2]
+  q = int(np.ceil(max(0.0, -region[0], -region[1], region[2] - w, region[3] - h)))
+  if q:
+    image = np.pad(image, ((q, q), (q, q)) + ((0, 0),) * (image.ndim - 2))
+    region = tuple(v + q for v in region)
+  return Image.fromarray(image), region
 
 
 def _resample(image: Image.Image, region, n: int, flip: bool, degrees: float) -> Image.Image:

@@ -96,5 +96,6 @@ def test_configs_are_locked(config_file):
 def test_common_datasets():
   c = common.use_dataset(common.get_config(), "cifar100")
   assert (c.data.source, c.data.name, c.data.num_classes, c.data.image_size) == ("tfds", "cifar100", 100, 32)
+  assert c.data.augment.pad == 4 and common.use_dataset(common.get_config(), "cub").data.augment.pad == 0
   with pytest.raises(ValueError, match="Unknown data set"):
     common.use_dataset(c, "imagenet22k")

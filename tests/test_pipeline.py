@@ -48,6 +48,19 @@ def test_training_batches():
   assert sorted(seen.tolist()) == list(range(40))
 
 
+def test_augment_pad_reaches_the_training_crops_only():
+  """data.augment.pad (CIFAR's 4) gives training crops black borders up to `pad` deep; evaluation has none."""
+  c = config(image_size=48, resize_size=48)
+  c.data.augment.pad = 6
+  images = np.concatenate([b["image"] for b in take(pipeline.build(c, "train"), 3)])
+  black = np.all(images == 0, axis=-1)  # the synthetic images have no black pixel of their own
+  rows, cols = black.all(axis=2), black.all(axis=1)  # (N, 48): whole black rows and columns
+  assert rows.any() and cols.any()
+  assert not rows[:, 6:42].any() and not cols[:, 6:42].any()
+  evaluation = next(iter(pipeline.build(c, "test")))["image"]
+  assert not np.all(evaluation == 0, axis=-1).any()
+
+
 def test_evaluation_sees_every_example_once_with_a_padded_last_batch():
   p = pipeline.build(config(), "test")
   batches = list(p)

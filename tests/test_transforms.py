@@ -20,10 +20,10 @@ def planted(h=150, w=200):
   return img, box, parts
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_train_transform_keeps_points_and_box_on_their_pixels(seed):
+@pytest.mark.parametrize("seed,pad", [(seed, 0) for seed in range(12)] + [(seed, 24) for seed in range(4)])
+def test_train_transform_keeps_points_and_box_on_their_pixels(seed, pad):
   img, box, parts = planted()
-  aug = T.Augment(resize=128, size=112, flip=True, rotation=45)
+  aug = T.Augment(resize=128, size=112, flip=True, rotation=45, pad=pad)
   out, b, p = T.train(img, box, parts, aug, np.random.default_rng(seed))
   assert out.shape == (112, 112, 3) and out.dtype == np.uint8
   for x, y in p:
@@ -117,6 +117,32 @@ def test_same_rng_same_result_and_bad_sizes():
     np.testing.assert_array_equal(x, y)
   with pytest.raises(ValueError, match="resize_size=64 must be at least data.image_size=96"):
     T.Augment(resize=64, size=96)
+  with pytest.raises(ValueError, match="data.augment.pad=-1 must be 0 or more"):
+    T.Augment(resize=96, size=96, pad=-1)
+
+
+def test_cifar_pad_and_crop_shifts_the_image_by_whole_pixels_into_black_borders():
+  """CIFAR's augmentation: the 32 x 32 image padded with 4 black pixels on every side, a random 32 x 32 window of
+  that: the output is the image shifted by -4..4 pixels in each direction, exactly, and the points move with it."""
+  img = np.random.default_rng(0).integers(1, 256, (32, 32, 3), dtype=np.uint8)  # no black pixel of its own
+  part = np.array([[10.5, 20.5]], np.float32)
+  aug = T.Augment(resize=32, size=32, flip=False, pad=4)
+  shifts = set()
+  for seed in range(60):
+    out, b, p = T.train(img, np.array([0, 0, 32, 32], np.float32), part, aug, np.random.default_rng(seed))
+    black = np.all(out == 0, axis=-1)
+    rows, cols = np.nonzero(~black)
+    x0, y0 = cols.min(), rows.min()  # > 0: the image moved right (down) by that much
+    dx = x0 if x0 > 0 else cols.max() + 1 - 32
+    dy = y0 if y0 > 0 else rows.max() + 1 - 32
+    shifts.add((dx, dy))
+    expected = np.zeros_like(img)
+    expected[max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)] = img[max(-dy, 0):32 - max(dy, 0),
+                                                                           max(-dx, 0):32 - max(dx, 0)]
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_allclose(p, part + [dx, dy], atol=1e-5)
+    np.testing.assert_allclose(b, [max(dx, 0), max(dy, 0), 32 + min(dx, 0), 32 + min(dy, 0)], atol=1e-5)
+  assert {dx for dx, _ in shifts} == set(range(-4, 5)) and {dy for _, dy in shifts} == set(range(-4, 5))
 
 
 def test_a_crop_at_the_far_edge_survives_the_rounded_resize():
