@@ -66,6 +66,23 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, mon
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
 
 
+def test_a_resumed_phase_keeps_its_plateau_history(tmp_path, monkeypatch):
+  """With min_delta = 1 the rule stalls as soon as it has patience + 1 windows: at step 4 of the phase. A run
+  interrupted after step 2 and resumed must stop there too, not 4 windows after the resume."""
+  def cfg():
+    c = tiny(main=8)
+    c.phases.main.plateau.update(patience=3, min_delta=1.0)
+    return c
+  loop.run(cfg(), str(tmp_path / "straight"), progress=False)
+  StopAfter.after = 2
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_Stop", StopAfter)
+    with pytest.raises(loop.Interrupted):
+      loop.run(cfg(), str(tmp_path / "resumed"), progress=False)
+  loop.run(cfg(), str(tmp_path / "resumed"), progress=False)
+  assert sorted(train_losses(tmp_path / "straight")) == sorted(train_losses(tmp_path / "resumed")) == [1, 2, 3, 4]
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   c = tiny(good=4, bad=4)
   c.phases.bad.losses.ce = float("nan")  # the injected fault: every loss of the second phase is NaN

@@ -169,7 +169,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
       def current_state():
         return jax.tree.unflatten(structure, leaves)
-      plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta)
+      # The plateau rule's window losses travel in the checkpoint's position: a resumed phase ends where the
+      # uninterrupted one would have.
+      if not (resuming and position["phase_step"] > 0):
+        position["plateau"] = []
+      plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta, position.setdefault("plateau", []))
       sums, count = None, 0
 
       def check_and_log():
@@ -230,7 +234,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           save()
 
       # --- End of the phase: evaluate, save; the next phase starts from this model.
-      position.update(phase=index + 1, phase_step=0)
+      position.update(phase=index + 1, phase_step=0, plateau=[])
       save(run_eval())
       model, _ = nnx.merge(graphdef, current_state())
       latest = None

@@ -60,8 +60,9 @@ class Plateau:
   """Ends a phase when the mean loss of the last `patience` logging windows improved by less than min_delta
   (relative) on the best before them."""
 
-  def __init__(self, patience: int, min_delta: float):
-    self.patience, self.min_delta, self.history = patience, min_delta, []
+  def __init__(self, patience: int, min_delta: float, history: list | None = None):
+    self.patience, self.min_delta = patience, min_delta
+    self.history = [] if history is None else history  # the window losses so far (appended to in place)
 
   def stalled(self, loss: float) -> bool:
     self.history.append(loss)
