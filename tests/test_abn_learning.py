@@ -12,7 +12,7 @@ from fgattn_jax.ops.images import normalize
 from fgattn_jax.training import checkpoint, loop
 
 
-def test_abn_beats_chance_and_points_inside_the_box(tmp_path):
+def test_abn_beats_chance_and_points_inside_the_box(tmp_path, optimized):
   c = abn_config.get_config()  # quarter-width VGG-11-BN at 64 px, an 8x8 attention map
   c.data.synthetic.num_train, c.data.synthetic.num_test = 1000, 300
   c.phases.main.epochs = 6

@@ -4,7 +4,7 @@ from configs import baseline
 from fgattn_jax.training import loop, writers
 
 
-def test_baseline_learns_the_synthetic_task(tmp_path):
+def test_baseline_learns_the_synthetic_task(tmp_path, optimized):
   c = baseline.get_config()  # the bare config: quarter-width VGG-11-BN at 64 px
   c.data.synthetic.num_train, c.data.synthetic.num_test = 1000, 300
   c.phases.main.epochs = 6  # 186 steps of 32

@@ -40,7 +40,7 @@ def part_statistics(nearest):
   return float(distinct), np.array(consistency)
 
 
-def test_macnn_alternating_schedule_learns_parts(tmp_path):
+def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   c = macnn_config.get_config()  # quarter-width VGG-11-BN; conv3_2 part maps; 4 parts with part streams
   c.data.image_size, c.data.resize_size = RES, 72  # a 16x16 part map, 16-pixel crops seen at 32
   c.data.synthetic.num_train, c.data.synthetic.num_test = 1200, 300
