@@ -26,6 +26,8 @@ DATASETS = {
     "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
     "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32, pad=4),
     "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32, pad=4),
+    # Aligned 178 x 218 faces; 40 boolean attributes (the label is the first, "5_o_Clock_Shadow": 2 classes).
+    "celeba": dict(source="tfds", name="celeb_a", num_classes=2, image_size=224, resize_size=224),
 }
 # CIFAR's pad (data.augment.pad): the ResNet paper's augmentation that ABN's CIFAR results use, a random 32 x 32
 # window of the image padded with 4 black pixels on every side.

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import abn as abn_config
+from fgattn_jax.config import ConfigError
 from fgattn_jax.models import build_backbone
 from fgattn_jax.models.abn import ABN, default_branch
 from fgattn_jax.ops import localization
@@ -181,3 +182,6 @@ def test_multi_task_trains_end_to_end_on_the_part_attributes(tmp_path):
   assert all(r["count"] == 30 and r["confusion"].shape == (3, 3) for r in results.values())
   model = get_scheme("abn").build(c)
   assert model(jnp.zeros((2, 32, 32, 3)))["attention"].shape == (2, 4, 4, 4)  # a map per part
+  c.abn.task_classes = (3,) * 3  # one task fewer than the data's attributes: refused before anything compiles
+  with pytest.raises(ConfigError, match=r"abn.task_classes=\(3, 3, 3\) does not match .*\(3, 3, 3, 3\)"):
+    loop.run(c, str(tmp_path / "mismatch"), progress=False)

@@ -20,6 +20,8 @@ import tensorflow_datasets as tfds
 from google.protobuf.message import DecodeError
 from PIL import Image
 
+from configs import common
+from data_pipelines import pipeline
 from data_pipelines.sources import tfds_source
 from data_pipelines.sources.base import DataError
 from data_pipelines.sources.tfds_source import TFDSSource
@@ -85,6 +87,32 @@ class TfdsTinyDogs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "objects": {"bbox": [tfds.features.BBox(*b) for b in DOG_BOXES[i]]}}
 
 
+# CelebA's shape: no ClassLabel, a FeaturesDict of booleans ("attributes"), landmarks beside it.
+FACE_ATTRIBUTES = [(True, False), (False, False), (True, True), (False, True), (True, True)]  # (Smiling, Male)
+
+
+class TfdsTinyFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(12, 10, 3)),
+        "attributes": tfds.features.FeaturesDict({"Smiling": np.bool_, "Male": np.bool_,
+                                                  "Hair": tfds.features.ClassLabel(names=["dark", "fair", "grey"]),
+                                                  "Score": np.float32}),  # not a class: left out
+        "landmarks": tfds.features.FeaturesDict({"nose_x": np.int64, "nose_y": np.int64}),
+    }))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, (smiling, male) in enumerate(FACE_ATTRIBUTES):
+      yield i, {"image": _png(12, 10, 40 * i), "attributes": {"Smiling": smiling, "Male": male, "Hair": i % 3,
+                                                              "Score": 0.5},
+                "landmarks": {"nose_x": 5, "nose_y": 6}}
+
+
 def _no_network(*args, **kwargs):
   raise AssertionError(f"network access attempted: {args}")
 
@@ -123,7 +151,7 @@ def offline_without_tensorflow():
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("tfds")
   config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False)
-  for cls in (TfdsTinyBirds, TfdsTinyDogs):
+  for cls in (TfdsTinyBirds, TfdsTinyDogs, TfdsTinyFaces):
     cls(data_dir=root, file_format="array_record").download_and_prepare(download_config=config)
   return root
 
@@ -158,14 +186,14 @@ def test_split_slices_and_pickling(data_dir):
   assert copy[1]["image"] == src[1]["image"] and (copy.labels == src.labels).all()
 
 
+class Unparsable:
+  @staticmethod
+  def FromString(record):  # noqa: N802 (the protobuf name)
+    raise DecodeError("not the layout expected")
+
+
 def test_labels_without_the_raw_proto_shortcut(data_dir, monkeypatch):
   expected = TFDSSource("tfds_tiny_birds", "train", data_dir=data_dir).labels
-
-  class Unparsable:
-    @staticmethod
-    def FromString(record):  # noqa: N802 (the protobuf name)
-      raise DecodeError("not the layout expected")
-
   # Only the source's shortcut: TFDS's own reader parses the same proto.
   monkeypatch.setattr(tfds_source, "tf_example_pb2", types.SimpleNamespace(Example=Unparsable))
   assert (TFDSSource("tfds_tiny_birds", "train", data_dir=data_dir).labels == expected).all()
@@ -237,3 +265,34 @@ def test_unknown_and_empty_splits(data_dir):
   # TFDS refuses to write an empty split, but a slice can be empty.
   with pytest.raises(DataError, match=r"'train\[2:2\]' split of the TFDS data set 'tfds_tiny_dogs' is empty"):
     TFDSSource("tfds_tiny_dogs", "train[2:2]", data_dir=data_dir)
+
+
+@pytest.mark.parametrize("raw_labels", [True, False], ids=["raw-proto-labels", "decoded-labels"])
+def test_faces_attributes_are_tasks_and_the_first_is_the_label(data_dir, monkeypatch, raw_labels):
+  if not raw_labels:  # the labels through TFDS's decoding of whole examples, as for an unexpected layout
+    monkeypatch.setattr(tfds_source, "tf_example_pb2", types.SimpleNamespace(Example=Unparsable))
+  src = TFDSSource("tfds_tiny_faces", "train", data_dir=data_dir)
+  names = src.attribute_names
+  assert sorted(names) == ["Hair", "Male", "Smiling"]  # the float entry is not a task
+  assert dict(zip(names, src.attribute_classes)) == {"Smiling": 2, "Male": 2, "Hair": 3}
+  first = names[0]
+  assert src.label_key == f"attributes/{first}" and src.num_classes == len(src.class_names)
+  assert src.class_names == (["dark", "fair", "grey"] if first == "Hair" else [f"not {first}", first])
+  seen = []
+  for i in range(len(src)):
+    ex = src[i]
+    k = int(src.load_image(ex["image"])[0, 0, 0]) // 40  # the example's number, from its pixel value
+    smiling, male = FACE_ATTRIBUTES[k]
+    want = {"Smiling": int(smiling), "Male": int(male), "Hair": k % 3}
+    assert ex["attributes"].dtype == np.int32 and ex["attributes"].tolist() == [want[n] for n in names]
+    assert ex["label"] == want[first] == src.labels[i]
+    seen.append(k)
+  assert sorted(seen) == list(range(len(FACE_ATTRIBUTES)))
+  # Through the pipeline: the batches carry them for multi-task schemes (ABN's abn.task_classes).
+  c = common.get_config()
+  c.data.num_classes, c.data.image_size, c.data.resize_size, c.data.eval_batch_size = src.num_classes, 8, 10, 8
+  batch = next(iter(pipeline.build(c, "train", training=False, source=src)))
+  assert batch["attributes"].shape == (8, 3) and batch["attributes"].dtype == np.int32
+  assert sorted(map(tuple, batch["attributes"][batch["mask"]].tolist())) == sorted(
+      tuple({"Smiling": int(s), "Male": int(m), "Hair": k % 3}[n] for n in names)
+      for k, (s, m) in enumerate(FACE_ATTRIBUTES))

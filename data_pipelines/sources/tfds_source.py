@@ -5,6 +5,10 @@ Images are not decoded here: every Image feature is read with `SkipDecoding`, so
 encoded file and a corrupt image fails in `load_image` (in the worker, where it is counted and skipped).
 TFDS boxes are normalised (ymin, xmin, ymax, xmax); they come out in pixels (x0, y0, x1, y1), the image
 size read from the file header (or from the feature's static shape, e.g. CIFAR's 32x32).
+
+Multi-task attributes: the entries of a top-level FeaturesDict named "attributes" (CelebA's 40 booleans) come out
+as the example's 'attributes', a boolean as a 2-class task, a ClassLabel with its classes. A data set with
+attributes and no ClassLabel (CelebA) takes its first attribute as the label.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tensorflow_datasets.proto import tf_example_pb2  # the proto TFDS's own Num
 from data_pipelines.sources.base import DataError, Source, check_nonempty
 
 _IMAGE, _LABEL, _BBOX = tfds.features.Image, tfds.features.ClassLabel, tfds.features.BBoxFeature
+_ATTRIBUTES = "attributes"  # the top-level FeaturesDict of multi-task attributes (CelebA's name)
 _FILENAME_KEYS = ("image/filename", "file_name", "filename", "id")  # named in describe() when present
 _LABELS_CHUNK = 1024  # records per batched read in the one pass over labels
 
@@ -44,14 +49,22 @@ class TFDSSource(Source):
     features = info.features
     supervised = info.supervised_keys if isinstance(info.supervised_keys, tuple) else ()
     self.image_key = _pick(features, _IMAGE, image_key, supervised[:1] + ("image",), "image")
-    self.label_key = _pick(features, _LABEL, label_key, supervised[1:2] + ("label",), "label")
+    attributes = _find_attributes(features)
+    self.attribute_names = [name for name, _ in attributes]
+    self.attribute_classes = tuple(classes for _, classes in attributes)
+    if attributes and label_key is None and not any(isinstance(features[k], _LABEL) for k in features.keys()):
+      self.label_key = f"{_ATTRIBUTES}/{attributes[0][0]}"  # tf.Example's name of the nested feature
+      label_names = _attribute_class_names(features[_ATTRIBUTES], attributes[0][0])
+    else:
+      self.label_key = _pick(features, _LABEL, label_key, supervised[1:2] + ("label",), "label")
+      label_names = list(features[self.label_key].names)
     self._box_key, self._box_in_sequence = _find_box(features)
     shape = features[self.image_key].shape
     # A static height and width (CIFAR, SVHN) saves reading the header for the box conversion.
     self._static_wh = (shape[1], shape[0]) if None not in shape[:2] else None
     self._filename_key = next((k for k in _FILENAME_KEYS if k in features.keys()), None)
     self.name = f"{info.name}[{split}]"
-    self.class_names = list(features[self.label_key].names)
+    self.class_names = label_names
     self.num_classes = len(self.class_names)
     self._open_args = (name, split, data_dir)
     self._labels = None
@@ -98,7 +111,7 @@ class TFDSSource(Source):
     except (IndexError, KeyError, ValueError, DecodeError):
       for start in range(0, n, _LABELS_CHUNK):
         examples = self._ds.__getitems__(list(range(start, min(n, start + _LABELS_CHUNK))))
-        labels[start:start + len(examples)] = [ex[self.label_key] for ex in examples]
+        labels[start:start + len(examples)] = [_lookup(ex, self.label_key) for ex in examples]
     return labels
 
   def describe(self, index: int) -> str:
@@ -115,7 +128,10 @@ class TFDSSource(Source):
     ex = self._ds[index]
     raw = ex[self.image_key]
     raw = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object else raw
-    return {"image": raw, "label": ex[self.label_key], "box": self._box(ex, raw), "parts": None}
+    out = {"image": raw, "label": _lookup(ex, self.label_key), "box": self._box(ex, raw), "parts": None}
+    if self.attribute_names:
+      out["attributes"] = [int(ex[_ATTRIBUTES][name]) for name in self.attribute_names]
+    return out
 
   def _box(self, ex: dict, raw) -> np.ndarray | None:
     if self._box_key is None:
@@ -226,6 +242,35 @@ def _pick(features, kind, override: str | None, preferred: tuple, what: str) -> 
       return key
   raise DataError(f"This TFDS data set has no top-level {kind.__name__} feature to use as the {what}; its "
                   f"features: {features}")
+
+
+def _find_attributes(features) -> list[tuple[str, int]]:
+  """(name, classes) of each entry of a top-level FeaturesDict "attributes": a boolean scalar is a 2-class task,
+  a ClassLabel keeps its classes; other entries are left out. [] when there is no such dict."""
+  if _ATTRIBUTES not in features.keys() or not isinstance(features[_ATTRIBUTES], tfds.features.FeaturesDict):
+    return []
+  out = []
+  for name in features[_ATTRIBUTES].keys():
+    f = features[_ATTRIBUTES][name]
+    if isinstance(f, _LABEL):
+      out.append((name, f.num_classes))
+    elif isinstance(f, tfds.features.Tensor) and f.shape == () and np.dtype(f.np_dtype) == np.bool_:
+      out.append((name, 2))
+  return out
+
+
+def _attribute_class_names(attributes, name: str) -> list[str]:
+  f = attributes[name]
+  return list(f.names) if isinstance(f, _LABEL) else [f"not {name}", name]
+
+
+def _lookup(ex: dict, key: str):
+  """ex[key], where key may name a nested feature ("attributes/Smiling"); top-level keys may contain '/' too
+  ("image/filename")."""
+  if key in ex:
+    return ex[key]
+  outer, _, inner = key.partition("/")
+  return ex[outer][inner]
 
 
 def _find_box(features):

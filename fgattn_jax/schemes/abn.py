@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from fgattn_jax.config import ConfigError
 from fgattn_jax.models.abn import ABN, default_branch
 from fgattn_jax.ops import losses
 from fgattn_jax.schemes.base import Scheme, load_into
@@ -32,6 +33,15 @@ class ABNScheme(Scheme):
     return ABN(backbone, tasks or config.data.num_classes, branch=branch, map_kernel=config.abn.map_kernel,
                residual=config.abn.residual, freeze_extractor=config.model.freeze_features,
                rngs=nnx.Rngs(config.seed + 1))
+
+  def check_data(self, config, source):
+    # A task without its attribute would index past the batch's 'attributes' (clamped, silently wrong).
+    tasks, have = tuple(config.abn.task_classes), tuple(source.attribute_classes)
+    if tasks and tasks != have:
+      fix = (f"set abn.task_classes to the data's {have}" if have else
+             "leave abn.task_classes empty (one task on the labels) or use a data set with attributes")
+      raise ConfigError(f"abn.task_classes={tasks} does not match the attributes of {source.name} "
+                        f"({have or 'none'}): {fix}.")
 
   def groups(self, model):
     branches = nnx.All(nnx.Param, nnx.Not(model.extractor_filter()))

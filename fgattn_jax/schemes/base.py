@@ -48,6 +48,9 @@ class Scheme:
     logits have), or None where no such head classifies."""
     return None
 
+  def check_data(self, config, source) -> None:
+    """Raises ConfigError when the data source cannot feed this scheme as configured (before any compiling)."""
+
   def before_phase(self, key: str, model, sample_batches) -> None:
     """Called as a phase starts (not when resuming inside it); sample_batches() gives a few evaluation-mode
     batches of the training split (e.g. MA-CNN's channel-grouping initialisation)."""

@@ -96,6 +96,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   eval_data = data.build(config, config.data.eval_split, pi, pc, training=False)
 
   scheme = get_scheme(config.scheme)
+  scheme.check_data(config, train_data.source)
   model = scheme.build(config)
   new_paths = frozenset()
   if config.model.pretrained:
