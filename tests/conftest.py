@@ -17,10 +17,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
-# The files that take a minute or more, longest first (measured on the 2-core CI machine). Under pytest-xdist's
-# --dist loadfile, xdist itself reorders files by their number of tests (its default --loadscope-reorder); this
-# order holds for -n 0 runs. Tried: keeping it under xdist (--no-loadscope-reorder) was slower in CI (15:22 against
-# 13:48): the two learning files then run side by side at the start and slow each other.
+# The files that take a minute or more, longest first (measured on the 2-core CI machine), run first: under
+# pytest-xdist's --dist loadfile with --no-loadscope-reorder (pyproject.toml) the two learning tests start side by
+# side on the two workers and the short files fill in behind them. With xdist's default reordering (files with the
+# most tests first) the single-test learning files ran last and left one worker idle at the end: the full suite
+# took 16:55 against 15:53 here (2026-11-30; an earlier measurement, 15:22 against 13:48 on a faster machine
+# and an older suite, had favoured the reordering).
 LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_engine.py", "test_visualize.py",
               "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
               "test_backbones.py", "test_benchmarks.py")
