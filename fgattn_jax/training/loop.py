@@ -138,9 +138,12 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       if resuming and position["phase_step"] == 0:
         # Saved at a phase boundary: the state holds the previous phase's optimiser; take the model only.
         ckpt_lib.load_model_weights(workdir, model, latest)
-      if not (resuming and position["phase_step"] > 0):
+      if not (resuming and position["phase_step"] > 0):  # the phase starts (is not resumed inside)
         scheme.before_phase(phase.key, model, lambda: itertools.islice(
             data.build(config, config.data.train_split, pi, pc, training=False), 4))
+        # The plateau rule's window losses travel in the checkpoint's position: a phase resumed inside ends where
+        # the uninterrupted one would have.
+        position["plateau"] = []
       model.train()
       wrt = groups[phase.trains]
       tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, train_data.steps_per_epoch, new_paths)
@@ -170,10 +173,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
       def current_state():
         return jax.tree.unflatten(structure, leaves)
-      # The plateau rule's window losses travel in the checkpoint's position: a resumed phase ends where the
-      # uninterrupted one would have.
-      if not (resuming and position["phase_step"] > 0):
-        position["plateau"] = []
+      # (setdefault: a checkpoint written before the position had them)
       plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta, position.setdefault("plateau", []))
       sums, count = None, 0
 
@@ -235,7 +235,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           save()
 
       # --- End of the phase: evaluate, save; the next phase starts from this model.
-      position.update(phase=index + 1, phase_step=0, plateau=[])
+      position.update(phase=index + 1, phase_step=0)
       save(run_eval())
       model, _ = nnx.merge(graphdef, current_state())
       latest = None
