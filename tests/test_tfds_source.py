@@ -91,6 +91,12 @@ class TfdsTinyDogs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 FACE_ATTRIBUTES = [(True, False), (False, False), (True, True), (False, True), (True, True)]  # (Smiling, Male)
 
 
+def face_attributes(k):
+  """Example k's attributes as the source gives them: booleans as 0/1, the hair colour's class."""
+  smiling, male = FACE_ATTRIBUTES[k]
+  return {"Smiling": int(smiling), "Male": int(male), "Hair": k % 3}
+
+
 class TfdsTinyFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
@@ -282,8 +288,7 @@ def test_faces_attributes_are_tasks_and_the_first_is_the_label(data_dir, monkeyp
   for i in range(len(src)):
     ex = src[i]
     k = int(src.load_image(ex["image"])[0, 0, 0]) // 40  # the example's number, from its pixel value
-    smiling, male = FACE_ATTRIBUTES[k]
-    want = {"Smiling": int(smiling), "Male": int(male), "Hair": k % 3}
+    want = face_attributes(k)
     assert ex["attributes"].dtype == np.int32 and ex["attributes"].tolist() == [want[n] for n in names]
     assert ex["label"] == want[first] == src.labels[i]
     seen.append(k)
@@ -294,5 +299,4 @@ def test_faces_attributes_are_tasks_and_the_first_is_the_label(data_dir, monkeyp
   batch = next(iter(pipeline.build(c, "train", training=False, source=src)))
   assert batch["attributes"].shape == (8, 3) and batch["attributes"].dtype == np.int32
   assert sorted(map(tuple, batch["attributes"][batch["mask"]].tolist())) == sorted(
-      tuple({"Smiling": int(s), "Male": int(m), "Hair": k % 3}[n] for n in names)
-      for k, (s, m) in enumerate(FACE_ATTRIBUTES))
+      tuple(face_attributes(k)[n] for n in names) for k in range(len(FACE_ATTRIBUTES)))
