@@ -127,3 +127,41 @@ def test_frozen_features_train_only_the_head():
   model(x)  # train mode: the frozen feature extractor keeps its statistics
   assert all(np.array_equal(a, b) for a, b in zip(before, _batch_stats(model)))
   assert tiny("resnet18").trainable() is nnx.Param
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batchnorm_training_matches_flax_exactly(dtype):
+  # layers.BatchNorm computes training mode itself (to store the running statistics without flax's slow path):
+  # outputs, input and parameter gradients and running statistics bit-equal to flax's BatchNorm with its settings.
+  from fgattn_jax.models import layers
+
+  x = jax.random.normal(jax.random.key(3), (4, 6, 5, 8)) * 2 + 0.5
+  ours = layers.BatchNorm(8, dtype=dtype, rngs=nnx.Rngs(0))
+  theirs = nnx.BatchNorm(8, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  for bn in (ours, theirs):  # the same non-trivial parameters and running statistics in both
+    bn.scale.set_value(jnp.linspace(0.5, 2.0, 8))
+    bn.bias.set_value(jnp.linspace(-1.0, 1.0, 8))
+    bn.mean.set_value(jnp.full(8, 0.3))
+    bn.var.set_value(jnp.full(8, 1.7))
+    bn.train()
+
+  @nnx.jit
+  def step(bn, x):
+    def loss(bn, x):
+      y = bn(x)
+      return jnp.sum(y.astype(jnp.float32) * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+    (_, y), (g_bn, g_x) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(bn, x)
+    return y, g_bn, g_x
+
+  for _ in range(2):  # the second step starts from the statistics the first stored
+    (y1, g1, gx1), (y2, g2, gx2) = step(ours, x), step(theirs, x)
+    assert y1.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y1, np.float32), np.asarray(y2, np.float32))
+    np.testing.assert_array_equal(gx1, gx2)
+    np.testing.assert_array_equal(g1.scale.get_value(), g2.scale.get_value())
+    np.testing.assert_array_equal(g1.bias.get_value(), g2.bias.get_value())
+    np.testing.assert_array_equal(ours.mean.get_value(), theirs.mean.get_value())
+    np.testing.assert_array_equal(ours.var.get_value(), theirs.var.get_value())
+  assert not np.allclose(ours.mean.get_value(), 0.3)  # the statistics did move
+  ours.eval(), theirs.eval()
+  np.testing.assert_array_equal(np.asarray(ours(x), np.float32), np.asarray(theirs(x), np.float32))
