@@ -46,7 +46,12 @@ def measure(root: str, size: int, workers: int, batch: int, steps: int, augment:
   c.data.augment.update(AUGMENTS[augment])
   p = pipeline.build(c, "train", source=source)
   it = iter(p)
-  next(it)  # start-up (worker processes, first buffers) is not throughput
+  # Start-up is not throughput: worker k delivers batches k, k + N, ..., so the first N batches include every
+  # worker's process start and first buffers (timing from the first batch only counted 16 workers' start-ups as
+  # work). Then every worker delivers at least two batches in the timed window.
+  for _ in range(max(1, workers)):
+    next(it)
+  steps = max(steps, 2 * workers)
   start = time.perf_counter()
   for _ in range(steps):
     next(it)
@@ -63,7 +68,7 @@ def main(argv=None):
   ap.add_argument("--workers", type=int, nargs="+", default=None, help="default: 0 1 2 4 ... up to the cores")
   ap.add_argument("--augment", nargs="+", default=list(AUGMENTS), choices=list(AUGMENTS))
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--steps", type=int, default=10, help="batches timed per cell, after one warm-up batch")
+  ap.add_argument("--steps", type=int, default=10, help="batches timed per cell (at least 2 per worker), after one warm-up batch per worker")
   args = ap.parse_args(argv)
   cores = os.cpu_count() or 1
   workers = args.workers or [0] + [w for w in (1, 2, 4, 8, 16, 32) if w <= cores]
