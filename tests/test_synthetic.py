@@ -58,3 +58,25 @@ def test_class_codes_are_distinct_and_fixed():
     class_codes(20, 2)
   with pytest.raises(DataError, match="no split 'validation'"):
     SyntheticBirds("validation")
+
+
+def test_drawn_examples_are_kept_within_the_budget(monkeypatch):
+  from data_pipelines.sources import synthetic
+  drawn = []
+  render = synthetic.render
+  monkeypatch.setattr(synthetic, "render", lambda *a: drawn.append(1) or render(*a))
+  monkeypatch.setattr(synthetic, "CACHE_BYTES", 2 * 3 * 48 ** 2)  # room for two 48-pixel images
+  src = SyntheticBirds("train", num_examples=6, resolution=48)
+  first = [src[i] for i in range(4)]
+  again = [src[i] for i in range(4)]
+  assert len(drawn) == 6  # examples 0 and 1 kept, 2 and 3 drawn twice
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["parts"], b["parts"])
+  np.testing.assert_array_equal(again[1]["image"], SyntheticBirds("train", num_examples=6, resolution=48)[1]["image"])
+  with pytest.raises(ValueError, match="read-only"):  # a shared image cannot be changed by one reader
+    first[0]["image"][0, 0] = 0
+  import pickle
+  sent = pickle.dumps(src)  # what a worker process receives: the recipe, not the two kept images
+  assert len(sent) < 48 * 48 * 3
+  np.testing.assert_array_equal(pickle.loads(sent)[0]["image"], first[0]["image"])
