@@ -123,18 +123,20 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
   arithmetic the attention machinery adds), and the images/s the step could reach at peak_tflops."""
   from benchmarks import flops
 
-  def per_image(scheme, c):
+  def per_image(scheme, c):  # -> (FLOPs per image, seconds spent tracing the step: part of compile_s)
     (train, args), _ = _setup(scheme, c, abstract=True)
-    return flops.count(train, *args, static_argnums=(2,)) / batch
+    start = time.perf_counter()
+    count = flops.count(train, *args, static_argnums=(2,))
+    return count / batch, time.perf_counter() - start
 
   c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
-  step = per_image(scheme_name, c)
+  step, trace_s = per_image(scheme_name, c)
   sides = backbone_passes(scheme_name, c)
   passes = _over_passes(sides, lambda s: per_image("baseline", config_for("baseline", backbone, s, batch, width,
-                                                                          "bfloat16")))
+                                                                          "bfloat16"))[0])
   result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width,
             "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
-            "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name]}
+            "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name], "trace_s": trace_s}
   result["ceiling_img_s"] = peak_tflops * 1e12 / step if peak_tflops else None
   return result
 
@@ -244,7 +246,7 @@ COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"),
            ("overhead_target", "{:.2f}")]
 FLOP_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("passes", "{}"),
                 ("train_gflop_per_image", "{:.1f}"), ("passes_gflop_per_image", "{:.1f}"), ("flop_overhead", "{:.3f}"),
-                ("overhead_target", "{:.2f}"), ("ceiling_img_s", "{:.0f}")]
+                ("overhead_target", "{:.2f}"), ("ceiling_img_s", "{:.0f}"), ("trace_s", "{:.1f}")]
 DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("state_arrays", "{}"),
                     ("call_ms", "{:.2f}"), ("step_ms", "{:.2f}")]
 # The issue's ceilings on a scheme's step over its backbone passes' (backbone_passes).

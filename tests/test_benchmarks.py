@@ -81,6 +81,7 @@ def test_flop_profile_counts_the_backbone_passes_of_each_scheme():
   # The APNs, the crops and the ranking loss add little arithmetic next to three VGG passes (their cost on a GPU is
   # memory traffic, which only timing shows: --overhead).
   assert 1.0 < r["flop_overhead"] < 1.05
+  assert r["trace_s"] > 0
   assert r["ceiling_img_s"] == pytest.approx(100e12 / (r["train_gflop_per_image"] * 1e9))
   # ABN's attention branch on a ResNet is a stride-1 copy of the last stage (the paper's): at 4x that stage's cost.
   abn = throughput.flop_profile("abn", "resnet18", 64, 2, width=1 / 16)
