@@ -47,8 +47,8 @@ def measure(root: str, size: int, workers: int, batch: int, steps: int, augment:
   p = pipeline.build(c, "train", source=source)
   it = iter(p)
   # Start-up is not throughput: worker k delivers batches k, k + N, ..., so the first N batches include every
-  # worker's process start and first buffers (timing from the first batch only counted 16 workers' start-ups as
-  # work). Then every worker delivers at least two batches in the timed window.
+  # worker's process start and first buffers (timed from the first batch, the window held the other workers'
+  # start-ups). Then every worker delivers at least two batches in the timed window.
   for _ in range(max(1, workers)):
     next(it)
   steps = max(steps, 2 * workers)
@@ -68,7 +68,8 @@ def main(argv=None):
   ap.add_argument("--workers", type=int, nargs="+", default=None, help="default: 0 1 2 4 ... up to the cores")
   ap.add_argument("--augment", nargs="+", default=list(AUGMENTS), choices=list(AUGMENTS))
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--steps", type=int, default=10, help="batches timed per cell (at least 2 per worker), after one warm-up batch per worker")
+  ap.add_argument("--steps", type=int, default=10,
+                  help="batches timed per cell (at least 2 per worker), after one warm-up batch per worker")
   args = ap.parse_args(argv)
   cores = os.cpu_count() or 1
   workers = args.workers or [0] + [w for w in (1, 2, 4, 8, 16, 32) if w <= cores]

@@ -50,10 +50,9 @@ class BatchNorm(nnx.BatchNorm):
     # Training mode: flax's own arithmetic, but the running statistics stored with set_value. Flax stores them with
     # `self.mean[...] = new`, which asks the traced value for its sharding; a tracer has none and builds an error
     # message that walks the whole program traced so far, at every BatchNorm: quadratic in the model's size
-    # (tracing MA-CNN's ResNet-50 training step took 79 s on the CPU, 10 s without it).
+    # (tracing MA-CNN's ResNet-50 training step: 110 s -> 12 s, benchmarks/RESULTS.md).
     axes, features = tuple(range(x.ndim - 1)), (x.ndim - 1,)
-    x, mean, var, scale, bias = self.promote_dtype(
-        (x, self.mean[...], self.var[...], self.scale[...], self.bias[...]), dtype=self.dtype)
+    x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
     mean, var = normalization._compute_stats(x, axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance)
     keep = self.momentum
     self.mean.set_value(jax.lax.stop_gradient(keep * self.mean[...] + (1 - keep) * mean))
