@@ -14,6 +14,7 @@ from data_pipelines import pipeline as data
 from fgattn_jax.config import load_config
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
+from gradient_routes import loss_jacobian, norm
 
 
 def tiny(part_streams=True, **macnn):
@@ -81,19 +82,9 @@ def test_parameter_groups_partition_the_model(built):
 
 
 def grad_norms(scheme, model, *losses):
-  """{loss: {submodule: sum of |d loss / d parameter|}}, the losses in one jitted Jacobian (in evaluation mode:
-  nnx refuses BatchNorm's statistics update under jacrev; the routes of the gradients are the same)."""
-  model = nnx.clone(model)
-  model.eval()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  def f(p, r):
-    out = scheme.forward(nnx.merge(graphdef, p, r), X, BATCH, train=True)[0]
-    return jnp.stack([out[name] for name in losses])
-
-  jac = jax.jit(jax.jacrev(f))(params, rest)
-  return {name: {k: float(sum(jnp.abs(x[i]).sum() for x in jax.tree.leaves(v))) for k, v in jac.items()}
-          for i, name in enumerate(losses)}
+  """{loss: {submodule: sum of |d loss / d parameter|}}, the losses in one jitted Jacobian."""
+  jac = loss_jacobian(scheme, model, X, BATCH, losses)
+  return {name: {k: norm(v, i) for k, v in jac.items()} for i, name in enumerate(losses)}
 
 
 def test_where_each_loss_trains(built):

@@ -12,6 +12,7 @@ from fgattn_jax.config import load_config
 from fgattn_jax.ops import racnn
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
+from gradient_routes import loss_jacobian, norm
 
 
 def tiny(**options):
@@ -124,18 +125,8 @@ def test_parameter_groups_partition_the_model(built):
 
 
 def grad_norms(scheme, model):
-  """{loss: {part: sum of |d loss / d parameter|}}, every loss in one jitted Jacobian (in evaluation mode: nnx
-  refuses BatchNorm's statistics update under jacrev; the routes of the gradients are the same)."""
-  model = nnx.clone(model)
-  model.eval()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  def f(p, r):
-    losses = scheme.forward(nnx.merge(graphdef, p, r), X, BATCH, train=True)[0]
-    return jnp.stack([losses[n] for n in scheme.loss_names])
-
-  jac = jax.jit(jax.jacrev(f))(params, rest)
-  norm = lambda v, i: float(sum(jnp.abs(x[i]).sum() for x in jax.tree.leaves(v)))  # noqa: E731
+  """{loss: {part: sum of |d loss / d parameter|}}, every loss in one jitted Jacobian."""
+  jac = loss_jacobian(scheme, model, X, BATCH, scheme.loss_names)
   return {n: {"apn0": norm(jac["apns"][0], i), "apn1": norm(jac["apns"][1], i), "net0": norm(jac["nets"][0], i),
               "net1": norm(jac["nets"][1], i), "net2": norm(jac["nets"][2], i), "fused": norm(jac["fused"], i)}
           for i, n in enumerate(scheme.loss_names)}
