@@ -33,7 +33,7 @@ PART_HUES = np.array([[1, .15, .15], [.15, 1, .15], [.2, .35, 1], [1, .9, .1]], 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 # Drawn examples are kept, up to this many bytes of images per source and process: a training run draws every
 # example once per epoch, and drawing one costs more than augmenting it (1.4 ms at 72 pixels, 13 ms at 256; the
-# MA-CNN learning test's 9 epochs of data: 47 -> 13 CPU-seconds). grain's worker processes keep their own.
+# MA-CNN learning test's 9 epochs of data: 47 -> 12 CPU-seconds). grain's worker processes keep their own.
 CACHE_BYTES = 256 << 20
 
 
