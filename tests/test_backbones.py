@@ -165,3 +165,31 @@ def test_batchnorm_training_matches_flax_exactly(dtype):
   assert not np.allclose(ours.mean.get_value(), 0.3)  # the statistics did move
   ours.eval(), theirs.eval()
   np.testing.assert_array_equal(np.asarray(ours(x), np.float32), np.asarray(theirs(x), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_relu_after_conv_equals_jax_relu_and_reads_its_mask_off_the_output(dtype):
+  # layers.relu(x, after_conv=True) takes its gradient mask from the output, so that XLA can fuse it into the
+  # convolution before it: values, gradients (reverse, forward, second order, batched) must be jax.nn.relu's.
+  from fgattn_jax.models import layers
+
+  x = jnp.concatenate([jnp.array([0.0, -0.0, 1e-30, -1e-30, jnp.inf, -jnp.inf, jnp.nan]),
+                       jax.random.normal(jax.random.key(0), (57,))]).astype(dtype)
+  w = jnp.cos(jnp.arange(x.size, dtype=jnp.float32)).astype(dtype)
+  ours = lambda x: layers.relu(x, after_conv=True)  # noqa: E731
+  same = lambda a, b: np.testing.assert_array_equal(np.float32(a), np.float32(b))  # noqa: E731  (NaN == NaN)
+  for f in (lambda r: r, jax.vmap):
+    same(f(ours)(x), f(jax.nn.relu)(x))
+  grad = lambda relu: jax.grad(lambda x: jnp.sum(relu(x) * w).astype(jnp.float32))  # noqa: E731
+  same(grad(ours)(x), grad(jax.nn.relu)(x))
+  same(jax.jvp(ours, (x,), (w,))[1], jax.jvp(jax.nn.relu, (x,), (w,))[1])
+  second = lambda relu: jax.grad(lambda x: jnp.sum(grad(relu)(x) * x).astype(jnp.float32))(x)  # noqa: E731
+  same(second(ours), second(jax.nn.relu))
+  # The backward's comparison reads the output (through a barrier XLA cannot simplify away), not the input.
+  jaxpr = jax.make_jaxpr(grad(ours))(x).jaxpr
+  made_by = {v: e.primitive.name for e in jaxpr.eqns for v in e.outvars}
+  barriers = [e for e in jaxpr.eqns if e.primitive.name == "optimization_barrier"]
+  assert len(barriers) == 1 and made_by[barriers[0].invars[0]] in ("max", "custom_jvp_call")  # ReLU's forward
+  with layers.relu_rule("deconvnet"):  # saliency's rules still apply
+    _, vjp = jax.vjp(ours, x)
+  same(vjp(w)[0], jax.nn.relu(w))

@@ -161,6 +161,21 @@ def _relu_with_backward(backward):
   return f
 
 
+@jax.custom_jvp
+def _relu_masked_by_output(x):
+  return jnp.maximum(x, 0)
+
+
+# jax.nn.relu's gradient passes where the input x is positive; this one where the output is (the same set: equal
+# gradients), so a backward pass needs the output only. Straight after a convolution with bias that lets XLA fuse
+# conv + bias + ReLU into one cuDNN call and drop the pre-activation: the output is kept for the next layer anyway.
+# The barrier stops XLA from rewriting `max(x, 0) > 0` back into `x > 0`. Measured on VGG-19's step (448, batch 32)
+# compiled for an H200 (benchmarks/hlo_report.py): 11 fewer kernels, 4.5 GB less memory traffic, temporaries
+# 6.3 -> 4.2 GiB. After a BatchNorm it gains nothing (XLA recomputes the normalisation in the backward pass instead
+# of keeping its output) and costs a little: ResNet-50 keeps jax.nn.relu.
+_relu_masked_by_output.defjvps(
+    lambda g, y, x: jnp.where(jax.lax.optimization_barrier(y) > 0, g, jnp.zeros_like(g)))
+
 _RELUS = {
     "plain": jax.nn.relu,
     # Guided backpropagation (Springenberg et al. 2015): the gradient passes where the input was positive (as the
@@ -172,9 +187,12 @@ _RELUS = {
 RELU_RULES = tuple(_RELUS)
 
 
-def relu(x):
-  """The backbones' ReLU; its backward rule is 'plain' unless traced inside `relu_rule(...)`."""
-  return _RELUS[_RELU_RULE.get()](x)
+def relu(x, after_conv: bool = False):
+  """The backbones' ReLU; its backward rule is 'plain' unless traced inside `relu_rule(...)`. after_conv=True where
+  x comes straight from a convolution or dense layer with bias: the same values and gradients, computed so that
+  XLA can fuse the ReLU into that layer (_relu_masked_by_output)."""
+  rule = _RELU_RULE.get()
+  return _relu_masked_by_output(x) if after_conv and rule == "plain" else _RELUS[rule](x)
 
 
 @contextlib.contextmanager

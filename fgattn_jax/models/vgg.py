@@ -31,7 +31,7 @@ class ConvBNReLU(nnx.Module):
 
   def __call__(self, x):
     x = self.conv(x)
-    return layers.relu(self.bn(x) if self.bn is not None else x)
+    return layers.relu(x, after_conv=True) if self.bn is None else layers.relu(self.bn(x))
 
 
 class VGGBlock(nnx.Module):
@@ -64,8 +64,8 @@ class ClassifierHead(nnx.Module):
   def __call__(self, x):
     x = layers.adaptive_avg_pool(layers.max_pool(x, 2, 2), (7, 7))
     x = x.reshape(x.shape[0], -1)  # (h, w, c) order; the import permutes torchvision's (c, h, w)
-    x = self.drop1(layers.relu(self.fc1(x)))
-    x = self.drop2(layers.relu(self.fc2(x)))
+    x = self.drop1(layers.relu(self.fc1(x), after_conv=True))
+    x = self.drop2(layers.relu(self.fc2(x), after_conv=True))
     return x, self.fc(x)
 
 
