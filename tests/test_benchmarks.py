@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from PIL import Image
 
-from benchmarks import chart, compare, flops, input_pipeline, profile, throughput
+from benchmarks import chart, compare, flops, hlo_report, input_pipeline, profile, throughput
 
 
 def conv(x, w):
@@ -152,3 +152,66 @@ def test_dispatch_times_the_hosts_share_of_the_engines_step():
   assert r["state_arrays"] > 150
   assert 0 < r["call_ms"] <= r["step_ms"]  # the call returns before (or as) the step is done
   assert "| baseline | resnet18 | 32 | 2 |" in throughput.table([r], throughput.DISPATCH_COLUMNS)
+
+
+# A GPU program as XLA prints it (trimmed): a cuDNN convolution and its filter gradient, an elementwise fusion and a
+# Triton GEMM fusion; what benchmarks.hlo_report reads on a machine without the card.
+GPU_HLO = """HloModule jit_step, is_scheduled=true
+
+%fused_add (param_0: f32[4,8], param_1: f32[4,8]) -> f32[4,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[4,8]{1,0} parameter(1)
+  ROOT %add.1 = f32[4,8]{1,0} add(%param_0, %param_1), metadata={op_name="jit(step)/add"}
+}
+
+%gemm_fusion (p0: bf16[16,32], p1: bf16[32,8]) -> bf16[16,8] {
+  %p0 = bf16[16,32]{1,0} parameter(0)
+  %p1 = bf16[32,8]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[16,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main.1 (x: bf16[2,8,8,4], w: bf16[16,3,3,4], a: f32[4,8], b: f32[4,8], m: bf16[16,32], n: bf16[32,8]) -> (bf16[2,8,8,16], bf16[16,3,3,4], f32[4,8], bf16[16,8]) {
+  %x = bf16[2,8,8,4]{3,2,1,0} parameter(0)
+  %w = bf16[16,3,3,4]{3,2,1,0} parameter(1)
+  %a = f32[4,8]{1,0} parameter(2)
+  %b = f32[4,8]{1,0} parameter(3)
+  %m = bf16[16,32]{1,0} parameter(4)
+  %n = bf16[32,8]{1,0} parameter(5)
+  %conv = (bf16[2,8,8,16]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="jit(step)/jvp()/conv_general_dilated"}
+  %y = bf16[2,8,8,16]{3,2,1,0} get-tuple-element(%conv), index=0
+  %dw = (bf16[16,3,3,4]{3,2,1,0}, u8[0]{0}) custom-call(%x, %y), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %g = bf16[16,3,3,4]{3,2,1,0} get-tuple-element(%dw), index=0
+  %sum = f32[4,8]{1,0} fusion(%a, %b), kind=kLoop, calls=%fused_add, metadata={op_name="jit(step)/add"}
+  %mn = bf16[16,8]{1,0} fusion(%m, %n), kind=kCustom, calls=%gemm_fusion
+  ROOT %out = (bf16[2,8,8,16]{3,2,1,0}, bf16[16,3,3,4]{3,2,1,0}, f32[4,8]{1,0}, bf16[16,8]{1,0}) tuple(%y, %g, %sum, %mn)
+}
+"""
+
+
+def test_hlo_report_costs_each_kernel_of_a_gpu_program():
+  ks = {k["name"]: k for k in hlo_report.kernels(hlo_report.parse(GPU_HLO))}
+  assert set(ks) == {"conv", "dw", "sum", "mn"}  # parameters, tuples and their elements launch nothing
+  conv = 2 * (2 * 8 * 8) * (16 * 3 * 3 * 4)  # output positions x kernel, for the forward and its filter gradient
+  assert ks["conv"]["flops"] == ks["dw"]["flops"] == conv
+  assert ks["conv"]["bytes"] == ks["dw"]["bytes"] == 2 * (2 * 8 * 8 * 4 + 16 * 3 * 3 * 4 + 2 * 8 * 8 * 16)
+  assert (ks["sum"]["bytes"], ks["sum"]["flops"], ks["sum"]["source"]) == (3 * 4 * 8 * 4, 0, "add")
+  assert ks["mn"]["flops"] == 2 * 16 * 8 * 32 and ks["mn"]["category"] == "fusion with a dot (triton)"
+  text = hlo_report.report(GPU_HLO, "h100", top=5)
+  assert "roofline of 4 kernels on an H100" in text and "| cudnn convForward | 1 |" in text
+  assert "| fusion kLoop | 1 | 0.00 | 0.00 |" in text
+
+
+def test_hlo_report_reads_a_compiled_module_and_says_what_deviceless_compiling_needs(tmp_path, capsys, monkeypatch):
+  x = jnp.ones((8, 128), jnp.float32)
+  path = tmp_path / "module.txt"
+  path.write_text(jax.jit(lambda x: jnp.tanh(x) * 2 + x.sum()).lower(x).compile().as_text())
+  assert hlo_report.main(["--hlo", str(path), "--top", "3"]) == 0
+  assert "roofline of" in capsys.readouterr().out
+  from jax.experimental import topologies
+
+  def no_plugin(*args, **kwargs):
+    raise NotImplementedError("topology not implemented for cuda")
+
+  monkeypatch.setattr(topologies, "get_topology_desc", no_plugin)
+  with pytest.raises(SystemExit, match=r"jax\[cuda13\]"):
+    hlo_report.main(["--scheme", "baseline", "--backbone", "vgg11", "--res", "32", "--batch", "2"])
