@@ -61,8 +61,8 @@ def test_perception_input_variants_and_map_kernels():
   # Same weights (same seeds); only the perception input differs: g (1 + M) against g M.
   np.testing.assert_array_equal(outs[True]["attention"], outs[False]["attention"])
   assert not np.allclose(outs[True]["logits"], outs[False]["logits"])
-  assert abn("resnet18", map_kernel=1).att_map.kernel.get_value().shape[:2] == (1, 1)
-  assert abn("resnet18", map_kernel=3).att_map.kernel.get_value().shape[:2] == (3, 3)
+  assert abn("resnet18", map_kernel=1).att_map.kernel.get_value().shape[1:3] == (1, 1)
+  assert abn("resnet18", map_kernel=3).att_map.kernel.get_value().shape[1:3] == (3, 3)
 
 
 def log_softmax_ce(logits, labels):
@@ -150,8 +150,8 @@ def test_multi_task_has_a_map_and_heads_per_task():
     o = m(X)
     return jnp.sum(o["logits"][0]) + jnp.sum(o["attention_logits"][0])
 
-  kernel = np.asarray(nnx.grad(task0)(model)["att_map"]["kernel"])
-  assert np.abs(kernel[..., 0]).sum() > 0 and np.abs(kernel[..., 1:]).sum() == 0  # task 0 trains map 0 only
+  kernel = np.asarray(nnx.grad(task0)(model)["att_map"]["kernel"])  # (out, kh, kw, in): layers.Conv
+  assert np.abs(kernel[0]).sum() > 0 and np.abs(kernel[1:]).sum() == 0  # task 0 trains map 0 only
 
 
 def test_pointing_game():

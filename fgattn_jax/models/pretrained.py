@@ -69,7 +69,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _expected(model: Backbone):
   """torchvision key -> (nnx variable, transform from the torch layout to ours)."""
-  conv_t = lambda w: w.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)  # noqa: E731
+  conv_t = lambda w: w.transpose(0, 2, 3, 1)  # (out, in, kh, kw) -> (out, kh, kw, in): layers.Conv  # noqa: E731
   same = lambda w: w  # noqa: E731
   out = {}
   try:
