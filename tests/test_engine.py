@@ -234,3 +234,15 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   ckpts.wait()
   assert ckpts.manager.all_steps() == [2, 5, 6] and ckpts.best_step() == 2
   ckpts.close()
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_with_the_reason(tmp_path):
+  # E.g. a kernel saved (kh, kw, in, out), before convolution kernels were stored (out, kh, kw, in).
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path), keep=2)
+  ckpts.save(1, {"w": jnp.zeros((3, 3, 2, 4))}, {"step": 1}, None)
+  ckpts.wait()
+  with pytest.raises(ValueError, match=r"does not fit this model.*\(out, kh, kw, in\).*new workdir"):
+    ckpts.restore(1, {"w": jnp.zeros((4, 3, 3, 2))})
+  state, position, _ = ckpts.restore(1, {"w": jnp.ones((3, 3, 2, 4))})  # the same shapes restore
+  assert position == {"step": 1} and not np.any(state["w"])
+  ckpts.close()

@@ -49,8 +49,15 @@ class Checkpoints:
   def restore(self, step: int, state_like):
     """-> (state placed like `state_like`, position dict, this process's data state or None)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-    r = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                            position=ocp.args.JsonRestore()))
+    try:
+      r = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                              position=ocp.args.JsonRestore()))
+    except ValueError as e:
+      if "not compatible with the stored shape" not in str(e):
+        raise
+      raise ValueError(f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. "
+                       f"Another architecture or config, or a checkpoint from before 2026-11-30, when convolution "
+                       f"kernels were stored (kh, kw, in, out) (now (out, kh, kw, in)): train in a new workdir.") from e
     return r.state, r.position, self.restore_data_state(step)
 
   def restore_data_state(self, step: int) -> dict | None:
@@ -102,6 +109,8 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
       node = node[key]
     value = node["value"] if isinstance(node, dict) else node
     if value.shape != var.get_value().shape:
-      raise ValueError(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model {var.get_value().shape}")
+      raise ValueError(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model {var.get_value().shape} "
+                       "(a checkpoint from before 2026-11-30 stores convolution kernels (kh, kw, in, out), now "
+                       "(out, kh, kw, in))")
     var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
   return chosen
