@@ -215,6 +215,35 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
   return compiled.as_text(), compiled
 
 
+def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: int = 8, share: float = 0.9,
+                  log=print) -> int:
+  """The largest batch (a multiple of `multiple`) whose compiled training step needs at most `share` of the card's
+  memory (the rest for cuDNN's workspaces, which autotuning on the card chooses, and fragmentation). A step's memory
+  grows linearly with the batch: two compilations give the line, its crossing is checked and moved by one multiple
+  at a time (XLA's rematerialisation near the limit can bend the line)."""
+  from benchmarks import throughput
+  with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
+    limit = share * int(re.search(r"device_memory_size: (\d+)", f.read()).group(1))
+  seen = {}
+
+  def memory(batch: int) -> int:
+    if batch not in seen:
+      seen[batch] = throughput.program_memory(compile_for_gpu(scheme, backbone, res, batch, card)[1])
+      log(f"#   {scheme} {backbone} batch {batch}: {seen[batch] / 2 ** 30:.1f} GiB of {limit / 2 ** 30:.1f}")
+    return seen[batch]
+
+  small, large = 2 * multiple, 4 * multiple
+  per_image = (memory(large) - memory(small)) / (large - small)
+  batch = max(multiple, int((limit - memory(small)) / per_image + small) // multiple * multiple)
+  if memory(batch) <= limit:
+    while memory(batch + multiple) <= limit:
+      batch += multiple
+    return batch
+  while batch > multiple and memory(batch) > limit:
+    batch -= multiple
+  return batch if memory(batch) <= limit else 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.hlo_report", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,9 +256,23 @@ def main(argv=None) -> int:
   p.add_argument("--top", type=int, default=15, help="list this many of the largest memory-bound kernels")
   p.add_argument("--dump", help="also write the optimised HLO to this file")
   p.add_argument("--hlo", help="compile nothing: report on this optimised HLO module (text)")
+  p.add_argument("--largest-batch", action="store_true",
+                 help="instead of the report, find the largest batch (a multiple of 8) whose training step needs at "
+                      "most 90%% of the card's memory; with --all, for every row of the standard table")
+  p.add_argument("--all", action="store_true", help="with --largest-batch: every row of the standard table")
   from benchmarks import throughput
   throughput.add_formulation_args(p)
   args = p.parse_args(argv)
+  if args.largest_batch:
+    throughput.use_formulations(args)
+    runs = throughput.STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
+    if runs[0][0] is None:
+      p.error("--largest-batch needs a --scheme (and --backbone, --res) or --all")
+    print(f"| scheme | backbone | res | the table's batch | largest batch ({args.target.upper()}) |\n|---|---|---|---|---|")
+    for scheme, backbone, res, batch in runs:
+      found = largest_batch(scheme, backbone, res, args.target, log=lambda m: print(m, file=sys.stderr, flush=True))
+      print(f"| {scheme} | {backbone} | {res} | {batch if args.all else '-'} | {found} |", flush=True)
+    return 0
   if args.hlo:
     with open(args.hlo) as f:
       text = f.read()

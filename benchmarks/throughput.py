@@ -28,6 +28,9 @@ import time
 STANDARD = [(s, b, 448, batch) for s, batch in (("baseline", 32), ("abn", 32), ("racnn", 16), ("macnn", 16))
             for b in ("vgg19", "resnet50")]
 CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "abn", "macnn", "racnn")]
+# The largest batch (a multiple of 8) whose training step fits in 90% of the card's memory, per row of the standard
+# table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD` (compiled for the card on a CPU).
+LARGEST_BATCH = {"h100": {}, "h200": {}}
 PEAKS = {"H100": 798.0, "H200": 798.0}  # bf16 matrix product TFLOP/s measured on the card (shared/device/README.md)
 
 
@@ -294,6 +297,9 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--all", action="store_true", help="the standard table (with --cpu: its toy version)")
+  p.add_argument("--largest", choices=sorted(LARGEST_BATCH),
+                 help="with --all: the standard table at the largest batch that fits on this card (LARGEST_BATCH) "
+                      "instead of the papers' batches")
   p.add_argument("--cpu", action="store_true",
                  help="toy sizes on the CPU (width 1/16, at most 64 px and batch 4, float32, 3 steps): a smoke test")
   p.add_argument("--steps", type=int, default=50)
@@ -314,11 +320,17 @@ def pass_runs(runs) -> list[tuple[str, str, int, int]]:
   return needed
 
 
+def standard(largest: str | None = None) -> list[tuple[str, str, int, int]]:
+  """The standard table's rows, at the papers' batches or (largest='h100', 'h200') the largest that fit the card."""
+  return STANDARD if largest is None else [(s, b, r, LARGEST_BATCH[largest][s, b]) for s, b, r, _ in STANDARD]
+
+
 def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int, int]]:
   """(scheme, backbone, res, batch) to measure; with --cpu, JAX on the CPU and the step counts capped."""
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
-  runs = (CPU if args.cpu else STANDARD) if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
+  runs = (CPU if args.cpu else standard(args.largest)) if args.all else [(args.scheme, args.backbone, args.res,
+                                                                            args.batch)]
   if getattr(args, "passes", False):
     runs = [r for r in pass_runs(runs) if r not in runs]  # a plain step already in the table is not timed twice
   if args.cpu:
