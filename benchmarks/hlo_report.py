@@ -218,9 +218,10 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
 def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: int = 8, share: float = 0.9,
                   log=print) -> int:
   """The largest batch (a multiple of `multiple`) whose compiled training step needs at most `share` of the card's
-  memory (the rest for cuDNN's workspaces, which autotuning on the card chooses, and fragmentation). A step's memory
-  grows linearly with the batch: two compilations give the line, its crossing is checked and moved by one multiple
-  at a time (XLA's rematerialisation near the limit can bend the line)."""
+  memory (the rest for cuDNN's workspaces, which autotuning on the card chooses, and fragmentation) without XLA
+  recomputing activations to fit. A step's memory grows linearly with the batch: two compilations give the line,
+  a third checks its crossing (stepping down while it does not fit). Past the crossing XLA rematerialises to stay
+  under the card's memory, slower per image, so the line, not the last batch that compiles, decides."""
   from benchmarks import throughput
   with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
     limit = share * int(re.search(r"device_memory_size: (\d+)", f.read()).group(1))
@@ -235,10 +236,6 @@ def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: 
   small, large = 2 * multiple, 4 * multiple
   per_image = (memory(large) - memory(small)) / (large - small)
   batch = max(multiple, int((limit - memory(small)) / per_image + small) // multiple * multiple)
-  if memory(batch) <= limit:
-    while memory(batch + multiple) <= limit:
-      batch += multiple
-    return batch
   while batch > multiple and memory(batch) > limit:
     batch -= multiple
   return batch if memory(batch) <= limit else 0
