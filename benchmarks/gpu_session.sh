@@ -94,6 +94,8 @@ for stage in $STAGES; do
       done ;;
     profile)
       run profile python3 -m benchmarks.profile --scheme baseline --backbone vgg19 "${prof[@]}" --hlo "$work/vgg19.hlo"
+      [[ -s "$work/vgg19.hlo" ]] && run profile python3 -m benchmarks.hlo_report --hlo "$work/vgg19.hlo" --target \
+        "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -qi h100 && echo h100 || echo h200)"
       run profile python3 -m benchmarks.profile --scheme racnn --backbone resnet50 "${prof_racnn[@]}" ;;
     input_pipeline) run input_pipeline python3 -m benchmarks.input_pipeline "${pipeline[@]}" ;;
     largest)  # the standard table at the largest batch that fits the card (throughput.LARGEST_BATCH), both frameworks

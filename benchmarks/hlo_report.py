@@ -86,18 +86,17 @@ def _field(line: str, pattern: str) -> str | None:
 def conv_flops(inst: dict, shapes: dict) -> int:
   """2 x (the forward convolution's output positions) x (the kernel's size) for a cuDNN convolution call, forward or
   backward: all three do the forward's multiply-adds. dim_labels are the forward's (input_kernel->output)."""
-  labels = _field(inst["line"], r"dim_labels=(\w+)->(\w+)")
   target = _field(inst["line"], r'custom_call_target="([^"]*)"')
+  out_labels = _field(inst["line"], r"dim_labels=\w+->(\w+)") or ""
   operand = [arrays(shapes[o])[0][1] for o in inst["operands"] if o in shapes]
   result = arrays(inst["shape"])[0][1]
-  out_labels = re.search(r"->(\w+)", inst["line"]).group(1) if labels else None
   if "BackwardFilter" in target:
     kernel, out = result, operand[1]
   elif "BackwardInput" in target:
     kernel, out = operand[1], operand[0]
   else:
     kernel, out = operand[1], result
-  positions = math.prod(d for d, c in zip(out, out_labels or "") if c != "f")
+  positions = math.prod(d for d, c in zip(out, out_labels) if c != "f")
   # A strided convolution's input gradient written as a forward convolution over the zero-dilated gradient: only
   # one tap in prod(lhs_dilate) meets a real sample (as benchmarks/flops.py counts it).
   dilation = math.prod(int(d) for d in (_field(inst["line"], r"lhs_dilate=([0-9x]+)") or "1").split("x"))
@@ -117,7 +116,8 @@ def dot_flops(line: str, shapes: dict, shape: str) -> int:
 
 
 def kernels(comps: dict) -> list[dict]:
-  """The entry computation's kernels: kind, bytes read and written, FLOPs, and the JAX operation behind each."""
+  """The entry computation's kernels: kind, bytes read and written, FLOPs, and the JAX operation behind each. (The
+  bodies of loops and calls are not expanded: the training steps have none.)"""
   entry = comps["ENTRY"]
   shapes = {i["name"]: i["shape"] for i in entry}
   out = []
