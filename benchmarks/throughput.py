@@ -30,7 +30,10 @@ STANDARD = [(s, b, 448, batch) for s, batch in (("baseline", 32), ("abn", 32), (
 CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "abn", "macnn", "racnn")]
 # The largest batch (a multiple of 8) whose training step fits in 90% of the card's memory, per row of the standard
 # table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD` (compiled for the card on a CPU).
-LARGEST_BATCH = {"h100": {}, "h200": {}}
+LARGEST_BATCH = {
+    "h200": {("baseline", "vgg19"): 744, ("baseline", "resnet50"): 640, ("abn", "vgg19"): 744, ("abn", "resnet50"): 512,
+             ("racnn", "vgg19"): 472, ("racnn", "resnet50"): 400, ("macnn", "vgg19"): 328, ("macnn", "resnet50"): 280},
+}
 PEAKS = {"H100": 798.0, "H200": 798.0}  # bf16 matrix product TFLOP/s measured on the card (shared/device/README.md)
 
 

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from benchmarks.throughput import CPU, LARGEST_BATCH, standard  # no JAX import: the table's sizes only
 from benchmarks.torch_reference.schemes import build
 
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--all", action="store_true", help="the standard table (benchmarks/throughput.py's), one process")
-  p.add_argument("--largest", choices=("h100", "h200"),
+  p.add_argument("--largest", choices=sorted(LARGEST_BATCH),
                  help="with --all: at the largest batches that fit JAX's step on this card (throughput.LARGEST_BATCH)")
   p.add_argument("--json", help="append the results (one object per line) to this file")
   p.add_argument("--cpu", action="store_true", help="with --all: its toy version on the CPU (a smoke test)")
@@ -99,7 +100,6 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
-  from benchmarks.throughput import CPU, standard  # no JAX import: the table's sizes only
   runs = standard(args.largest) if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
   if args.cpu:
     runs = CPU if args.all else runs
