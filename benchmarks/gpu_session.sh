@@ -100,6 +100,7 @@ for stage in $STAGES; do
     input_pipeline) run input_pipeline python3 -m benchmarks.input_pipeline "${pipeline[@]}" ;;
     largest)  # the standard table at the largest batch that fits the card (throughput.LARGEST_BATCH), both frameworks
       card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -o 'H[12]00' | head -1 | tr H h)
+      if [[ -z $card ]]; then echo "## largest: no H100 or H200 here, skipped"; continue; fi
       if ! python3 -c "from benchmarks.throughput import LARGEST_BATCH as L; assert '$card' in L" 2>/dev/null; then
         echo "## largest: no largest batches known for '$card' (benchmarks.hlo_report --largest-batch), skipped"
         continue
