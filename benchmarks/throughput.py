@@ -28,8 +28,9 @@ import time
 STANDARD = [(s, b, 448, batch) for s, batch in (("baseline", 32), ("abn", 32), ("racnn", 16), ("macnn", 16))
             for b in ("vgg19", "resnet50")]
 CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "abn", "macnn", "racnn")]
-# The largest batch (a multiple of 8) whose training step fits in 90% of the card's memory, per row of the standard
-# table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD` (compiled for the card on a CPU).
+# The largest batch (a multiple of 8) whose training step needs at most 70% of the card's memory (under JAX's 75%
+# pool), per row of the standard table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD`
+# (compiled for the card on a CPU; benchmarks/RESULTS.md).
 LARGEST_BATCH = {
     "h200": {("baseline", "vgg19"): 744, ("baseline", "resnet50"): 640, ("abn", "vgg19"): 744, ("abn", "resnet50"): 512,
              ("racnn", "vgg19"): 472, ("racnn", "resnet50"): 400, ("macnn", "vgg19"): 328, ("macnn", "resnet50"): 280},
@@ -324,7 +325,7 @@ def pass_runs(runs) -> list[tuple[str, str, int, int]]:
 
 
 def standard(largest: str | None = None) -> list[tuple[str, str, int, int]]:
-  """The standard table's rows, at the papers' batches or (largest='h100', 'h200') the largest that fit the card."""
+  """The standard table's rows, at the papers' batches or (largest: a card of LARGEST_BATCH) the largest that fit."""
   return STANDARD if largest is None else [(s, b, r, LARGEST_BATCH[largest][s, b]) for s, b, r, _ in STANDARD]
 
 
@@ -332,8 +333,12 @@ def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int,
   """(scheme, backbone, res, batch) to measure; with --cpu, JAX on the CPU and the step counts capped."""
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
-  runs = (CPU if args.cpu else standard(args.largest)) if args.all else [(args.scheme, args.backbone, args.res,
-                                                                            args.batch)]
+  if args.largest and (args.cpu or not args.all):
+    p.error("--largest goes with --all (the standard table), not with --cpu")
+  if args.all:
+    runs = CPU if args.cpu else standard(args.largest)
+  else:
+    runs = [(args.scheme, args.backbone, args.res, args.batch)]
   if getattr(args, "passes", False):
     runs = [r for r in pass_runs(runs) if r not in runs]  # a plain step already in the table is not timed twice
   if args.cpu:
