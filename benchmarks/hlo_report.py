@@ -164,7 +164,7 @@ def report(text: str, card: str = "h100", top: int = 15) -> str:
            f"{peak / 1e12:.0f} TFLOP/s bf16): {1e3 * total:.2f} ms", "",
            "| kernels | count | GB moved | TFLOP | ms at roofline | share |", "|---|---|---|---|---|---|"]
   for name, (n, b, f, s) in sorted(by.items(), key=lambda kv: -kv[1][3]):
-    lines.append(f"| {name} | {n} | {b / 1e9:.2f} | {f / 1e12:.2f} | {1e3 * s:.2f} | {s / total:.0%} |")
+    lines.append(f"| {name} | {n} | {b / 1e9:.2f} | {f / 1e12:.2f} | {1e3 * s:.2f} | {s / (total or 1):.0%} |")
   memory_bound = sorted((k for k in ks if k["bytes"] / bandwidth > k["flops"] / peak), key=lambda k: -k["bytes"])
   if top:
     lines += ["", f"largest memory-bound kernels (of {len(memory_bound)}):", "",
@@ -192,15 +192,10 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
         f"compiling for a GPU without one needs JAX's CUDA plugin ({type(e).__name__}: {e}). Install it, no GPU or "
         f'driver needed: pip install "jax[cuda13]=={jax.__version__}"; or pass --hlo FILE with a dumped module.')
   from benchmarks import throughput
-  from fgattn_jax.training import mesh as mesh_lib
 
-  mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))
+  mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))  # the engine's steps, on that device
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
-  make_mesh, mesh_lib.make_mesh = mesh_lib.make_mesh, lambda n=-1: mesh  # the engine's steps, on that device
-  try:
-    (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True)
-  finally:
-    mesh_lib.make_mesh = make_mesh
+  (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh)
   fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
   lowered = fn.lower(*args)
   try:

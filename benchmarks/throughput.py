@@ -76,10 +76,11 @@ def _over_passes(sides: list[int], cost) -> float:
   return sum(known[s] for s in sides)
 
 
-def _setup(scheme_name: str, c, *, abstract: bool = False):
+def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None):
   """The engine's jitted train and eval steps for config c, each with its arguments (the state's leaves, a synthetic
   batch on the device, the state's structure), or (abstract=True) only their shapes, enough to count FLOPs of
-  full-size models in seconds: ((train, args), (evaluate, args))."""
+  full-size models in seconds: ((train, args), (evaluate, args)). mesh: the devices to compile for (default: every
+  device of this process; benchmarks.hlo_report passes a compile-only GPU)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -101,7 +102,7 @@ def _setup(scheme_name: str, c, *, abstract: bool = False):
 
   model, optimizer = nnx.eval_shape(build) if abstract else build()
   wrt = scheme.groups(model)["all"]
-  mesh = mesh_lib.make_mesh(-1)
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh(-1)
   graphdef, state = nnx.split((model, optimizer))
   model_graphdef, model_state = nnx.graphdef(model), nnx.state(model)
   b, res = c.data.batch_size, c.data.image_size
