@@ -214,10 +214,10 @@ def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: 
                   log=print) -> int:
   """The largest batch (a multiple of `multiple`) whose compiled training step needs at most `share` of the card's
   memory without XLA recomputing activations to fit. JAX's allocator takes 75% of the card by default
-  (XLA_PYTHON_CLIENT_MEM_FRACTION) and XLA rematerialises a program past about that; the margin under it is for
-  cuDNN's workspaces, which autotuning on the card chooses, and fragmentation. A step's memory grows linearly with the batch: two compilations give the line,
-  a third checks its crossing (stepping down while it does not fit). Past the crossing XLA rematerialises to stay
-  under the card's memory, slower per image, so the line, not the last batch that compiles, decides."""
+  (XLA_PYTHON_CLIENT_MEM_FRACTION) and XLA rematerialises a program past about that, slower per image; the margin
+  under it is for cuDNN's workspaces, which autotuning on the card chooses, and fragmentation. A step's memory grows
+  linearly with the batch: two compilations give the line, a third checks its crossing (stepping down while it does
+  not fit), so the line, not the last batch that compiles, decides."""
   from benchmarks import throughput
   with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
     limit = share * int(re.search(r"device_memory_size: (\d+)", f.read()).group(1))

@@ -56,8 +56,7 @@ class Checkpoints:
       if "not compatible with the stored shape" not in str(e):
         raise
       raise ValueError(f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. "
-                       f"Another architecture or config, or a checkpoint from before 2026-11-30, when convolution "
-                       f"kernels were stored (kh, kw, in, out) (now (out, kh, kw, in)): train in a new workdir.") from e
+                       f"Another architecture or config, or {OLD_KERNELS}: train in a new workdir.") from e
     return r.state, r.position, self.restore_data_state(step)
 
   def restore_data_state(self, step: int) -> dict | None:
@@ -80,6 +79,11 @@ class Checkpoints:
 
   def close(self):
     self.manager.close()
+
+
+# Why a checkpoint's shapes may not fit a model of the same architecture (layers.Conv).
+OLD_KERNELS = ("a checkpoint from before 2026-11-30, when convolution kernels were stored (kh, kw, in, out), now "
+               "(out, kh, kw, in)")
 
 
 def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
@@ -110,7 +114,6 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
     value = node["value"] if isinstance(node, dict) else node
     if value.shape != var.get_value().shape:
       raise ValueError(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model {var.get_value().shape} "
-                       "(a checkpoint from before 2026-11-30 stores convolution kernels (kh, kw, in, out), now "
-                       "(out, kh, kw, in))")
+                       f"(another architecture, or {OLD_KERNELS})")
     var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
   return chosen
