@@ -15,6 +15,7 @@ from fgattn_jax.config import load_config
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
 from gradient_routes import loss_jacobian, norm
+from phase_step import batch_stats, changed, train_once
 
 
 def tiny(part_streams=True, **macnn):
@@ -95,6 +96,33 @@ def test_where_each_loss_trains(built):
   assert streams["part_nets"] > 0 and streams["grouping"] == 0  # the crops carry no gradient
   assert joint["joint"] > 0 and joint["part_nets"] > 0 and joint["backbone"] > 0
   assert parts["part_fc"] > 0 and parts["grouping"] > 0
+
+
+def test_phases_run_only_what_their_losses_need(built):
+  """The alternating schedule's phases before 'parts' run no part streams (most of a step's work), the grouping
+  phases not even the object stream's last stages: same losses as the full forward, the streams' batch statistics
+  untouched by their steps."""
+  scheme, model = built
+  full, _ = scheme.forward(model, X, BATCH, train=True)
+  for wanted, computed, outputs in ((("cng",), {"parts", "cng", "group_init"}, set()),
+                                    (("cls", "parts"), {"parts", "cng", "group_init", "cls"}, {"object"})):
+    losses, out = scheme.forward(model, X, BATCH, train=True, wanted=wanted)
+    assert set(losses) == computed and set(out) == outputs
+    for k in computed:
+      np.testing.assert_allclose(float(losses[k]), float(full[k]), rtol=1e-5, err_msg=k)
+  with pytest.raises(ValueError, match="until"):
+    model(X, until="streams")
+  # Through the engine's step: the phase's loss weights decide. (The full step, streams included, is the
+  # learning test's 'parts' phase.)
+  images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3))
+  streams, tail = batch_stats(model.part_nets), batch_stats(model.backbone.stages[-1])
+  for losses, trains, tail_runs in (({"cng": 1.0}, "grouping", False), ({"cls": 1.0, "parts": 1.0}, "convs", True)):
+    after, metrics = train_once(scheme, model, losses, trains, images)
+    assert not changed(streams, batch_stats(after.part_nets)), losses
+    assert changed(tail, batch_stats(after.backbone.stages[-1])) == tail_runs, losses
+    assert ("accuracy" in metrics) == tail_runs  # the object stream's; the grouping phases compute no logits
+    assert {k.removeprefix("loss/") for k in metrics if k.startswith("loss/")} == {"parts", "cng", "group_init"} | (
+        {"cls"} if tail_runs else set())
 
 
 def test_init_phase_sets_indicator_targets():

@@ -13,6 +13,7 @@ from fgattn_jax.ops import racnn
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
 from gradient_routes import loss_jacobian, norm
+from phase_step import batch_stats, changed, train_once
 
 
 def tiny(**options):
@@ -152,6 +153,21 @@ def test_apn_init_is_resolution_independent(built):
   losses, _ = scheme.forward(model, X, BATCH, train=True)
   np.testing.assert_allclose(float(losses["apn_init"]), expected, rtol=1e-5)
   assert float(racnn.smooth_l1(pred / 96, target / 96)) <= 0.5  # side-normalised: |d| <= 1
+
+
+def test_apn_pretraining_skips_the_last_scale(built):
+  """The APN pretraining's phase (apn_init alone) stops before the last scale's network: the same loss as the full
+  forward, the last network's batch statistics untouched by its step (the other scales' updated)."""
+  scheme, model = built
+  full, _ = scheme.forward(model, X, BATCH, train=True)
+  losses, outputs = scheme.forward(model, X, BATCH, train=True, wanted=("apn_init",))
+  assert set(losses) == {"apn_init"} and list(outputs) == ["scale1", "scale2"]
+  np.testing.assert_allclose(float(losses["apn_init"]), float(full["apn_init"]), rtol=1e-5)
+  images = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3))
+  before = [batch_stats(net) for net in model.nets]
+  after, metrics = train_once(scheme, model, {"apn_init": 1.0}, "apn", images)
+  assert [changed(b, batch_stats(net)) for b, net in zip(before, after.nets)] == [True, True, False]
+  assert np.isfinite(metrics["loss/apn_init"]) and "accuracy" in metrics  # scale 1's, the main output's missing
 
 
 def test_pretrained_weights_fill_every_scale(tmp_path):

@@ -103,15 +103,26 @@ class MACNN(nnx.Module):
       side = jnp.clip(self.crop_fraction * extent, 2 * max(image_hw[0] / h, image_hw[1] / w), min(image_hw))[:, None]
     return jax.lax.stop_gradient(crops.square_boxes(centres, jnp.broadcast_to(side / 2, (b, n)), image_hw))
 
-  def __call__(self, x):
+  def __call__(self, x, *, until: str = "joint"):
+    """-> {'maps', 'channel_weights', 'part_logits' (the attention-pooled parts' classifiers), 'features'} and,
+    from until='object' on, 'object' (the object stream's logits); with until='joint' (the default) also 'logits'
+    (the joint classifier) and, with part streams, 'stream_logits', 'boxes', 'patches' (and 'object_box',
+    'object_crop_logits'). The shorter forms are for the phases that need no more: the part streams are most of a
+    step's work, and in training mode they would run (updating their batch statistics) even unused."""
+    if until not in ("parts", "object", "joint"):
+      raise ValueError(f"until must be 'parts', 'object' or 'joint', got {until!r}")
     f, maps, d, feats = self.attend(x)
+    part_feats = jnp.einsum("bhwn,bhwc->bnc", maps, f.astype(jnp.float32)) / (f.shape[1] * f.shape[2])
+    part_logits = [fc(part_feats[:, i].astype(f.dtype)).astype(jnp.float32) for i, fc in enumerate(self.part_fc)]
+    out = {"part_logits": part_logits, "maps": maps, "channel_weights": d, "features": feats}
+    if until == "parts":
+      return out
     h, rest = self.backbone.features(f, start=self.stage + 1)
     feats.update(rest)
     obj_pre, obj_logits = self.backbone.head(h)
-    part_feats = jnp.einsum("bhwn,bhwc->bnc", maps, f.astype(jnp.float32)) / (f.shape[1] * f.shape[2])
-    part_logits = [fc(part_feats[:, i].astype(f.dtype)).astype(jnp.float32) for i, fc in enumerate(self.part_fc)]
-    out = {"object": obj_logits.astype(jnp.float32), "part_logits": part_logits, "maps": maps,
-           "channel_weights": d, "features": feats}
+    out["object"] = obj_logits.astype(jnp.float32)
+    if until == "object":
+      return out
     if self.part_nets is None:
       joint_in = [obj_pre.astype(jnp.float32), part_feats.reshape(part_feats.shape[0], -1)]
     else:

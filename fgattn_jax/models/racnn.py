@@ -79,10 +79,13 @@ class RACNN(nnx.Module):
     return racnn.apn_box(out, image_hw, min_half_fraction=self.min_half_fraction,
                          max_half_fraction=self.max_half_fraction, keep_inside=self.keep_inside)
 
-  def __call__(self, x):
+  def __call__(self, x, *, proposals_only: bool = False):
     """Normalised images -> {'logits' (fused), 'scale_logits', 'boxes' and 'txyl' (per transition, in the coarser
     scale's input pixels), 'image_boxes' (the same boxes in the image's pixels), 'apn_out' (= txyl), 'apn_targets',
-    'input_hw' (per transition), 'features' (scale 1), 'zooms' (the inputs of scales 2..)}."""
+    'input_hw' (per transition), 'features' (scale 1), 'zooms' (the inputs of scales 2..)}.
+    proposals_only: stop before the last scale's network (the APN pretraining needs only the proposals and their
+    targets; in training mode the last network would run, updating its batch statistics, even unused): no
+    'logits', and 'scale_logits' of the other scales."""
     out = {"scale_logits": [], "boxes": [], "image_boxes": [], "zooms": [], "txyl": [], "apn_targets": [],
            "input_hw": []}
     pre, dtype, image = [], x.dtype, x
@@ -93,6 +96,8 @@ class RACNN(nnx.Module):
       x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear", antialias=True).astype(dtype)
       scale = jnp.array([image.shape[2], image.shape[1]], jnp.float32)[None] / self.scale1_input
     for s, net in enumerate(self.nets):
+      if proposals_only and s == self.num_scales - 1:
+        break
       f, feats = net.features(x)
       p, logits = net.head(f)
       if s == 0:
@@ -118,5 +123,7 @@ class RACNN(nnx.Module):
         x = racnn.attention_crop(x, box, size, self.k)
       out["zooms"].append(x)
     out["apn_out"] = out["txyl"]
+    if proposals_only:
+      return out
     out["logits"] = self.fused(jnp.concatenate(pre, axis=-1).astype(dtype)).astype(jnp.float32)
     return out

@@ -47,7 +47,7 @@ class ABNScheme(Scheme):
     branches = nnx.All(nnx.Param, nnx.Not(model.extractor_filter()))
     return {"all": branches if model.freeze_extractor else nnx.Param, "branches": branches}
 
-  def forward(self, model, images, batch, *, train):
+  def forward(self, model, images, batch, *, train, wanted=None):
     out, mask = model(images), batch["mask"]
     if not self.multi_task:
       return ({"att": losses.cross_entropy(out["attention_logits"], batch["label"], mask),

@@ -27,9 +27,11 @@ class Scheme:
     """Parameter groups that phases name in `trains`; 'all' must exist."""
     return {"all": nnx.Param}
 
-  def forward(self, model, images, batch, *, train: bool):
+  def forward(self, model, images, batch, *, train: bool, wanted=None):
     """Normalised images (compute dtype) and the batch ('label', 'mask', and e.g. 'attributes') ->
-    ({loss name: float32 scalar}, {output name: float32 logits})."""
+    ({loss name: float32 scalar}, {output name: float32 logits}). wanted: the loss names the caller weights (None:
+    all of them, and every output); a scheme may then leave out the work that only the others need, and the losses
+    and outputs it did not compute (a training phase's step)."""
     raise NotImplementedError
 
   def labels_for(self, output: str, batch):

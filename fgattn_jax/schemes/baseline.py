@@ -33,6 +33,6 @@ class Baseline(Scheme):
   def cam_net(self, model):
     return model, "logits"
 
-  def forward(self, model, images, batch, *, train):
+  def forward(self, model, images, batch, *, train, wanted=None):
     logits, _ = model(images)
     return {"ce": losses.cross_entropy(logits, batch["label"], batch["mask"])}, {"logits": logits}

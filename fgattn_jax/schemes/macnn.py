@@ -51,18 +51,32 @@ class MACNNScheme(Scheme):
             "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "object_net", "joint"))),
             "parts": _under("part_nets", "object_net", "joint")}
 
-  def forward(self, model, images, batch, *, train):
-    out = model(images)
+  # How far each loss needs the model to run (MACNN.__call__'s `until`): the alternating schedule's phases before
+  # 'parts' run neither the part streams nor, in the grouping phases, the object stream's last stages.
+  NEEDS = {"cng": "parts", "group_init": "parts", "parts": "parts", "cls": "object", "streams": "joint",
+           "joint": "joint"}
+  LEVELS = ("parts", "object", "joint")
+
+  def forward(self, model, images, batch, *, train, wanted=None):
+    wanted = self.loss_names if wanted is None else wanted
+    until = max((self.NEEDS[k] for k in wanted), key=self.LEVELS.index, default="joint")
+    out = model(images, until=until)
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
     mean_ce = lambda many: jnp.mean(jnp.stack([ce(l) for l in many]))  # noqa: E731
     cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin)
+    # Every loss the run reached (the cheap ones beside the wanted ones: their curves show what a phase does to them).
+    result = {"parts": mean_ce(out["part_logits"]), "cng": cng,
+              "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2)}
+    if until == "parts":
+      return result, {}
+    result["cls"], outputs = ce(out["object"]), {"object": out["object"]}
+    if until == "object":
+      return result, outputs
     streams = out.get("stream_logits", out["part_logits"])
     object_crop = [out["object_crop_logits"]] if "object_crop_logits" in out else []
-    result = {"cls": ce(out["object"]), "parts": mean_ce(out["part_logits"]), "cng": cng,
-              "streams": mean_ce(object_crop + streams), "joint": ce(out["logits"]),
-              "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2)}
-    outputs = {"logits": out["logits"], "object": out["object"]}
+    result |= {"streams": mean_ce(object_crop + streams), "joint": ce(out["logits"])}
+    outputs = {"logits": out["logits"]} | outputs
     outputs |= {"object_crop": l for l in object_crop}
     outputs |= {f"part{i}": l for i, l in enumerate(streams)}
     return result, outputs

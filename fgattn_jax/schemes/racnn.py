@@ -49,15 +49,19 @@ class RACNNScheme(Scheme):
   def groups(self, model):
     return {"all": nnx.Param, "apn": _under("apns"), "convs": nnx.All(nnx.Param, nnx.Not(_under("apns")))}
 
-  def forward(self, model, images, batch, *, train):
-    out = model(images)
+  def forward(self, model, images, batch, *, train, wanted=None):
+    # The APN pretraining alone (its phase) needs no last scale: its network is skipped.
+    proposals_only = wanted is not None and set(wanted) <= {"apn_init"}
+    out = model(images, proposals_only=proposals_only)
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
     scales = out["scale_logits"]
-    rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
     apn_init = jnp.mean(jnp.stack([
         racnn_ops.smooth_l1(pred / min(hw), target / min(hw), mask=mask)
         for pred, target, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])]))
+    if proposals_only:
+      return {"apn_init": apn_init}, {f"scale{s + 1}": l for s, l in enumerate(scales)}
+    rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
     result = {"cls": jnp.mean(jnp.stack([ce(l) for l in scales])), "rank": rank, "fused": ce(out["logits"]),
               "apn_init": apn_init}
     log_probs = jnp.stack([jax.nn.log_softmax(l, axis=-1) for l in scales])

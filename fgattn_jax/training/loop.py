@@ -223,7 +223,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         if step % config.log.every_steps == 0 or position["phase_step"] == phase.steps:
           host = check_and_log()
           bar.update(step, phase=phase.name, images_per_step=config.data.batch_size,
-                     loss=host["loss"], accuracy=host["accuracy"])
+                     **{k: host[k] for k in ("loss", "accuracy") if k in host})
           if plateau.stalled(host["loss"]):
             log.warning("phase %s: loss plateaued at step %d; moving on", phase.name, step)
             break

@@ -25,11 +25,13 @@ from fgattn_jax.training import mesh as mesh_lib
 def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
   """(state leaves, batch, state structure) -> (new state leaves, metrics); the leaves' buffers are donated."""
 
+  wanted = frozenset(k for k, w in loss_weights.items() if w)
+
   def step(leaves, batch, structure):
     model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(structure, leaves))
 
     def loss_fn(model):
-      losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch, train=True)
+      losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch, train=True, wanted=wanted)
       total = sum(w * losses[k] for k, w in loss_weights.items())
       return total, (losses, outputs)
 
@@ -37,10 +39,13 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
         loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
     lr = lr_schedule(optimizer.step.get_value())
     optimizer.update(model, grads)
-    main = scheme.main_output
-    metrics = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()},
-               "accuracy": L.accuracy(outputs[main], scheme.labels_for(main, batch), batch["mask"]), "lr": lr,
+    metrics = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, "lr": lr,
                "nonfinite": (~jnp.isfinite(total)).astype(jnp.float32)}
+    # Training accuracy: of the main output, or where the phase does not compute it, of the first one it does
+    # (MA-CNN's object stream before its part streams train); none where the phase computes no logits.
+    main = scheme.main_output if scheme.main_output in outputs else next(iter(outputs), None)
+    if main is not None:
+      metrics["accuracy"] = L.accuracy(outputs[main], scheme.labels_for(main, batch), batch["mask"])
     return jax.tree.leaves(nnx.state((model, optimizer))), metrics
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
