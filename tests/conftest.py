@@ -15,6 +15,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 # quarter off them (tests/test_{racnn,macnn,abn}.py on 2 cores: 277 s -> 211 s). The learning tests run hundreds
 # of steps and take the optimised compilation back with the `optimized` fixture. Subprocesses inherit the setting.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# With a pytest-xdist worker per core, each worker's XLA splitting its matrix products and convolutions over every
+# core only makes the workers contend: one thread each. The two learning tests side by side on 2 cores: 260 and
+# 241 s -> 235 and 220 s, the same results. (A worker left alone at the end of the suite runs single-threaded.)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= len(os.sched_getaffinity(0)):
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]).strip()
 
 
 # The files that take a minute or more, longest first (measured on the 2-core CI machine), run first: under
