@@ -174,8 +174,10 @@ def report(text: str, card: str = "h100", top: int = 15) -> str:
   return "\n".join(lines)
 
 
-def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str, evaluation: bool = False):
-  """The benchmark's step compiled for `card` without one: (optimised HLO text, compiled program)."""
+def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str, evaluation: bool = False,
+                    phase: str | None = None):
+  """The benchmark's step (phase: of that phase of the scheme's schedule) compiled for `card` without one:
+  (optimised HLO text, compiled program)."""
   # The plugin checks its CUDA libraries' versions against the driver's when it loads; without a card there is no
   # driver to ask, and compiling needs none.
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
@@ -195,7 +197,7 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
 
   mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))  # the engine's steps, on that device
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
-  (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh)
+  (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
   fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
   lowered = fn.lower(*args)
   try:
@@ -245,6 +247,8 @@ def main(argv=None) -> int:
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--eval", action="store_true", help="the evaluation step instead of the training step")
+  p.add_argument("--phase", help="the training step of this phase of the scheme's schedule (benchmarks.throughput "
+                                 "--phase) instead of the end-to-end step")
   p.add_argument("--target", default="h100", choices=sorted(CARDS), help="the card to compile for and cost on")
   p.add_argument("--top", type=int, default=15, help="list this many of the largest memory-bound kernels")
   p.add_argument("--dump", help="also write the optimised HLO to this file")
@@ -256,6 +260,8 @@ def main(argv=None) -> int:
   from benchmarks import throughput
   throughput.add_formulation_args(p)
   args = p.parse_args(argv)
+  if args.phase and (args.largest_batch or args.eval or args.hlo or not args.scheme):
+    p.error("--phase goes with a --scheme's training step, not with --largest-batch, --eval or --hlo")
   if args.largest_batch:
     throughput.use_formulations(args)
     runs = throughput.STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
@@ -271,9 +277,11 @@ def main(argv=None) -> int:
       text = f.read()
   elif args.scheme:
     throughput.use_formulations(args)
-    text, compiled = compile_for_gpu(args.scheme, args.backbone, args.res, args.batch, args.target, args.eval)
+    text, compiled = compile_for_gpu(args.scheme, args.backbone, args.res, args.batch, args.target, args.eval,
+                                     args.phase)
     gib = throughput.program_memory(compiled) / 2 ** 30
-    print(f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({'eval' if args.eval else 'train'}), "
+    step = "eval" if args.eval else f"train, phase {args.phase}" if args.phase else "train"
+    print(f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({step}), "
           f"compiled for an {args.target.upper()} (no autotuning): program memory {gib:.2f} GiB")
   else:
     p.error("name a --scheme (and --backbone, --res, --batch), or pass --hlo FILE")

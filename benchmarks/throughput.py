@@ -5,7 +5,8 @@
     python -m benchmarks.throughput --all --cpu            # the same table at toy sizes: a smoke test (CI)
 
 One training step = the scheme's forward with every one of its losses (weight 1), the backward pass and an SGD
-momentum update of every parameter: the end-to-end step, the most work a phase can do. After --warmup steps, each
+momentum update of every parameter: the end-to-end step, the most work a phase can do (--phase NAME: the step of
+one phase of the scheme's schedule instead, which runs only what its losses need). After --warmup steps, each
 of --steps steps is timed to completion (block_until_ready) and the median taken. Reported: images/s, TFLOP/s
 achieved (matrix products and convolutions counted from the step's program: benchmarks/flops.py), the share of the
 bf16 matrix-product peak (--peak-tflops, default: the measured 798 on an H100, see ../shared/device/README.md),
@@ -76,11 +77,22 @@ def _over_passes(sides: list[int], cost) -> float:
   return sum(known[s] for s in sides)
 
 
-def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None):
+def phase_step(scheme, c, phase: str | None) -> tuple[dict, str]:
+  """(loss weights, parameter group) of the step to time: the end-to-end step (phase None: every loss at weight 1
+  but the pretraining regressions, every parameter), or the step of one phase of config c's schedule."""
+  if phase is None:
+    return {k: 1.0 for k in scheme.loss_names if k not in ("group_init", "apn_init")}, "all"
+  if phase not in c.phases:
+    raise ValueError(f"{c.scheme} has no phase {phase!r}; its phases: {', '.join(c.phase_order)}")
+  return dict(c.phases[phase].losses), c.phases[phase].trains
+
+
+def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None, phase: str | None = None):
   """The engine's jitted train and eval steps for config c, each with its arguments (the state's leaves, a synthetic
   batch on the device, the state's structure), or (abstract=True) only their shapes, enough to count FLOPs of
   full-size models in seconds: ((train, args), (evaluate, args)). mesh: the devices to compile for (default: every
-  device of this process; benchmarks.hlo_report passes a compile-only GPU)."""
+  device of this process; benchmarks.hlo_report passes a compile-only GPU). phase: the training step of that phase
+  of c's schedule (phase_step) instead of the end-to-end one."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -93,15 +105,16 @@ def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None):
   from fgattn_jax.training import steps as steps_lib
 
   scheme = get_scheme(c.scheme)
+  losses, trains = phase_step(scheme, c, phase)
 
   def build():
     model = scheme.build(c)
     model.train()
-    wrt = scheme.groups(model)["all"]
+    wrt = scheme.groups(model)[trains]
     return model, nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=wrt)
 
   model, optimizer = nnx.eval_shape(build) if abstract else build()
-  wrt = scheme.groups(model)["all"]
+  wrt = scheme.groups(model)[trains]
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(-1)
   graphdef, state = nnx.split((model, optimizer))
   model_graphdef, model_state = nnx.graphdef(model), nnx.state(model)
@@ -115,7 +128,6 @@ def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None):
     host = {"image": rng.integers(0, 256, (b, res, res, 3), dtype=np.uint8),
             "label": rng.integers(0, c.data.num_classes, b).astype(np.int32), "mask": np.ones(b, bool)}
     data = jax.device_put(host, mesh_lib.batch_sharding(mesh))
-  losses = {k: 1.0 for k in scheme.loss_names if k not in ("group_init", "apn_init")}
   cdtype = compute_dtype(c.model.dtype)
   train = steps_lib.make_train_step(scheme, graphdef, wrt, losses, lambda step: 0.01, cdtype, mesh)
   evaluate = steps_lib.make_eval_step(scheme, model_graphdef, cdtype, mesh)
@@ -125,24 +137,24 @@ def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None):
 
 
 def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width: float = 1.0,
-                 peak_tflops: float | None = PEAKS["H100"]) -> dict:
+                 peak_tflops: float | None = PEAKS["H100"], phase: str | None = None) -> dict:
   """FLOPs per image of a training step at full size, counted from the program without running it (any machine):
   the scheme's, its backbone passes' (plain backbone steps at the same inputs, summed), their ratio (the
   arithmetic the attention machinery adds), and the images/s the step could reach at peak_tflops."""
   from benchmarks import flops
 
-  def per_image(scheme, c):  # -> (FLOPs per image, seconds spent tracing the step: part of compile_s)
-    (train, args), _ = _setup(scheme, c, abstract=True)
+  def per_image(scheme, c, phase=None):  # -> (FLOPs per image, seconds spent tracing the step: part of compile_s)
+    (train, args), _ = _setup(scheme, c, abstract=True, phase=phase)
     start = time.perf_counter()
     count = flops.count(train, *args, static_argnums=(2,))
     return count / batch, time.perf_counter() - start
 
   c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
-  step, trace_s = per_image(scheme_name, c)
+  step, trace_s = per_image(scheme_name, c, phase)
   sides = backbone_passes(scheme_name, c)
   passes = _over_passes(sides, lambda s: per_image("baseline", config_for("baseline", backbone, s, batch, width,
                                                                           "bfloat16"))[0])
-  result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width,
+  result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
             "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
             "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name], "trace_s": trace_s}
   result["ceiling_img_s"] = peak_tflops * 1e12 / step if peak_tflops else None
@@ -171,7 +183,7 @@ def _timed(fn, state, batch, steps: int, warmup: int):
 
 
 def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 30, warmup: int = 3,
-             width: float = 1.0, dtype: str = "bfloat16") -> dict:
+             width: float = 1.0, dtype: str = "bfloat16", phase: str | None = None) -> dict:
   """The host's share of a training step, through the engine's own jitted call (not the AOT-compiled one measure
   uses): the median time until the call returns (flattening the state's leaves, checking and launching) and until
   the step is done. On an accelerator the first is what the host needs per step, hidden behind the device's work
@@ -179,7 +191,7 @@ def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: in
   import jax
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  (train, (leaves, data, structure)), _ = _setup(scheme_name, c)
+  (train, (leaves, data, structure)), _ = _setup(scheme_name, c, phase=phase)
   for _ in range(warmup):
     leaves = train(leaves, data, structure)[0]
   jax.block_until_ready(leaves)
@@ -191,16 +203,17 @@ def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: in
     jax.block_until_ready(out)
     done.append(time.perf_counter() - start)
     leaves = out[0]
-  return {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "state_arrays": len(leaves),
+  return {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch,
+          "state_arrays": len(leaves),
           "call_ms": 1e3 * statistics.median(returned), "step_ms": 1e3 * statistics.median(done)}
 
 
 def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,
             width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None,
-            overhead: bool = False, evaluation: bool = True) -> dict:
+            overhead: bool = False, evaluation: bool = True, phase: str | None = None) -> dict:
   """Times the scheme's training and evaluation steps (evaluation=False: training only). overhead=True also times a
   plain backbone step at each of the scheme's backbone inputs (backbone_passes) and reports the scheme's step over
-  their sum."""
+  their sum. phase: the training step of that phase of the scheme's schedule instead of the end-to-end one."""
   import jax
 
   from benchmarks import flops
@@ -208,7 +221,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   from fgattn_jax.ops import crops
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c)
+  (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c, phase=phase)
   start = time.perf_counter()
   lowered = train.lower(*train_args)  # tracing the step (Python) and lowering it: the host's part of compiling
   trace_s = time.perf_counter() - start
@@ -226,8 +239,8 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   device = jax.devices()[0]
   peak = peak_tflops if peak_tflops is not None else next(
       (v for k, v in PEAKS.items() if k in device.device_kind), None)
-  result = {"scheme": scheme_name, "backbone": backbone, "res": res, "batch": batch, "width": width, "dtype": dtype,
-            "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
+  result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
+            "dtype": dtype, "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
             "trace_s": trace_s, "compile_s": compile_s,
             "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
@@ -285,7 +298,10 @@ def read_json_lines(path: str) -> list[dict]:
 
 
 def table(rows, columns=COLUMNS) -> str:
-  """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU)."""
+  """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU); a phase column after the
+  scheme when a row times one phase (--phase)."""
+  if any(r.get("phase") for r in rows):
+    columns = [*columns[:1], ("phase", "{}"), *columns[1:]]
   head = "| " + " | ".join(name for name, _ in columns) + " |"
   lines = [head, "|" + "---|" * len(columns)]
   for r in rows:
@@ -366,6 +382,9 @@ def main(argv=None) -> int:
                       "benchmarks.compare --collect")
   p.add_argument("--dispatch", action="store_true",
                  help="time the host's share of each step: until the engine's jitted call returns, and until done")
+  p.add_argument("--phase", help="with --scheme: time the training step of this phase of the scheme's schedule "
+                                 "(its losses, its parameter group; e.g. MA-CNN's object, init, grouping, classify, "
+                                 "parts) instead of the end-to-end step")
   p.add_argument("--flops", action="store_true",
                  help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
                       "their share beyond the backbone passes")
@@ -379,12 +398,14 @@ def main(argv=None) -> int:
     return 0
   if args.flops and args.cpu:
     p.error("--flops counts the full-size models without running them: leave out --cpu")
+  if args.phase and (args.all or args.passes or args.overhead or not args.scheme):
+    p.error("--phase goes with one --scheme (its phases), not with --all, --passes or --overhead")
   runs = selected_runs(p, args)
   if args.cpu:
     args.width, args.dtype = 1 / 16, "float32"
   if args.flops:
-    rows = [flop_profile(s, b, r, n, width=args.width, peak_tflops=args.peak_tflops or PEAKS["H100"])
-            for s, b, r, n in runs]
+    rows = [flop_profile(s, b, r, n, width=args.width, peak_tflops=args.peak_tflops or PEAKS["H100"],
+                         phase=args.phase) for s, b, r, n in runs]
     print(table(rows, FLOP_COLUMNS))
     return 0
 
@@ -392,8 +413,8 @@ def main(argv=None) -> int:
 
   use_formulations(args)
   if args.dispatch:
-    rows = [dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype)
-            for s, b, r, n in runs]
+    rows = [dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype,
+                     phase=args.phase) for s, b, r, n in runs]
     print(table(rows, DISPATCH_COLUMNS))
     return 0
   print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
@@ -403,7 +424,8 @@ def main(argv=None) -> int:
   for scheme, backbone, res, batch in runs:
     try:
       r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, width=args.width,
-                  dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead, evaluation=not args.passes)
+                  dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead, evaluation=not args.passes,
+                  phase=args.phase)
     except Exception as e:  # e.g. out of device memory at this batch: say so and measure the rest of the table
       r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch,
            "error": f"{type(e).__name__}: {str(e)[:300]}"}

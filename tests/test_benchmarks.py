@@ -89,6 +89,25 @@ def test_flop_profile_counts_the_backbone_passes_of_each_scheme():
   assert "| racnn | vgg11 | 128 | [128, 64, 64] |" in throughput.table([r], throughput.FLOP_COLUMNS)
 
 
+def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
+  # MA-CNN's object phase (the object stream's cross-entropy, its convolutions trained): the backbone's step, the
+  # part streams and the object crop not run; the end-to-end step runs all six passes.
+  e2e = throughput.flop_profile("macnn", "vgg11", 128, 2)
+  obj = throughput.flop_profile("macnn", "vgg11", 128, 2, phase="object")
+  plain = throughput.flop_profile("baseline", "vgg11", 128, 2)
+  assert obj["phase"] == "object" and e2e["phase"] is None
+  assert obj["train_gflop_per_image"] == pytest.approx(plain["train_gflop_per_image"], rel=0.01)
+  assert e2e["train_gflop_per_image"] > 1.3 * obj["train_gflop_per_image"]
+  assert "| macnn | object | vgg11 | 128 |" in throughput.table([obj, e2e], throughput.FLOP_COLUMNS)
+  assert "phase" not in throughput.table([e2e], throughput.FLOP_COLUMNS)
+  with pytest.raises(ValueError, match="no phase 'objects'; its phases: object, init, grouping, classify, parts"):
+    throughput.flop_profile("macnn", "vgg11", 128, 2, phase="objects")
+  for argv in (["--all", "--phase", "object"], ["--scheme", "macnn", "--phase", "object", "--overhead"]):
+    with pytest.raises(SystemExit):
+      throughput.main(argv)
+    assert "--phase goes with one --scheme" in capsys.readouterr().err
+
+
 def test_input_pipeline_benchmark_runs(capsys):
   input_pipeline.main(["--num-images", "16", "--sizes", "32", "--workers", "0", "--batch", "4", "--steps", "1"])
   rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
