@@ -78,7 +78,7 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
         f"per-map consistency {np.round(consistency, 2)} vs {np.round(consistency_r, 2)} for random points; "
         f"nearest parts per image {distinct:.2f} vs {distinct_r:.2f}; peaks on a part {on:.2f} vs {on_r:.2f}; "
         f"distinct parts hit per image {hit:.2f} vs {hit_r:.2f}")
-  # Measured on the 2-core CI machine (4 min, beside the RA-CNN test): joint 0.803, object stream 0.727; L_cng
+  # Measured on the 2-core CI machine (3.6 min beside the RA-CNN test): joint 0.803, object stream 0.727; L_cng
   # in the grouping phases 15.2 -> 4.5; peaks on a part 0.55 (random points 0.10); distinct parts hit per image
   # 1.59 (random points 0.38; maps collapsed on one part: at most 1). Not asserted: the nearest part of the
   # peaks, 2.27 distinct per image, is no better than random points' 2.52 (random points spread by

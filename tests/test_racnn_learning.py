@@ -24,7 +24,8 @@ def test_racnn_scale2_box_finds_the_parts_and_scale2_beats_scale1(tmp_path, opti
   c = racnn_config.get_config("closer")
   c.data.synthetic.num_train, c.data.synthetic.num_test = 800, 300
   # The preset's schedule, shortened to fit CI: scales 4 -> 2 epochs, classify 2 -> 1 (apn_init 2, apn 1, two
-  # cycles): 8 epochs instead of 12, 282 s instead of 370 s on 2 cores beside the MA-CNN learning test.
+  # cycles): 8 epochs instead of 12, 282 s instead of 370 s on 2 cores beside the MA-CNN learning test (240 s since
+  # the APN pretraining skips the last scale and each xdist worker runs one XLA thread).
   c.phases.scales.epochs, c.phases.classify.epochs = 2, 1
   c.eval.every_epochs = 0.0
   c.log.tensorboard = False
