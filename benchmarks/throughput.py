@@ -33,6 +33,8 @@ CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "ab
 # pool), per row of the standard table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD`
 # (compiled for the card on a CPU; benchmarks/RESULTS.md).
 LARGEST_BATCH = {
+    "h100": {("baseline", "vgg19"): 424, ("baseline", "resnet50"): 360, ("abn", "vgg19"): 416, ("abn", "resnet50"): 288,
+             ("racnn", "vgg19"): 264, ("racnn", "resnet50"): 224, ("macnn", "vgg19"): 184, ("macnn", "resnet50"): 152},
     "h200": {("baseline", "vgg19"): 744, ("baseline", "resnet50"): 640, ("abn", "vgg19"): 744, ("abn", "resnet50"): 512,
              ("racnn", "vgg19"): 472, ("racnn", "resnet50"): 400, ("macnn", "vgg19"): 328, ("macnn", "resnet50"): 280},
 }
