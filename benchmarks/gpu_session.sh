@@ -19,9 +19,9 @@ begin=$(date +%s)
 export PYTHONUNBUFFERED=1
 # In order of need; STAGES="pool_ab profile" runs a subset. Nominal seconds each: a stage may run until only the
 # nominal time of the stages after it is left.
-STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab crop_ab profile input_pipeline largest}
+STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab crop_ab profile input_pipeline phases largest}
 declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [crop_ab]=80
-                    [profile]=70 [input_pipeline]=35 [largest]=300)
+                    [profile]=70 [input_pipeline]=35 [phases]=60 [largest]=300)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -61,10 +61,11 @@ run() {  # run NAME CMD...: CMD under the stage's deadline, its output in $work/
 if [[ -n "${CPU:-}" ]]; then  # toy sizes: every stage's code path, minutes on a laptop
   size=(--cpu) torch_size=(--cpu) compile=() prof=(--cpu) prof_racnn=(--cpu) pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
   pool=(--scheme baseline --backbone vgg11_bn --cpu) crop=(--scheme racnn --backbone vgg11_bn --cpu)
+  phases=(--scheme macnn --backbone vgg11_bn --cpu)
 else
   size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile) prof=(--batch 32) prof_racnn=(--batch 16)
   pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10) pool=(--scheme baseline --backbone vgg19 --batch 32)
-  crop=(--scheme racnn --backbone resnet50 --batch 16)
+  crop=(--scheme racnn --backbone resnet50 --batch 16) phases=(--scheme macnn --backbone vgg19 --batch 16 --steps 30)
 fi
 
 {
@@ -97,6 +98,10 @@ for stage in $STAGES; do
       [[ -s "$work/vgg19.hlo" ]] && run profile python3 -m benchmarks.hlo_report --hlo "$work/vgg19.hlo" --target \
         "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -qi h100 && echo h100 || echo h200)"
       run profile python3 -m benchmarks.profile --scheme racnn --backbone resnet50 "${prof_racnn[@]}" ;;
+    phases)  # MA-CNN's phases before 'parts' run no part streams: their steps against the end-to-end one (jax_train)
+      for p in object grouping parts; do
+        run phases python3 -m benchmarks.throughput "${phases[@]}" --phase "$p" --json "$work/phases.jsonl"
+      done ;;
     input_pipeline) run input_pipeline python3 -m benchmarks.input_pipeline "${pipeline[@]}" ;;
     largest)  # the standard table at the largest batch that fits the card (throughput.LARGEST_BATCH), both frameworks
       card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -o 'H[12]00' | head -1 | tr H h)
