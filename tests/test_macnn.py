@@ -116,13 +116,15 @@ def test_phases_run_only_what_their_losses_need(built):
   # learning test's 'parts' phase.)
   images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3))
   streams, tail = batch_stats(model.part_nets), batch_stats(model.backbone.stages[-1])
-  for losses, trains, tail_runs in (({"cng": 1.0}, "grouping", False), ({"cls": 1.0, "parts": 1.0}, "convs", True)):
+  for losses, trains, tail_runs in (({"cng": 1.0}, "grouping", False),
+                                    ({"cls": 1.0, "parts": 1.0, "streams": 0.0}, "convs", True)):  # 0: not run
     after, metrics = train_once(scheme, model, losses, trains, images)
     assert not changed(streams, batch_stats(after.part_nets)), losses
     assert changed(tail, batch_stats(after.backbone.stages[-1])) == tail_runs, losses
     assert ("accuracy" in metrics) == tail_runs  # the object stream's; the grouping phases compute no logits
     assert {k.removeprefix("loss/") for k in metrics if k.startswith("loss/")} == {"parts", "cng", "group_init"} | (
         {"cls"} if tail_runs else set())
+    assert metrics["loss"] == pytest.approx(sum(metrics[f"loss/{k}"] for k, w in losses.items() if w), rel=1e-5)
 
 
 def test_init_phase_sets_indicator_targets():

@@ -51,7 +51,7 @@ class RACNNScheme(Scheme):
 
   def forward(self, model, images, batch, *, train, wanted=None):
     # The APN pretraining alone (its phase) needs no last scale: its network is skipped.
-    proposals_only = wanted is not None and set(wanted) <= {"apn_init"}
+    proposals_only = wanted is not None and set(wanted) == {"apn_init"}
     out = model(images, proposals_only=proposals_only)
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731

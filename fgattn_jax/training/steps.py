@@ -25,14 +25,16 @@ from fgattn_jax.training import mesh as mesh_lib
 def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
   """(state leaves, batch, state structure) -> (new state leaves, metrics); the leaves' buffers are donated."""
 
-  wanted = frozenset(k for k, w in loss_weights.items() if w)
+  # The losses the phase weights (a zero weight is as good as absent): the scheme runs only what they need.
+  weighted = {k: w for k, w in loss_weights.items() if w} or dict(loss_weights)
+  wanted = frozenset(weighted)
 
   def step(leaves, batch, structure):
     model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(structure, leaves))
 
     def loss_fn(model):
       losses, outputs = scheme.forward(model, normalize(batch["image"], dtype), batch, train=True, wanted=wanted)
-      total = sum(w * losses[k] for k, w in loss_weights.items())
+      total = sum(w * losses[k] for k, w in weighted.items())
       return total, (losses, outputs)
 
     (total, (losses, outputs)), grads = nnx.value_and_grad(
