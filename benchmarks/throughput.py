@@ -158,7 +158,8 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
                                                                           "bfloat16"))[0])
   result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
             "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
-            "flop_overhead": step / passes, "overhead_target": OVERHEAD_TARGETS[scheme_name], "trace_s": trace_s}
+            "flop_overhead": step / passes, "trace_s": trace_s,
+            "overhead_target": OVERHEAD_TARGETS[scheme_name] if phase is None else None}  # as in measure()
   result["ceiling_img_s"] = peak_tflops * 1e12 / step if peak_tflops else None
   return result
 
@@ -206,8 +207,8 @@ def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: in
     done.append(time.perf_counter() - start)
     leaves = out[0]
   return {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch,
-          "state_arrays": len(leaves),
-          "call_ms": 1e3 * statistics.median(returned), "step_ms": 1e3 * statistics.median(done)}
+          "state_arrays": len(leaves), "call_ms": 1e3 * statistics.median(returned),
+          "step_ms": 1e3 * statistics.median(done)}
 
 
 def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,

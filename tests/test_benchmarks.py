@@ -96,6 +96,7 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
   obj = throughput.flop_profile("macnn", "vgg11", 128, 2, phase="object")
   plain = throughput.flop_profile("baseline", "vgg11", 128, 2)
   assert obj["phase"] == "object" and e2e["phase"] is None
+  assert obj["overhead_target"] is None and e2e["overhead_target"] == 1.15  # the targets are the end-to-end step's
   assert obj["train_gflop_per_image"] == pytest.approx(plain["train_gflop_per_image"], rel=0.01)
   assert e2e["train_gflop_per_image"] > 1.3 * obj["train_gflop_per_image"]
   assert "| macnn | object | vgg11 | 128 |" in throughput.table([obj, e2e], throughput.FLOP_COLUMNS)
