@@ -54,4 +54,6 @@ def jaxpr_flops(jaxpr) -> int:
 
 def count(fn, *args, static_argnums=()) -> int:
   """Matrix-product and convolution FLOPs of one call fn(*args) (args may be jax.ShapeDtypeStruct)."""
+  if hasattr(fn, "trace"):  # a jitted function: its own trace (a nested jit may not carry its compiler options)
+    return jaxpr_flops(fn.trace(*args).jaxpr.jaxpr)
   return jaxpr_flops(jax.make_jaxpr(fn, static_argnums=static_argnums)(*args).jaxpr)

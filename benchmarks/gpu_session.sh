@@ -19,9 +19,10 @@ begin=$(date +%s)
 export PYTHONUNBUFFERED=1
 # In order of need; STAGES="pool_ab profile" runs a subset. Nominal seconds each: a stage may run until only the
 # nominal time of the stages after it is left.
-STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab crop_ab profile input_pipeline phases largest}
-declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [crop_ab]=80
-                    [profile]=70 [input_pipeline]=35 [phases]=60 [largest]=300)
+STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab graphs_ab crop_ab profile input_pipeline phases
+  largest}
+declare -A nominal=([jax_train]=270 [torch_eager]=90 [torch_compile]=120 [jax_passes]=60 [pool_ab]=60 [graphs_ab]=120
+                    [crop_ab]=80 [profile]=70 [input_pipeline]=35 [phases]=60 [largest]=300)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -61,11 +62,12 @@ run() {  # run NAME CMD...: CMD under the stage's deadline, its output in $work/
 if [[ -n "${CPU:-}" ]]; then  # toy sizes: every stage's code path, minutes on a laptop
   size=(--cpu) torch_size=(--cpu) compile=() prof=(--cpu) prof_racnn=(--cpu) pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
   pool=(--scheme baseline --backbone vgg11_bn --cpu) crop=(--scheme racnn --backbone vgg11_bn --cpu)
-  phases=(--scheme macnn --backbone vgg11_bn --cpu)
+  phases=(--scheme macnn --backbone vgg11_bn --cpu) graphs=(--scheme racnn --backbone resnet18 --cpu)
 else
   size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile) prof=(--batch 32) prof_racnn=(--batch 16)
   pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10) pool=(--scheme baseline --backbone vgg19 --batch 32)
   crop=(--scheme racnn --backbone resnet50 --batch 16) phases=(--scheme macnn --backbone vgg19 --batch 16 --steps 30)
+  graphs=(--scheme racnn --backbone resnet50 --batch 16)
 fi
 
 {
@@ -88,6 +90,12 @@ for stage in $STAGES; do
     pool_ab)  # XLA's pooling (select-and-scatter gradient) against ours, same process kind, back to back
       for p in reduce_window slices; do
         run pool_ab python3 -m benchmarks.throughput "${pool[@]}" "${size[@]}" --pool "$p" --json "$work/pool.jsonl"
+      done ;;
+    graphs_ab)  # XLA's CUDA graphs between the convolutions (its default) against the whole step as one graph, on
+      # the row furthest over its target (RA-CNN/ResNet-50: 2818 kernels, 1141 launches or 1)
+      for g in fusions whole; do
+        run graphs_ab python3 -m benchmarks.throughput "${graphs[@]}" "${size[@]}" --graphs "$g" \
+          --json "$work/graphs.jsonl"
       done ;;
     crop_ab)  # the crops' gathers (scatter-add gradient) against the interpolation-matrix products
       for p in gather matmul; do

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import math
 import os
 import re
 import sys
+import tempfile
 
 TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")
 # Bytes per second of HBM (the cards' specification) and the bf16 matrix-product FLOP/s measured on an H100
@@ -174,10 +176,20 @@ def report(text: str, card: str = "h100", top: int = 15) -> str:
   return "\n".join(lines)
 
 
+def launches(thunk_sequence: str) -> tuple[int, int, int]:
+  """(launches, CUDA graphs among them, kernels and library calls in all) of a step, from the thunk sequence XLA
+  dumps after its thunk passes: a top-level thunk is one launch from the host (a kernel, a cuDNN or cuBLAS call, a
+  copy, or a command buffer: a CUDA graph of the indented thunks under it, replayed as one)."""
+  top = re.findall(r"^\d+: (k\w+)", thunk_sequence, re.M)
+  inside = re.findall(r"^\s+\d+: (k\w+)", thunk_sequence, re.M)
+  graphs = top.count("kCommandBuffer")
+  return len(top), graphs, len(top) - graphs + len(inside)
+
+
 def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str, evaluation: bool = False,
-                    phase: str | None = None):
+                    phase: str | None = None, thunks: list | None = None):
   """The benchmark's step (phase: of that phase of the scheme's schedule) compiled for `card` without one:
-  (optimised HLO text, compiled program)."""
+  (optimised HLO text, compiled program). thunks: a list to append the step's thunk sequence (text) to."""
   # The plugin checks its CUDA libraries' versions against the driver's when it loads; without a card there is no
   # driver to ask, and compiling needs none.
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
@@ -200,15 +212,21 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
   (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
   fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
   lowered = fn.lower(*args)
-  try:
-    compiled = lowered.compile()
-  except jax.errors.JaxRuntimeError as e:
-    if "tile sizes" not in str(e):
-      raise
-    # Without the card XLA cannot autotune, and its Triton GEMM emitter finds no tiling for some small products
-    # (RA-CNN's adaptive pooling); they go to cuBLAS instead, as autotuning may also decide on the card.
-    print("# note: Triton GEMMs off (no tiling found without autotuning)", file=sys.stderr)
-    compiled = lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False})
+  with tempfile.TemporaryDirectory() as dump:  # the thunk sequence is only in XLA's dump
+    options = {"xla_dump_to": dump} if thunks is not None else {}
+    try:
+      compiled = lowered.compile(compiler_options=options or None)
+    except jax.errors.JaxRuntimeError as e:
+      if "tile sizes" not in str(e):
+        raise
+      # Without the card XLA cannot autotune, and its Triton GEMM emitter finds no tiling for some small products
+      # (RA-CNN's adaptive pooling); they go to cuBLAS instead, as autotuning may also decide on the card.
+      print("# note: Triton GEMMs off (no tiling found without autotuning)", file=sys.stderr)
+      compiled = lowered.compile(compiler_options={**options, "xla_gpu_enable_triton_gemm": False})
+    if thunks is not None:
+      for path in glob.glob(os.path.join(dump, "*thunk_sequence_after_thunk_passes.txt")):
+        with open(path) as f:
+          thunks.append(f.read())
   return compiled.as_text(), compiled
 
 
@@ -277,12 +295,17 @@ def main(argv=None) -> int:
       text = f.read()
   elif args.scheme:
     throughput.use_formulations(args)
+    thunks = []
     text, compiled = compile_for_gpu(args.scheme, args.backbone, args.res, args.batch, args.target, args.eval,
-                                     args.phase)
+                                     args.phase, thunks=thunks)
     gib = throughput.program_memory(compiled) / 2 ** 30
     step = "eval" if args.eval else f"train, phase {args.phase}" if args.phase else "train"
-    print(f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({step}), "
+    print(f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({step}, graphs {args.graphs}), "
           f"compiled for an {args.target.upper()} (no autotuning): program memory {gib:.2f} GiB")
+    for sequence in thunks:  # one per module XLA compiled for the step
+      n, graphs, work = launches(sequence)
+      print(f"# launches from the host per step: {n}, {graphs} of them CUDA graphs ({work} kernels, library calls "
+            f"and copies in all)")
   else:
     p.error("name a --scheme (and --backbone, --res, --batch), or pass --hlo FILE")
   if args.dump:

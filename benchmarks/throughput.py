@@ -222,6 +222,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   from benchmarks import flops
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
+  from fgattn_jax.training import steps as steps_lib
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
   (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c, phase=phase)
@@ -247,7 +248,8 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
             "trace_s": trace_s, "compile_s": compile_s,
             "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
-            "pool": layers.POOLING, "crop": crops.RESAMPLE}
+            "pool": layers.POOLING, "crop": crops.RESAMPLE,
+            "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other")}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
   if evaluation:
     result.update(eval_ms=1e3 * eval_s, eval_img_s=batch / eval_s, eval_tflops=eval_flops / eval_s / 1e12,
@@ -265,6 +267,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
 
 
 COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("pool", "{}"), ("crop", "{}"),
+           ("graphs", "{}"),
            ("train_img_s", "{:.1f}"), ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
            ("train_gflop_per_image", "{:.1f}"), ("train_mem_gib", "{:.1f}"), ("trace_s", "{:.1f}"),
            ("compile_s", "{:.1f}"), ("eval_img_s", "{:.1f}"), ("overhead", "{:.2f}"),
@@ -278,6 +281,15 @@ DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch
 OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 
 
+# The CUDA-graph choices of --graphs, as compiler options of the engine's steps (training.steps.COMPILER_OPTIONS).
+# XLA captures no convolution by default ("not all convolutions can be captured": openxla/xla#34572), so each of
+# ResNet-50's 158 convolutions per training step (MA-CNN's six passes: 948) is launched alone and splits the rest
+# into short graphs: 1982 launches for MA-CNN/ResNet-50's 5479 kernels at 448. 'whole' is XLA's default command types (jaxlib 0.10.2's, as a compile with
+# XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONVOLUTION lists them) plus CONVOLUTION: one launch per step.
+GRAPHS = {"fusions": {}, "whole": {"xla_gpu_enable_command_buffer":
+                                   "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,DYNAMIC_SLICE_FUSION,CONVOLUTION"}}
+
+
 def add_formulation_args(p: argparse.ArgumentParser):
   """The switches between equivalent formulations of an op, to time them on one machine (also benchmarks.profile)."""
   p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"),
@@ -286,13 +298,19 @@ def add_formulation_args(p: argparse.ArgumentParser):
   p.add_argument("--crop", default="gather", choices=("gather", "matmul"),
                  help="the MA-CNN and RA-CNN crops as gathers (their image gradient a scatter-add) or as two "
                       "interpolation-matrix products per box (ops.crops.RESAMPLE)")
+  p.add_argument("--graphs", default="fusions", choices=tuple(GRAPHS),
+                 help="on a GPU, what XLA records into CUDA graphs (command buffers), launched as one: runs of "
+                      "fusions and library calls between convolutions (fusions: XLA's default; each cuDNN "
+                      "convolution is its own launch), or the convolutions too (whole: the step is one graph)")
 
 
 def use_formulations(args):
-  """Sets the module switches the formulation flags name; read when the steps are traced, so before any is."""
+  """Sets the module switches the formulation flags name; read when the steps are made and traced, so before any is."""
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
+  from fgattn_jax.training import steps
   layers.POOLING, crops.RESAMPLE = args.pool, args.crop
+  steps.COMPILER_OPTIONS = dict(GRAPHS[args.graphs])
 
 
 def read_json_lines(path: str) -> list[dict]:

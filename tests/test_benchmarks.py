@@ -1,5 +1,6 @@
 """The benchmark scripts at toy sizes on the CPU, so that they never rot; the FLOP counter against hand counts."""
 
+import argparse
 import json
 
 import jax
@@ -235,6 +236,45 @@ def test_hlo_report_reads_a_compiled_module_and_says_what_deviceless_compiling_n
   monkeypatch.setattr(topologies, "get_topology_desc", no_plugin)
   with pytest.raises(SystemExit, match=r"jax\[cuda13\]"):
     hlo_report.main(["--scheme", "baseline", "--backbone", "vgg11", "--res", "32", "--batch", "2"])
+
+
+# A step's thunk sequence as XLA dumps it after its thunk passes (trimmed): a kernel, a copy and a convolution
+# launched one by one, a command buffer (a CUDA graph of the three indented thunks, one launch), a convolution.
+THUNKS = """199: kCustomKernel  [source        | next=200 (1) ] wrapped_convert_17 grid: [4608, 1, 1] threads: [128, 1, 1]
+197: kCopy          [source        | next=198 (1) ] kCopy
+200: kConvolution   [prev=199 (1)  | next=000 (1) ] kConvolution
+000: kCommandBuffer [prev=200 (1)  | next=206 (1) ]
+    201: kCustomKernel [source       | next=204 (3)] loop_subtract_fusion grid: [4, 1, 1] threads: [128, 1, 1]
+    202: kCopy         [source       | next=204 (2)] kCopy
+    204: kCustomKernel [prev=203 (1) | sink        ] loop_maximum_fusion_43 grid: [32, 1, 1] threads: [128, 1, 1]
+206: kConvolution   [prev=000 (1)  | next=207 (1) ] kConvolution
+"""
+
+
+def test_hlo_report_counts_the_launches_of_a_thunk_sequence():
+  assert hlo_report.launches(THUNKS) == (5, 1, 7)  # launches, of which graphs; kernels, calls and copies in all
+
+
+def test_the_graphs_switch_reaches_xla_through_the_engines_steps(monkeypatch):
+  from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
+  from fgattn_jax.training import steps
+  for module, name in ((steps, "COMPILER_OPTIONS"), (layers, "POOLING"), (crops, "RESAMPLE")):
+    monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
+  p = argparse.ArgumentParser()
+  throughput.add_formulation_args(p)
+  throughput.use_formulations(p.parse_args(["--graphs", "whole"]))
+  assert steps.COMPILER_OPTIONS == throughput.GRAPHS["whole"]
+  # XLA takes the GPU's command types on any backend (and uses them on a GPU); the row says which were asked for.
+  r = throughput.measure("baseline", "resnet18", 32, 2, steps=1, warmup=1, width=1 / 16, dtype="float32",
+                         evaluation=False)
+  assert r["graphs"] == "whole" and r["train_img_s"] > 0 and "| whole |" in throughput.table([r])
+  # Both steps hand their options to XLA: one it does not know fails their compilation, naming it.
+  steps.COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": "NO_SUCH_COMMAND"}
+  c = throughput.config_for("baseline", "resnet18", 32, 2, 1 / 16, "float32")
+  for fn, args in throughput._setup("baseline", c, abstract=True):
+    with pytest.raises(jax.errors.JaxRuntimeError, match="NO_SUCH_COMMAND"):
+      fn.lower(*args).compile()
 
 
 @pytest.mark.parametrize("extra,expected", [(0, 144), (5e9, 128)])

@@ -22,6 +22,10 @@ from fgattn_jax.ops import losses as L
 from fgattn_jax.ops.images import normalize
 from fgattn_jax.training import mesh as mesh_lib
 
+# XLA options the steps are compiled with: none (XLA's defaults) unless a benchmark sets some to weigh a compiler
+# choice on one machine (benchmarks.throughput --graphs). Read when a step is made.
+COMPILER_OPTIONS: dict[str, str] = {}
+
 def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
   """(state leaves, batch, state structure) -> (new state leaves, metrics); the leaves' buffers are donated."""
 
@@ -51,7 +55,8 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
     return jax.tree.leaves(nnx.state((model, optimizer))), metrics
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0, static_argnums=2)
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0, static_argnums=2,
+                 compiler_options=dict(COMPILER_OPTIONS) or None)
 
 
 def make_eval_step(scheme, model_graphdef, dtype, mesh):
@@ -65,4 +70,5 @@ def make_eval_step(scheme, model_graphdef, dtype, mesh):
     return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=data, static_argnums=2)
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=data, static_argnums=2,
+                 compiler_options=dict(COMPILER_OPTIONS) or None)
