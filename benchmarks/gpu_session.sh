@@ -92,7 +92,7 @@ for stage in $STAGES; do
         run pool_ab python3 -m benchmarks.throughput "${pool[@]}" "${size[@]}" --pool "$p" --json "$work/pool.jsonl"
       done ;;
     graphs_ab)  # XLA's CUDA graphs between the convolutions (its default) against the whole step as one graph, on
-      # the row furthest over its target (RA-CNN/ResNet-50: 2818 kernels, 1141 launches or 1)
+      # the row furthest over its target (RA-CNN/ResNet-50: 2818 kernels in 973 launches, or 1)
       for g in fusions whole; do
         run graphs_ab python3 -m benchmarks.throughput "${graphs[@]}" "${size[@]}" --graphs "$g" \
           --json "$work/graphs.jsonl"
