@@ -284,10 +284,11 @@ OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 # The CUDA-graph choices of --graphs, as compiler options of the engine's steps (training.steps.COMPILER_OPTIONS).
 # XLA captures no convolution by default ("not all convolutions can be captured": openxla/xla#34572), so each of
 # ResNet-50's 158 convolutions per training step (MA-CNN's six passes: 948) is launched alone and splits the rest
-# into short graphs: 1982 launches for MA-CNN/ResNet-50's 5479 kernels at 448. 'whole' is XLA's default command types (jaxlib 0.10.2's, as a compile with
+# into short graphs: 1982 launches for MA-CNN/ResNet-50's 5480 kernels at 448 (benchmarks.hlo_report counts them).
+# 'whole' is XLA's default command types (jaxlib 0.10.2's, as a compile with
 # XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONVOLUTION lists them) plus CONVOLUTION: one launch per step.
-GRAPHS = {"fusions": {}, "whole": {"xla_gpu_enable_command_buffer":
-                                   "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,DYNAMIC_SLICE_FUSION,CONVOLUTION"}}
+GRAPHS = {"fusions": {}, "whole": {"xla_gpu_enable_command_buffer": ",".join((
+    "FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "CONDITIONAL", "DYNAMIC_SLICE_FUSION", "CONVOLUTION"))}}
 
 
 def add_formulation_args(p: argparse.ArgumentParser):

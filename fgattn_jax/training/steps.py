@@ -26,6 +26,7 @@ from fgattn_jax.training import mesh as mesh_lib
 # choice on one machine (benchmarks.throughput --graphs). Read when a step is made.
 COMPILER_OPTIONS: dict[str, str] = {}
 
+
 def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtype, mesh):
   """(state leaves, batch, state structure) -> (new state leaves, metrics); the leaves' buffers are donated."""
 
