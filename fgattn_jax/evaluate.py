@@ -59,7 +59,12 @@ def main(argv=None) -> int:
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
   eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
   state = mesh_lib.replicate(nnx.state(model), mesh)
-  results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
+  try:
+    results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
+  except evaluation.NonFiniteLogits:
+    print(f"error: the checkpoint at step {step} in {args.workdir} gives NaN or infinite outputs: its weights "
+          "diverged. Evaluate an earlier one with --checkpoint STEP.", file=sys.stderr)
+    return 2
 
   if jax.process_index() == 0:
     out = args.out or os.path.join(args.workdir, "eval")

@@ -26,6 +26,10 @@ TOPK = 5
 _CELL_TEXT_MAX_CLASSES = 30  # beyond this, numbers in cells are unreadable
 
 
+class NonFiniteLogits(ValueError):
+  """A model's outputs hold NaN or infinity: its weights diverged."""
+
+
 class Accumulator:
   """Running classification metrics; `add` each batch, then `result()`."""
 
@@ -62,7 +66,7 @@ class Accumulator:
     if labels.min() < 0 or labels.max() >= self.num_classes:
       raise ValueError(f"labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
     if not np.isfinite(logits).all():
-      raise ValueError("logits of unmasked examples contain NaN or infinity")
+      raise NonFiniteLogits("logits of unmasked examples contain NaN or infinity")
 
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=1))

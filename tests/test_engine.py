@@ -86,13 +86,72 @@ def test_a_resumed_phase_keeps_its_plateau_history(tmp_path, monkeypatch):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   c = tiny(good=4, bad=4)
   c.phases.bad.losses.ce = float("nan")  # the injected fault: every loss of the second phase is NaN
-  with pytest.raises(loop.NonFiniteLoss, match="NaN or infinite in phase bad.*last good checkpoint \\(step 4\\)"):
+  with pytest.raises(loop.NonFiniteLoss, match="NaN or infinite in phase bad.*last good checkpoint, step 4, is intact"):
     loop.run(c, str(tmp_path), progress=False)
   from fgattn_jax.schemes import get_scheme
   model = get_scheme("baseline").build(tiny())
   assert ckpt_lib.load_model_weights(str(tmp_path), model, "latest") == 4
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+def poison_after(monkeypatch, call: int):
+  """The engine's training step, with every floating array of the state made NaN by its `call`-th update: a run
+  whose loss is finite up to that step and whose weights diverged in that step's update."""
+  original = steps.make_train_step
+
+  def making(*args, **kwargs):
+    step, calls = original(*args, **kwargs), []
+
+    def poisoned(leaves, batch, structure):
+      leaves, metrics = step(leaves, batch, structure)
+      calls.append(1)
+      if len(calls) == call:
+        leaves = [x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x for x in leaves]
+      return leaves, metrics
+    return poisoned
+
+  monkeypatch.setattr(steps, "make_train_step", making)
+
+
+@pytest.mark.parametrize("call,message,left", [
+    (4, r"NaN or infinite in phase main at step 5, the first from the saved weights.*step 2, is intact.*removed "
+        r"the checkpoint at step 4", 2),
+    (6, r"outputs became NaN or infinite in phase main by step 6 \(its evaluation\).*step 4, is intact", 4)])
+def test_a_checkpoint_of_diverged_weights_is_removed_and_the_run_resumes_from_the_last_good(
+    tmp_path, monkeypatch, call, message, left):
+  # Saved every 2 steps and logged every 3: the diverged update of step 4 is saved with step 4 (its loss was
+  # finite), found by step 5's loss; that of step 6 by the phase's closing evaluation, before it is saved.
+  c = tiny(main=6)
+  c.log.every_steps = 3
+  poison_after(monkeypatch, call)
+  with pytest.raises(loop.NonFiniteLoss, match=message):
+    loop.run(c, str(tmp_path), progress=False)
+  assert ckpt_lib.Checkpoints(str(tmp_path), 3).latest_step() == left
+  if call == 4:
+    monkeypatch.undo()
+    loop.run(c, str(tmp_path), progress=False)  # the same command resumes from it and finishes
+    assert ckpt_lib.Checkpoints(str(tmp_path), 3).latest_step() == 6
+
+
+def test_a_workdir_resumes_only_under_settings_that_fit_its_checkpoints(tmp_path, caplog):
+  loop.run(tiny(main=2), str(tmp_path), progress=False)
+  saved = (tmp_path / "config.json").read_text()
+  wider = tiny(main=2)
+  wider.model.width = 1 / 8
+  with pytest.raises(loop.ConfigError, match=r"holds checkpoints of another run \(model.width: 0.0625 there, "
+                                             r"0.125 now\).*new --workdir"):
+    loop.run(wider, str(tmp_path), progress=False)
+  assert (tmp_path / "config.json").read_text() == saved  # refused before anything was written
+  slower = tiny(main=2)
+  slower.phases.main.optim.lr = 0.01  # what the divergence message advises: allowed, and said
+  loop.run(slower, str(tmp_path), progress=False)
+  assert "changed settings: phases.main.optim.lr 0.05 -> 0.01" in caplog.text
+  broken = tiny(main=2)
+  broken.model.backbone = "vgg99"
+  with pytest.raises(ValueError, match="vgg99"):
+    loop.run(broken, str(tmp_path / "new"), progress=False)
+  assert not (tmp_path / "new" / "config.json").exists()  # a config that builds no model makes no run
 
 
 def test_evaluation_counts_every_example_once(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fgattn_jax.evaluation import Accumulator, save, summary_line
+from fgattn_jax.evaluation import Accumulator, NonFiniteLogits, save, summary_line
 
 
 def _random_batch(rng, n, k):
@@ -159,7 +159,7 @@ def test_empty_and_invalid_inputs():
     acc.add(np.zeros((1, 4)), np.array([4]), np.array([True]))
   with pytest.raises(ValueError, match="logits must be"):
     acc.add(np.zeros((1, 5)), np.array([0]), np.array([True]))
-  with pytest.raises(ValueError, match="NaN"):
+  with pytest.raises(NonFiniteLogits, match="NaN"):  # diverged weights: the engine and evaluate say so in a line
     acc.add(np.full((1, 4), np.nan), np.array([0]), np.array([True]))
   with pytest.raises(ValueError, match="class names"):
     Accumulator(4, class_names=["a", "b"])

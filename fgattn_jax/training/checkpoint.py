@@ -2,7 +2,8 @@
 
 A checkpoint holds the training state (model and optimiser) and where the run stands (phase, step); each
 process also writes its own input-pipeline position beside it (data_state/), since every process reads a
-different shard. Only states whose loss was finite are ever saved.
+different shard. Only states whose loss was finite are saved, and one whose weights then give a non-finite loss is
+removed (training.loop).
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ class Checkpoints:
       with open(tmp, "w") as f:
         json.dump(data_state, f)
       os.replace(tmp, os.path.join(self.data_dir, f"{step}.json"))
+
+  def discard(self, step: int):
+    """Deletes the checkpoint at `step` and this process's data position saved with it."""
+    self.manager.wait_until_finished()
+    if step in self.manager.all_steps():
+      self.manager.delete(step)
+    path = os.path.join(self.data_dir, f"{step}.json")
+    if os.path.exists(path):
+      os.remove(path)
 
   def restore(self, step: int, state_like):
     """-> (state placed like `state_like`, position dict, this process's data state or None)."""

@@ -75,6 +75,41 @@ class _Stop:
       signal.signal(sig, old)
 
 
+# The settings that make a run's checkpoints what they are: a run resumed with other values of these could not
+# load them, or would continue another plan. Everything else (data paths, learning rates, logging) may change.
+FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "data.num_classes", "phase_order",
+                   "cycles", "abn", "macnn", "racnn")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def check_resumable(config, workdir: str):
+  """Refuses to resume a workdir's checkpoints under settings that do not fit them (before anything is written)."""
+  import json
+  path = os.path.join(workdir, "config.json")
+  held = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(path) or not os.path.isdir(held) or not any(n.isdigit() for n in os.listdir(held)):
+    return
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json()))
+  nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here
+  changed = sorted(k for k in old.keys() | new.keys() if repr(old.get(k, nan)) != repr(new.get(k, nan)))
+  fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
+  if fixed:
+    what = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in fixed[:4])
+    raise ConfigError(f"{workdir} holds checkpoints of another run ({what}{'; ...' if len(fixed) > 4 else ''}). "
+                      "Train in a new --workdir, or resume this one with its own settings (its config.json).")
+  if changed:
+    log.warning("resuming %s with changed settings: %s", workdir,
+                ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+
+
 def run(config, workdir: str, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run that `config` describes in `workdir`; returns the final evaluation."""
   # --- Set up: devices, data, model, plan, reporting.
@@ -88,9 +123,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
     raise ConfigError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
                       f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
-  if main_process:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  check_resumable(config, workdir)
   pi, pc = jax.process_index(), jax.process_count()
   train_data = data.build(config, config.data.train_split, pi, pc, training=True)
   eval_data = data.build(config, config.data.eval_split, pi, pc, training=False)
@@ -107,6 +140,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   groups = scheme.groups(model)
   plan = phases.plan(config, train_data.steps_per_epoch, scheme.loss_names, groups)
   total_steps = sum(p.steps for p in plan)
+  if main_process:  # written once the config has built a model and a plan: a config that cannot makes no run
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
   dtype = compute_dtype(config.model.dtype)
 
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
@@ -116,8 +152,12 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   # --- Resume: the latest checkpoint says which phase and step we are at.
   position = {"phase": 0, "phase_step": 0, "step": 0, "best_top1": None}
   latest = ckpts.latest_step()
+  # A checkpoint saved inside a phase without an evaluation holds weights no loss has been computed from yet: the
+  # next step's loss confirms them, or condemns them (a diverging run saves the update that diverged).
+  unconfirmed = None
   if latest is not None:
     position = ckpts.restore_position(latest)
+    unconfirmed = latest if position["phase_step"] > 0 else None
     where = plan[position["phase"]].name if position["phase"] < len(plan) else "all phases done"
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
 
@@ -184,22 +224,38 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           return None
         host = {k: float(v) / count for k, v in jax.device_get(sums).items()}
         if host.pop("nonfinite") > 0:
-          good = ckpts.latest_step()
-          raise NonFiniteLoss(
-              f"The loss became NaN or infinite in phase {phase.name} before step {position['step']}. The run "
-              f"stopped; the last good checkpoint ({'step ' + str(good) if good is not None else 'none yet'}) is "
-              f"intact in {ckpts.dir}. Lower phases.{phase.key}.optim.lr or set phases.{phase.key}.optim.clip_norm.")
+          diverged(f"The loss became NaN or infinite in phase {phase.name} before step {position['step']}.")
         writer.write(position["step"], host, split="train", phase=phase.name)
         sums, count = None, 0
         return host
 
+      def diverged(what: str):
+        """Stops the run, removing a checkpoint whose weights gave the non-finite loss (the last good one stays)."""
+        nonlocal unconfirmed
+        removed = ""
+        if unconfirmed is not None:
+          ckpts.discard(unconfirmed)
+          removed, unconfirmed = f" (removed the checkpoint at step {unconfirmed}: its weights gave it)", None
+        good = ckpts.latest_step()
+        kept = (f"the last good checkpoint, step {good}, is intact in {ckpts.dir}{removed}" if good is not None else
+                f"no good checkpoint was saved yet{removed}")
+        raise NonFiniteLoss(f"{what} The run stopped; {kept}. Lower phases.{phase.key}.optim.lr or set "
+                            f"phases.{phase.key}.optim.clip_norm, and run again to resume from it.")
+
       def save(eval_metrics=None):
+        nonlocal unconfirmed
         check_and_log()  # never save a state whose loss was not finite
         ckpts.save(position["step"], current_state(), position, train_data.get_state(), eval_metrics)
+        # An evaluation has just run the saved weights; otherwise the next step's loss will tell.
+        unconfirmed = None if eval_metrics else position["step"]
 
       def run_eval():
         nonlocal results
-        results = evaluate(scheme, eval_step, current_state()[0], eval_data, mesh)
+        try:
+          results = evaluate(scheme, eval_step, current_state()[0], eval_data, mesh)
+        except evaluation.NonFiniteLogits:
+          diverged(f"The model's outputs became NaN or infinite in phase {phase.name} by step {position['step']} "
+                   "(its evaluation).")
         main = results[scheme.main_output]
         for name, r in results.items():
           writer.write(position["step"], {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
@@ -215,6 +271,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           save()
           raise Interrupted(stop.requested)
         leaves, metrics = train_step(leaves, mesh_lib.to_device(next(it), mesh), structure)
+        if unconfirmed is not None:  # the first loss from a saved state's weights (one wait for the device per save)
+          if float(metrics["nonfinite"]):
+            diverged(f"The loss became NaN or infinite in phase {phase.name} at step {position['step'] + 1}, the "
+                     "first from the saved weights.")
+          unconfirmed = None
         sums = metrics if sums is None else _accumulate(sums, metrics)
         count += 1
         position["step"] += 1
