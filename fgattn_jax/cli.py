@@ -20,9 +20,21 @@ def user_errors() -> tuple:
   return (DataError, WeightImportError, FileNotFoundError, config_lib.ConfigError)
 
 
+# The repository's configs/, beside the package: what --help lists when run outside the repository root.
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(config_lib.__file__))), "configs")
+
+# Keys the checkpoint's shapes were made with: another value builds a model the saved weights do not fit.
+# model.dtype is only the compute precision, free to change at evaluation.
+FIXED_BY_CHECKPOINT = ("scheme", "data.num_classes", "model.")
+FREE_IN_A_RUN = ("model.dtype",)
+
+
 def presets_help(config_arg: str | None) -> str:
-  """Presets of the config given with --config, or of every config in ./configs."""
-  paths = [config_arg.partition(":")[0]] if config_arg else sorted(glob.glob(os.path.join("configs", "*.py")))
+  """Presets of the config given with --config, or of every config in ./configs (else the repository's)."""
+  if config_arg:
+    paths = [config_arg.partition(":")[0]]
+  else:
+    paths = sorted(glob.glob(os.path.join("configs", "*.py"))) or sorted(glob.glob(os.path.join(CONFIGS, "*.py")))
   lines = []
   for path in paths:
     try:
@@ -52,22 +64,43 @@ def parse(p: argparse.ArgumentParser, argv):
   return p.parse_args(rest), pairs
 
 
+def checkpoint_arg(text: str) -> str:
+  """The argparse type of --checkpoint: 'best', 'latest' or a step number (as given)."""
+  if text in ("best", "latest") or text.isdigit():
+    return text
+  raise argparse.ArgumentTypeError(f"{text!r} is not best, latest or a step number")
+
+
 def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
   """The config a training run saved in workdir, with --config.KEY=VALUE overrides (e.g. a moved data root);
-  a missing run or a wrong key is an argparse error (exit 2, one line)."""
+  a missing run, a wrong key or a key the checkpoint fixes is an argparse error (exit 2, one line)."""
   import ml_collections
 
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     p.error(f"{path} not found: --workdir must be the folder a training run wrote")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:  # unreadable, or not JSON
+    p.error(f"{path} is not a readable run config ({e}): --workdir must be the folder a training run wrote")
+  if not isinstance(saved, dict) or not all(k in saved for k in ("scheme", "model", "data")):
+    p.error(f"{path} is not a run config (no scheme, model and data): --workdir must be the folder a training run "
+            "wrote")
+  cfg = ml_collections.ConfigDict(saved)
   cfg.lock()
   for key, text in pairs:
+    if key.startswith(FIXED_BY_CHECKPOINT) and key not in FREE_IN_A_RUN and key in config_lib.flat_keys(cfg):
+      p.error(f"--config.{key} cannot change in a trained run: its checkpoint holds the model built with it (the run "
+              f"in {workdir} was trained with {key}={config_lib.lookup(cfg, key)!r}); train a new run instead")
     try:
       config_lib.override(cfg, key, text)
     except config_lib.ConfigError as e:
       p.error(str(e))
+  try:
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    p.error(str(e))
   return cfg
 
 
@@ -81,6 +114,10 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   from fgattn_jax.schemes import get_scheme
   from fgattn_jax.training import checkpoint as ckpt_lib
 
+  try:  # for commands whose --checkpoint is not declared with type=checkpoint_arg
+    checkpoint_arg(args.checkpoint)
+  except argparse.ArgumentTypeError as e:
+    p.error(f"argument --checkpoint: {e}")
   cfg = run_config(p, args.workdir, pairs)
   split = args.split or cfg.data.eval_split
   scheme = get_scheme(cfg.scheme)

@@ -58,7 +58,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if preset and known is not None and preset not in known:
     near = difflib.get_close_matches(preset, known, n=3, cutoff=0.4)
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-    raise ConfigError(f"{path} has no preset {preset!r}.{hint} Presets: {', '.join(known) or 'none'}.")
+    names = ", ".join(n or "(bare name)" for n in known)  # '' is the file's embedded default
+    raise ConfigError(f"{path} has no preset {preset!r}.{hint} Presets: {names or 'none'}.")
   cfg = module.get_config(preset or None)
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(cfg).__name__}")
@@ -85,13 +86,22 @@ def _nearest(key: str, cfg) -> str:
   return f" Did you mean {' or '.join(near[:3])}?" if near else ""
 
 
+def lookup(cfg: ml_collections.ConfigDict, key: str):
+  """The value at a dotted key (one that flat_keys lists)."""
+  for part in key.split("."):
+    cfg = cfg[part]
+  return cfg
+
+
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 
 def parse_value(text: str, field_type: type, key: str):
   """Parses command-line text as a value of the type of field `key`."""
+  name = field_type.__name__
+  article = "an" if name[0] in "aeiou" else "a"
   bad = lambda what: ConfigError(  # noqa: E731
-      f"--config.{key}={text!r} is not {what}; {key} holds a {field_type.__name__}.")
+      f"--config.{key}={text!r} is not {what}; {key} holds {article} {name}.")
   if field_type is bool:
     if text.lower() not in _TRUE | _FALSE:
       raise bad("true or false")
@@ -144,7 +154,8 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     if arg.startswith("--config."):
       key, eq, text = arg[len("--config."):].partition("=")
       if not eq:
-        if i + 1 >= len(argv):
+        # The next argument is the value, unless it is another flag (a negative number such as -1 is a value).
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
           raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
         i, text = i + 1, argv[i + 1]
       pairs.append((key, text))
@@ -154,9 +165,35 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
   return pairs, rest
 
 
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses values of the right type that cannot work, before anything is built: otherwise they surface as a
+  division by zero or an error inside a data thread, far from the key that caused them."""
+  def check(key: str, ok: bool, allowed: str):
+    if not ok:
+      raise ConfigError(f"{key}={lookup(cfg, key)!r}: {allowed}.")
+
+  d = cfg.data
+  check("data.batch_size", d.batch_size >= 1, "must be 1 or more (images per step, over all devices)")
+  check("data.eval_batch_size", d.eval_batch_size >= 1, "must be 1 or more (images per evaluation step)")
+  check("data.image_size", d.image_size >= 1, "must be 1 or more (the network's input side in pixels)")
+  check("data.resize_size", d.resize_size >= d.image_size,
+        f"must be at least data.image_size={d.image_size} (the crop is taken from the resized image)")
+  check("data.augment.pad", d.augment.pad >= 0, "must be 0 or more")
+  check("data.num_workers", d.num_workers >= 0,
+        "must be 0 (decode in threads of the main process) or more (decoding processes per host)")
+  for name in cfg.phase_order:
+    if name not in cfg.phases:
+      continue  # the training plan names the phases there are
+    schedule, key = cfg.phases[name].schedule, f"phases.{name}.schedule"
+    check(f"{key}.kind", schedule.kind in ("cosine", "step", "constant"), "use 'cosine', 'step' or 'constant'")
+    numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in schedule.boundaries)
+    check(f"{key}.boundaries", numbers, f"must be epochs (numbers), e.g. --config.{key}.boundaries=150,225")
+
+
 def config_from_args(spec: str, pairs: list[tuple[str, str]]) -> ml_collections.ConfigDict:
   cfg = load_config(spec)
   for key, text in pairs:
     override(cfg, key, text)
+  validate(cfg)
   return cfg
 

@@ -15,6 +15,26 @@ import sys
 from fgattn_jax import cli
 
 
+def check_hosts(p, args) -> None:
+  """A hand-launched cluster needs all three multi-host flags, consistent (TPU pods and SLURM need none): checked
+  here, before anything starts: jax.distributed refuses a missing or inconsistent one with a traceback."""
+  flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
+  missing = [flag for flag, value in flags.items() if value is None]
+  if len(missing) == len(flags):
+    return  # one process, or a cluster JAX finds by itself
+  if missing:
+    p.error(f"several hosts need --coordinator ADDRESS:PORT (process 0's), --num-processes N and --process-id I "
+            f"(0 to N-1) on every process; missing: {', '.join(missing)}")
+  host, _, port = args.coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    p.error(f"--coordinator {args.coordinator}: give process 0's address and a free port, e.g. 10.0.0.1:23456")
+  if args.num_processes < 1:
+    p.error(f"--num-processes {args.num_processes}: must be 1 or more")
+  if not 0 <= args.process_id < args.num_processes:
+    p.error(f"--process-id {args.process_id}: must be 0 to {args.num_processes - 1} with --num-processes "
+            f"{args.num_processes} (0 on the coordinator's host)")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   p = cli.parser("python -m fgattn_jax.train", __doc__, argv)
@@ -25,6 +45,7 @@ def main(argv=None) -> int:
   p.add_argument("--process-id", type=int, help="multi-host: this process's index")
   p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines only)")
   args, pairs = cli.parse(p, argv)
+  check_hosts(p, args)
   cli.setup_logging()
 
   # Imported after argument parsing, so that --help answers at once.

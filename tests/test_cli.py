@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from fgattn_jax import train
+from fgattn_jax import cli, evaluate, train
+from fgattn_jax.config import load_config
 from fgattn_jax.training import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +25,29 @@ def test_help_explains_the_flags_and_lists_presets(capsys, monkeypatch):
   assert "configs/baseline.py:" in out and ":cub" in out and "CUB-200-2011 at 448" in out
 
 
+def test_help_outside_the_repository_lists_its_presets(capsys, monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)  # no ./configs here: the repository's, beside the package
+  with pytest.raises(SystemExit) as e:
+    train.main(["--help"])
+  assert e.value.code == 0
+  assert f"{os.path.join(ROOT, 'configs', 'baseline.py')}:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--config.phases.main.optim.lrr=1"], "Unknown config key 'phases.main.optim.lrr'. Did you mean phases.main.optim.lr"),
-    (["--config.data.batch_size=many"], "holds a int"),
+    (["--config.data.batch_size=many"], "holds an int"),
     (["--config", "configs/baseline.py:birds"], "no preset 'birds'"),
+    (["--config", "configs/baseline.py:birds"], "Presets: (bare name), cub, aircraft"),
+    (["--config.data.image_size"], "--config.data.image_size needs a value: --config.data.image_size=VALUE"),
+    (["--config.data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
+    (["--config.data.num_workers", "-1"], "data.num_workers=-1: must be 0"),
+    (["--config.phases.main.schedule.kind=step", "--config.phases.main.schedule.boundaries=abc"],
+     "phases.main.schedule.boundaries=('abc',): must be epochs (numbers)"),
+    (["--num-processes", "2"], "missing: --coordinator, --process-id"),
+    (["--coordinator", "localhost:23456", "--num-processes", "2", "--process-id", "5"],
+     "--process-id 5: must be 0 to 1 with --num-processes 2"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"],
+     "--coordinator localhost: give process 0's address and a free port"),
 ])
 def test_bad_settings_are_refused_with_the_fix(capsys, monkeypatch, argv, message):
   monkeypatch.chdir(ROOT)
@@ -38,6 +58,62 @@ def test_bad_settings_are_refused_with_the_fix(capsys, monkeypatch, argv, messag
   assert e.value.code == 2
   assert message in capsys.readouterr().err
   assert not os.path.exists("/nonexistent/never-written")
+
+
+TINY = ["--config.data.image_size=32", "--config.data.resize_size=36", "--config.data.synthetic.num_train=32",
+        "--config.data.synthetic.num_test=16", "--config.data.batch_size=16", "--config.data.eval_batch_size=16",
+        "--no-progress"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--config.model.backbone=vgg99", "error: Unknown backbone 'vgg99'. Did you mean vgg19"),
+    ("--config.scheme=foo", "error: Unknown scheme 'foo'; available: baseline, abn"),
+    ("--config.model.dtype=float8", "error: Unknown compute dtype 'float8'; use 'auto' or one of float32"),
+])
+def test_unknown_names_are_one_line_errors(capsys, monkeypatch, tmp_path, setting, message):
+  monkeypatch.chdir(ROOT)
+  assert train.main(["--config", "configs/baseline.py", *TINY, setting, "--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+  """A trained run's workdir as far as its config goes (config.json, no checkpoint)."""
+  (tmp_path / "config.json").write_text(load_config(os.path.join(ROOT, "configs", "baseline.py")).to_json())
+  return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config.scheme=abn"], ("--config.scheme cannot change in a trained run: its checkpoint holds the model built "
+                               "with it (the run in {run} was trained with scheme='baseline')")),
+    (["--config.model.backbone=resnet18"], "(the run in {run} was trained with model.backbone='vgg11_bn')"),
+    (["--config.data.num_classes=5"], "--config.data.num_classes cannot change in a trained run"),
+    (["--config.data.eval_batch_size=0"], "data.eval_batch_size=0: must be 1 or more"),
+    (["--checkpoint", "foo"], "argument --checkpoint: 'foo' is not best, latest or a step number"),
+])
+def test_evaluate_refuses_what_the_run_cannot_do(capsys, run_dir, argv, message):
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--workdir", str(run_dir), *argv])
+  assert e.value.code == 2
+  assert message.format(run=run_dir) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["{", "[1]"])
+def test_evaluate_refuses_a_broken_run_config(capsys, tmp_path, text):
+  (tmp_path / "config.json").write_text(text)
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--workdir", str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert f"{tmp_path / 'config.json'} is not a" in err and "run config" in err and "Traceback" not in err
+
+
+def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
+  p = cli.parser("test", "", [])
+  cfg = cli.run_config(p, str(run_dir), [("data.root", "/moved/data"), ("model.dtype", "float32")])
+  assert (cfg.data.root, cfg.model.dtype, cfg.scheme) == ("/moved/data", "float32", "baseline")
+  assert cli.checkpoint_arg("best") == "best" and cli.checkpoint_arg("1200") == "1200"
 
 
 def test_missing_weights_and_data_are_one_line_errors(capsys, monkeypatch, tmp_path):

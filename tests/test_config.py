@@ -39,6 +39,8 @@ def test_bare_name_and_presets(config_file):
 def test_unknown_preset_names_the_nearest(config_file):
   with pytest.raises(ConfigError, match="no preset 'cubb'.*Did you mean 'cub'"):
     load_config(config_file + ":cubb")
+  with pytest.raises(ConfigError, match=r"Presets: \(bare name\), cub, cifar100\.$"):
+    load_config(config_file + ":birds")
 
 
 def test_missing_file_and_non_config():
@@ -75,7 +77,7 @@ def test_unknown_key_names_the_nearest(config_file):
 
 def test_wrong_types_are_refused(config_file):
   cfg = load_config(config_file)
-  with pytest.raises(ConfigError, match="data.batch_size holds a int"):
+  with pytest.raises(ConfigError, match="data.batch_size holds an int"):
     override(cfg, "data.batch_size", "eight")
   with pytest.raises(ConfigError, match="data.batch_size"):
     override(cfg, "data.batch_size", "8.5")
@@ -85,6 +87,33 @@ def test_wrong_types_are_refused(config_file):
     override(cfg, "phases.main.optim", "sgd")
   with pytest.raises(ConfigError, match="needs a value"):
     split_overrides(["--config.optim.lr"])
+  with pytest.raises(ConfigError, match="holds a float"):
+    override(cfg, "phases.main.optim.lr", "fast")
+
+
+def test_a_flag_is_not_a_value():
+  with pytest.raises(ConfigError, match=r"^--config.data.image_size needs a value: --config.data.image_size=VALUE$"):
+    split_overrides(["--config.data.image_size", "--workdir", "/tmp/w"])
+  assert split_overrides(["--config.seed", "-1", "--workdir", "/tmp/w"]) == ([("seed", "-1")], ["--workdir", "/tmp/w"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
+    (["data.eval_batch_size=-4"], "data.eval_batch_size=-4: must be 1 or more"),
+    (["data.image_size=0"], "data.image_size=0: must be 1 or more"),
+    (["data.resize_size=64"], "data.resize_size=64: must be at least data.image_size=96"),
+    (["data.augment.pad=-1"], "data.augment.pad=-1: must be 0 or more"),
+    (["data.num_workers=-1"], "data.num_workers=-1: must be 0 (decode in threads of the main process) or more"),
+    (["phases.main.schedule.kind=steps"], "phases.main.schedule.kind='steps': use 'cosine', 'step' or 'constant'"),
+    (["phases.main.schedule.kind=step", "phases.main.schedule.boundaries=abc"],
+     ("phases.main.schedule.boundaries=('abc',): must be epochs (numbers), e.g. "
+      "--config.phases.main.schedule.boundaries=150,225")),
+])
+def test_values_that_cannot_work_are_refused_up_front(config_file, overrides, message):
+  pairs, _ = split_overrides([f"--config.{o}" for o in overrides])
+  with pytest.raises(ConfigError) as e:
+    config_from_args(config_file, pairs)
+  assert str(e.value).startswith(message)
 
 
 def test_configs_are_locked(config_file):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fgattn_jax.config import ConfigError
 from fgattn_jax.models import resnet, vgg, wideresnet
 from fgattn_jax.models.backbone import Backbone
 
@@ -30,7 +31,7 @@ def compute_dtype(name: str):
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   if name not in DTYPES:
-    raise ValueError(f"Unknown compute dtype {name!r}; use 'auto' or one of {', '.join(DTYPES)}")
+    raise ConfigError(f"Unknown compute dtype {name!r}; use 'auto' or one of {', '.join(DTYPES)}")
   return DTYPES[name]
 
 
@@ -45,7 +46,7 @@ def build_backbone(name: str, num_classes: int, *, dtype="float32", rngs: nnx.Rn
   if name not in BACKBONES:
     near = difflib.get_close_matches(name, BACKBONES, n=3)
     hint = f" Did you mean {', '.join(near)}?" if near else ""
-    raise ValueError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(BACKBONES)}")
+    raise ConfigError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(BACKBONES)}")
   dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
   rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
   with initializing():

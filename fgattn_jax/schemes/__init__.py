@@ -1,6 +1,7 @@
 """Training schemes: each declares its model, its losses, its parameter groups and its evaluation heads;
 the engine in fgattn_jax.training runs any of them."""
 
+from fgattn_jax.config import ConfigError
 from fgattn_jax.schemes.abn import ABNScheme
 from fgattn_jax.schemes.base import Scheme
 from fgattn_jax.schemes.baseline import Baseline
@@ -12,7 +13,7 @@ SCHEMES = {"baseline": Baseline, "abn": ABNScheme, "macnn": MACNNScheme, "racnn"
 
 def get_scheme(name: str) -> Scheme:
   if name not in SCHEMES:
-    raise ValueError(f"Unknown scheme {name!r}; available: {', '.join(SCHEMES)}")
+    raise ConfigError(f"Unknown scheme {name!r}; available: {', '.join(SCHEMES)}")
   return SCHEMES[name]()
 
 
