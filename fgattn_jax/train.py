@@ -71,6 +71,9 @@ def main(argv=None) -> int:
   except loop.Interrupted as e:
     print(f"\n{e} received: saved a checkpoint in {workdir}. Run the same command to continue.", file=sys.stderr)
     return 130 if str(e) == "SIGINT" else 143
+  except KeyboardInterrupt:  # a second Ctrl-C: out at once, without saving
+    print(f"\ninterrupted without saving: rerunning resumes from the last checkpoint in {workdir}", file=sys.stderr)
+    return 130
   except loop.NonFiniteLoss as e:
     print(f"\nerror: {e}", file=sys.stderr)
     return 1

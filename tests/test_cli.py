@@ -10,7 +10,7 @@ import pytest
 
 from fgattn_jax import cli, evaluate, train
 from fgattn_jax.config import load_config
-from fgattn_jax.training import writers
+from fgattn_jax.training import loop, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +75,17 @@ def test_unknown_names_are_one_line_errors(capsys, monkeypatch, tmp_path, settin
   assert train.main(["--config", "configs/baseline.py", *TINY, setting, "--workdir", str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert message in err and "Traceback" not in err
+
+
+def test_a_second_ctrl_c_leaves_at_once_without_a_traceback(capsys, monkeypatch, tmp_path):
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt  # what the engine's handler raises on a second SIGINT (e.g. while compiling)
+
+  monkeypatch.setattr(loop, "run", interrupted)
+  monkeypatch.chdir(ROOT)
+  assert train.main(["--config", "configs/baseline.py", *TINY, "--workdir", str(tmp_path)]) == 130
+  err = capsys.readouterr().err
+  assert "interrupted without saving: rerunning resumes from the last checkpoint" in err and "Traceback" not in err
 
 
 @pytest.fixture
