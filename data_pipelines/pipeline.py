@@ -9,7 +9,8 @@ last partial batch of an epoch dropped. Evaluation: one pass in order, the last 
 mask=False examples, so that no example is dropped and every batch has the same shape (one compilation).
 
 An image that cannot be read becomes a blank example with mask=False (the batch keeps its static shape
-for jit), is counted, and is reported with its file name at the end of the epoch; it never stops the run.
+for jit), is counted, and is reported with its file name at the end of the epoch; it never stops the run. (A split
+in which no image at all can be decoded is refused by build() up front.)
 Everything random derives from (config.seed, position in the stream), so two pipelines with the same seed
 give the same batches, and a pipeline restored with set_state() continues exactly where the saved one was.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from data_pipelines import transforms
-from data_pipelines.sources.base import DataError, Source, check_nonempty
+from data_pipelines.sources.base import DataError, Source, check_decodable, check_nonempty
 from data_pipelines.sources.synthetic import SyntheticBirds
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
   """The pipeline of one split for one process. training defaults to split == config.data.train_split."""
   d = config.data
   training = split == d.train_split if training is None else training
-  source = check_nonempty(source or open_source(config, split), split)
+  source = check_decodable(check_nonempty(source or open_source(config, split), split), split)
   if source.num_classes != d.num_classes:
     raise DataError(f"{source.name} has {source.num_classes} classes but data.num_classes={d.num_classes}: "
                     f"set --config.data.num_classes={source.num_classes}.")
@@ -163,7 +164,7 @@ class Pipeline:
     self.batch_size, self.global_batch_size, self.steps_per_epoch = batch, global_batch, steps_per_epoch
     self._dataset, self._workers = dataset, num_workers
     self._iter, self.step = None, 0
-    self.skipped: list[str] = []  # every unreadable example so far, by description
+    self.skipped: list[str] = []  # the unreadable examples of each epoch so far, by description
     self._epoch_skipped: list[int] = []
     _LIVE.add(self)
 
@@ -202,10 +203,15 @@ class Pipeline:
 
   def _report(self):
     if self._epoch_skipped:
-      names = [self.source.describe(i) for i in self._epoch_skipped]
+      # Each file once. A training epoch (steps_per_epoch batches of the endless stream) straddles two shuffled
+      # passes when the split is not a whole number of batches (the last examples of one pass open the next
+      # epoch), and balanced sampling draws with replacement: a file can be read twice in one epoch.
+      names = [self.source.describe(i) for i in dict.fromkeys(self._epoch_skipped)]
       self.skipped += names
       what = f"epoch {self.step // self.steps_per_epoch}" if self.training else "the pass"
-      log.warning("%s split: skipped %d unreadable image(s) in %s: %s", self.split, len(names), what,
+      reads = len(self._epoch_skipped)
+      log.warning("%s split: skipped %d unreadable image(s)%s in %s: %s", self.split, len(names),
+                  f" ({reads} reads)" if reads != len(names) else "", what,
                   ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
     self._epoch_skipped = []
 

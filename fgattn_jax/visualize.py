@@ -31,7 +31,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
   p.add_argument("--split", help="data split to draw (default: the run's data.eval_split)")
   p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split)")
-  p.add_argument("--checkpoint", default="best", help="'best' (by evaluation top-1), 'latest' or a step number")
+  p.add_argument("--checkpoint", default="best", type=cli.checkpoint_arg,
+                 help="'best' (by evaluation top-1), 'latest' or a step number")
   p.add_argument("--out", help="folder for the panels and index.html (default: WORKDIR/visualize/SPLIT_stepSTEP)")
   p.add_argument("--layer", help="the stage Grad-CAM reads, e.g. conv5_4, layer3, conv5_4#2")
   p.add_argument("--amplify", metavar="LAYER[:CHANNEL]|class",
@@ -61,16 +62,22 @@ def main(argv=None) -> int:
   amplify = None
   if args.amplify:
     name, _, channel = args.amplify.partition(":")
-    if channel and not channel.isdigit():
+    if channel and not channel.removeprefix("-").isdigit():  # a negative one is refused below, with the range
       p.error(f"--amplify {args.amplify!r}: the channel after ':' must be a number")
     amplify = dict(layer=None if name == "class" else name, channel=int(channel) if channel else None,
                    use_class=name == "class", steps=args.amplify_steps, step_size=args.amplify_step_size)
   probe = {k: v[:1] for k, v in next(iter(pipe)).items()}
-  stages = saliency.layer_names(explain.logits_fn(scheme, model, probe),
-                                np.zeros(probe["image"].shape, np.float32))
+  probe_fn, probe_images = explain.logits_fn(scheme, model, probe), np.zeros(probe["image"].shape, np.float32)
+  stages = saliency.layer_names(probe_fn, probe_images)
   for name in {layer, (amplify or {}).get("layer") or layer}:
     if name not in stages:
       p.error(f"layer {name!r} does not run in this model; its stages: {', '.join(stages)}")
+  if amplify and amplify["layer"] and amplify["channel"] is not None:
+    try:
+      saliency.check_channel(amplify["layer"], amplify["channel"],
+                             saliency.layer_shape(probe_fn, probe_images, amplify["layer"])[-1])
+    except ValueError as e:
+      p.error(f"--amplify {args.amplify!r}: {e}")
 
   out = args.out or os.path.join(args.workdir, "visualize", f"{split}_step{step}")
   names = pipe.source.class_names

@@ -1,6 +1,7 @@
 """The data sets' own folder layouts, read back from small real trees (tests/data_trees.py)."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -157,8 +158,29 @@ def test_image_folder_stratified(tmp_path):
 
 def test_image_folder_empty_split(tmp_path):
   trees.write_image_folder(tmp_path)
-  with pytest.raises(DataError, match="'val' split of folder is empty"):
+  with pytest.raises(DataError, match=re.escape(f"'val' split of folder in {tmp_path} is empty")):
     ImageFolder(tmp_path, "val", val_fraction=0.0)
+  (tmp_path / "classes" / "a").mkdir(parents=True)  # class folders without images: the message names the root
+  (tmp_path / "classes" / "b").mkdir()
+  with pytest.raises(DataError, match=re.escape(f"'train' split of folder in {tmp_path / 'classes'} is empty")):
+    ImageFolder(tmp_path / "classes", "train")
+
+
+def test_image_folder_of_only_unreadable_images(tmp_path):
+  from configs import common
+  from data_pipelines import pipeline
+  for c in ("a", "b"):
+    (tmp_path / "train" / c).mkdir(parents=True)
+    for j in range(4):
+      (tmp_path / "train" / c / f"{j}.jpg").write_bytes(b"not an image")
+  cfg = common.get_config()
+  cfg.data.update(source="folder", name="folder", root=str(tmp_path), num_classes=2, batch_size=2)
+  first = tmp_path / "train" / "a" / "0.jpg"
+  with pytest.raises(DataError, match=re.escape(f"No image of the 'train' split of folder in {tmp_path} could be "
+                                                f"decoded (8 tried; the first, {first}: ")):
+    pipeline.build(cfg, "train")
+  trees.pattern(0).save(tmp_path / "train" / "b" / "3.jpg")  # one readable image is enough: the rest are skipped
+  assert pipeline.build(cfg, "train").steps_per_epoch == 4
 
 
 def test_image_folder_errors(tmp_path):

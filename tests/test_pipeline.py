@@ -170,6 +170,32 @@ def test_unreadable_images_are_skipped_counted_and_named(caplog):
   assert len(t.skipped) == 6
 
 
+def test_a_split_of_only_unreadable_images_stops_the_pipeline():
+  # Otherwise training runs on blanks and evaluation fails later with nothing accumulated.
+  bad = Files()
+  bad.blobs = [b"not an image"] * 5
+  with pytest.raises(DataError, match=r"No image of the 'test' split of files could be decoded \(5 tried; the "
+                                      r"first, /data/img0.jpg: cannot identify"):
+    pipeline.build(config(num_classes=2), "test", source=bad)
+
+
+def test_each_unreadable_file_is_reported_once_per_epoch(caplog):
+  # 5 examples in batches of 2: an epoch is 2 batches, so each epoch's 4 positions straddle two shuffled passes,
+  # and a file at the end of one pass and early in the next is read twice in one epoch.
+  one_good = Files()
+  one_good.blobs = one_good.blobs[:1] + [b"not an image"] * 4
+  t = pipeline.build(config(num_classes=2, batch_size=2), "train", source=one_good)
+  with caplog.at_level(logging.WARNING):
+    take(t, 2 * 10)
+  reports = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+  assert len(reports) == 10
+  for report in reports:
+    names = report.split(": ", 1)[1].split(", ")
+    assert len(names) == len(set(names)) and f"skipped {len(names)} unreadable image(s)" in report, report
+  assert any(" reads) in epoch " in r for r in reports)  # the case was met, and says how often files were read
+  assert len(t.skipped) == sum(len(r.split(": ", 1)[1].split(", ")) for r in reports)
+
+
 def test_bad_configs_are_clear():
   with pytest.raises(DataError, match="files has 2 classes but data.num_classes=5"):
     pipeline.build(config(num_classes=5), "test", source=Files())

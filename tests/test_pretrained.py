@@ -135,3 +135,22 @@ def test_models_without_torchvision_counterpart_and_missing_files(tmp_path):
     load_torchvision(build_backbone("wrn16_8", 10, width=0.1), {})
   with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
     read_state_dict(tmp_path / "resnet50.pth")
+
+
+def test_unreadable_weight_files_are_one_line_errors(tmp_path):
+  torch.save(TorchResNet("resnet18", 10, width=0.25).state_dict(), tmp_path / "full.pth")
+  assert read_state_dict(tmp_path / "full.pth")  # whole, it reads
+  data = (tmp_path / "full.pth").read_bytes()
+  (tmp_path / "truncated.pth").write_bytes(data[:len(data) // 2])
+  (tmp_path / "junk.pth").write_text("junk\n")
+  (tmp_path / "junk.safetensors").write_text("junk\n")
+  torch.save([1, 2], tmp_path / "list.pth")
+  for name in ("truncated.pth", "junk.pth", "junk.safetensors", "list.pth"):
+    path = tmp_path / name
+    with pytest.raises(WeightImportError) as e:
+      read_state_dict(path)
+    message = str(e.value)
+    assert f"{path} is not a readable torchvision .pth or .safetensors file (" in message, message
+    assert "\n" not in message and "weights_only" not in message
+  with pytest.raises(WeightImportError, match=r"junk.pth is not a .*\(KeyError: 174812789\)"):  # torch's own text
+    read_state_dict(tmp_path / "junk.pth")  # what load_torchvision calls first with a path

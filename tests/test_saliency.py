@@ -151,3 +151,7 @@ def test_amplify_raises_its_objective_and_keeps_the_range(toy_case):
   assert float(saliency.class_score(fn(out), classes)) > float(saliency.class_score(fn(x), classes))
   with pytest.raises(ValueError, match="either a layer"):
     saliency.amplify(fn, x, layer="s2", classes=classes)
+  channels = saliency.layer_shape(fn, x, "s2")[-1]
+  for channel in (channels, -1):  # out of range: refused, not clamped to another channel
+    with pytest.raises(ValueError, match=rf"s2 has {channels} channels \(0\.\.{channels - 1}\); there is no channel"):
+      saliency.amplify(fn, x, layer="s2", channel=channel, steps=1)

@@ -87,6 +87,12 @@ def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, cap
   with pytest.raises(SystemExit):
     visualize.main(["--workdir", str(workdir), "--layer", "conv9_9"])
   assert "'conv9_9' does not run in this model; its stages: conv1_1" in capsys.readouterr().err
+  # A channel the layer lacks: JAX would clamp the index and amplify another channel.
+  for channel in ("9999", "-1"):
+    with pytest.raises(SystemExit):
+      visualize.main(["--workdir", str(workdir), "--amplify", f"conv4_2:{channel}"])
+    assert f"conv4_2 has 32 channels (0..31); there is no channel {channel}" in capsys.readouterr().err
+  assert not (workdir / "visualize").exists()
 
 
 def test_evaluate_localization_scores_every_map_kind(run, tmp_path, capsys):

@@ -59,6 +59,7 @@ class Source:
   class_names: list[str]
   num_parts: int = 0
   attribute_classes: tuple[int, ...] = ()
+  location: str = ""  # the folder the examples are read from, named in error messages ("": none, e.g. synthetic)
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -98,7 +99,29 @@ class Source:
     return f"{type(self).__name__}({self.name}: {len(self)} examples, {self.num_classes} classes)"
 
 
+def _where(source: Source) -> str:
+  return f"{source.name} in {source.location}" if source.location else source.name
+
+
 def check_nonempty(source: Source, split: str) -> Source:
   if len(source) == 0:
-    raise DataError(f"The {split!r} split of {source.name} is empty: check the data directory and the split name.")
+    raise DataError(f"The {split!r} split of {_where(source)} is empty: check the data directory and the split "
+                    "name.")
   return source
+
+
+def check_decodable(source: Source, split: str) -> Source:
+  """Raises a DataError if no image of the split can be decoded. Unreadable images are otherwise skipped one by
+  one (pipeline.py), and a split of nothing but them would train on blanks and evaluate nothing. The examples are
+  tried in order until one decodes: on a healthy data set that is the first, so the check costs one read, and it
+  fails only when every image is unreadable, never because of a few bad files."""
+  first = None
+  for i in range(len(source)):
+    try:
+      source.load_image(source[i]["image"])
+      return source
+    except Exception as e:  # noqa: BLE001 - whatever the decoder raised, as the pipeline's workers catch it
+      first = first or f"{source.describe(i)}: {e}"
+  raise DataError(f"No image of the {split!r} split of {_where(source)} could be decoded ({len(source)} tried; "
+                  f"the first, {first}): check that the files are images, not e.g. Git LFS pointers or partial "
+                  "downloads.")

@@ -145,8 +145,8 @@ def _subfolders(folder: Path) -> list[str]:
 class _FileSource(Source):
   """Subclasses parse their annotations and call _set(); examples are then read from the file list."""
 
-  def _set(self, split, paths, labels, class_names, boxes=None, parts=None):
-    self.split = split
+  def _set(self, split, location, paths, labels, class_names, boxes=None, parts=None):
+    self.split, self.location = split, str(location)
     self.class_names = list(class_names)
     self.num_classes = len(self.class_names)
     self._paths = [str(p) for p in paths]
@@ -244,7 +244,7 @@ class CUB(_FileSource):
     parts[where[keep], p[keep].astype(np.int64) - 1] = np.stack([x, y], 1)[keep]
 
     images_dir = str(base / "images")
-    self._set(split, [os.path.join(images_dir, relpath[i]) for i in ids], labels, class_names, boxes, parts)
+    self._set(split, base, [os.path.join(images_dir, relpath[i]) for i in ids], labels, class_names, boxes, parts)
 
 
 class Aircraft(_FileSource):
@@ -281,7 +281,7 @@ class Aircraft(_FileSource):
     box_of = {r[0]: _one_based_box(*b) for r, b in zip(box_rows, _numbers(data / "images_box.txt",
                                                                           [r[1:] for r in box_rows]))}
     nan_box = (np.nan,) * 4
-    self._set(split, [data / "images" / f"{i}.jpg" for i, _ in rows], [index[name] for _, name in rows],
+    self._set(split, base, [data / "images" / f"{i}.jpg" for i, _ in rows], [index[name] for _, name in rows],
               class_names, [box_of.get(i, nan_box) for i, _ in rows])
     self.level = level
 
@@ -319,7 +319,8 @@ class Cars(_FileSource):
     if (images / f"cars_{split}").is_dir():  # the Kaggle mirror's extra level
       images = images / f"cars_{split}"
     boxes = [_one_based_box(*b) for b in zip(col["bbox_x1"], col["bbox_y1"], col["bbox_x2"], col["bbox_y2"])]
-    self._set(split, [images / str(f) for f in col["fname"]], [int(c) - 1 for c in col["class"]], class_names, boxes)
+    self._set(split, base, [images / str(f) for f in col["fname"]], [int(c) - 1 for c in col["class"]], class_names,
+              boxes)
 
 
 class Dogs(_FileSource):
@@ -349,7 +350,7 @@ class Dogs(_FileSource):
     if (base / "Annotation").is_dir() and "annotation_list" in table:
       self._annotations = [str(base / "Annotation" / str(a))
                            for a in _mat_column(table, "annotation_list", base / listing)]
-    self._set(split, [base / "Images" / f for f in files], labels, [f.split("-", 1)[-1] for f in folders])
+    self._set(split, base, [base / "Images" / f for f in files], labels, [f.split("-", 1)[-1] for f in folders])
 
   def _example(self, index: int) -> dict:
     ex = super()._example(index)
@@ -414,7 +415,7 @@ class ImageFolder(_FileSource):
                                         "test": test_fraction}, seed)
       keep = np.sort(np.concatenate([parts["train"], parts["val"]])) if split == "trainval" else parts[split]
       paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    self._set(split, paths, labels, class_names)
+    self._set(split, root, paths, labels, class_names)
 
 
 # ---------------------------------------------------------------------------------------------------------------

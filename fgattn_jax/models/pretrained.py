@@ -51,20 +51,39 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                             ".pth or .safetensors file you have; nothing is downloaded.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
-    raw = load_file(path)
+    try:
+      raw = load_file(path)
+    except Exception as e:  # whatever the reader raised, the file is not usable as weights
+      raise _unreadable(path, e) from e
   else:
     try:
       import torch
     except ImportError as e:
       raise WeightImportError(f"Reading {path} needs PyTorch (`pip install torch`); or convert it once to "
                               ".safetensors, which loads with NumPy alone.") from e
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+      raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # junk gives KeyError, a truncated file OSError, an image UnpicklingError
+      raise _unreadable(path, e) from e
     for wrapper in ("state_dict", "model"):  # training checkpoints wrap the state dict
       if isinstance(raw, Mapping) and wrapper in raw and isinstance(raw[wrapper], Mapping):
         raw = raw[wrapper]
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+      raise _unreadable(path, TypeError(f"it holds a {type(raw).__name__}, not a state dict of tensors"))
     raw = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in raw.items()}
   # (Distributed)DataParallel saves every key under 'module.'.
   return {k.removeprefix("module."): np.asarray(v) for k, v in raw.items()}
+
+
+def _unreadable(path: str, error: Exception) -> WeightImportError:
+  """One line: which file, what it should be, and the reader's own error, shortened. torch's weights-only
+  message is several paragraphs that advise weights_only=False (unsafe for a file of unknown origin): only
+  its actual cause, after 'WeightsUnpickler error:', is kept."""
+  text = str(error).rpartition("WeightsUnpickler error:")[2]
+  text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+  short = type(error).__name__ + (f": {text[:150]}" if text else "")
+  return WeightImportError(f"Weight file {path} is not a readable torchvision .pth or .safetensors file ({short}). "
+                           "Point model.pretrained at a state dict saved by torch.save or safetensors.")
 
 
 def _expected(model: Backbone):

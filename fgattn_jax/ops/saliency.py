@@ -51,6 +51,11 @@ def layer_names(fn, images) -> list[str]:
   return names
 
 
+def layer_shape(fn, images, layer: str) -> tuple[int, ...]:
+  """The shape of `layer`'s activation for these images (shapes only: nothing runs)."""
+  return jax.eval_shape(lambda x: tapped(fn, x, layer)[1], images).shape
+
+
 def tapped(fn, images, layer: str, delta=None):
   """fn(images) and the output of `layer` on the way -> (fn's output, activation); delta, if given, is added to
   the activation before the network continues (zero delta: the gradient with respect to it is the gradient with
@@ -75,6 +80,13 @@ def tapped(fn, images, layer: str, delta=None):
     raise ValueError(f"layer {layer!r} does not run in this forward pass; its stages: "
                      f"{', '.join(layer_names(fn, images))}")
   return out, found[which - 1]
+
+
+def check_channel(layer: str, channel: int, channels: int) -> None:
+  """A channel of a layer with `channels` channels, or a ValueError that gives the valid range (indexing a traced
+  array out of range does not fail: JAX clamps it, and another channel would be amplified)."""
+  if not 0 <= channel < channels:
+    raise ValueError(f"{layer} has {channels} channels (0..{channels - 1}); there is no channel {channel}")
 
 
 def class_score(logits, classes):
@@ -135,7 +147,10 @@ def amplify(fn, images, *, layer: str | None = None, channel: int | None = None,
     if classes is not None:
       return class_score(fn(x), classes)
     _, a = tapped(fn, x, layer)
-    a = (a if channel is None else a[..., channel])[:x.shape[0]].astype(jnp.float32)
+    if channel is not None:
+      check_channel(layer, channel, a.shape[-1])
+      a = a[..., channel]
+    a = a[:x.shape[0]].astype(jnp.float32)
     return jnp.sum(jnp.mean(a.reshape(a.shape[0], -1), axis=1))
 
   def step(_, x):
