@@ -17,7 +17,8 @@ def user_errors() -> tuple:
   """Errors that mean a wrong setting or missing file, not a bug: shown as one line, no traceback."""
   from data_pipelines.sources.base import DataError
   from fgattn_jax.models.pretrained import WeightImportError
-  return (DataError, WeightImportError, FileNotFoundError, config_lib.ConfigError)
+  from fgattn_jax.training.checkpoint import CheckpointMismatch
+  return (DataError, WeightImportError, FileNotFoundError, config_lib.ConfigError, CheckpointMismatch)
 
 
 # The repository's configs/, beside the package: what --help lists when run outside the repository root.

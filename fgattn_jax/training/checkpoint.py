@@ -16,6 +16,10 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 
+class CheckpointMismatch(ValueError):
+  """A checkpoint that does not fit the model asked to load it (another architecture or config)."""
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int):
@@ -65,8 +69,9 @@ class Checkpoints:
     except ValueError as e:
       if "not compatible with the stored shape" not in str(e):
         raise
-      raise ValueError(f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. "
-                       f"Another architecture or config, or {OLD_KERNELS}: train in a new workdir.") from e
+      raise CheckpointMismatch(
+          f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. Another "
+          f"architecture or config, or {OLD_KERNELS}: train in a new workdir.") from e
     return r.state, r.position, self.restore_data_state(step)
 
   def restore_data_state(self, step: int) -> dict | None:
@@ -119,11 +124,12 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
     for k in path:
       key = str(k)
       if not isinstance(node, dict) or key not in node:
-        raise ValueError(f"The checkpoint in {workdir} has no {'/'.join(map(str, path))}: another architecture?")
+        raise CheckpointMismatch(
+            f"The checkpoint in {workdir} has no {'/'.join(map(str, path))}: another architecture or config?")
       node = node[key]
     value = node["value"] if isinstance(node, dict) else node
     if value.shape != var.get_value().shape:
-      raise ValueError(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model {var.get_value().shape} "
-                       f"(another architecture, or {OLD_KERNELS})")
+      raise CheckpointMismatch(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model "
+                               f"{var.get_value().shape} (another architecture or config, or {OLD_KERNELS})")
     var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
   return chosen
