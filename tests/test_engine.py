@@ -41,28 +41,31 @@ class StopAfter:
     pass
 
 
-@pytest.mark.parametrize("after", [2, 3, 5], ids=["mid-first-phase", "phase-boundary", "mid-second-phase"])
-def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch, after):
-  cfg = lambda: tiny(warmup=3, main=4)  # noqa: E731 - two phases: head only, then everything
-  for c in (cfg(),):
-    c.phases.warmup.trains = "head"
-  straight = tiny(warmup=3, main=4)
-  straight.phases.warmup.trains = "head"
-  loop.run(straight, str(tmp_path / "straight"), progress=False)
+def two_phases():
+  c = tiny(warmup=3, main=4)  # head only, then everything
+  c.phases.warmup.trains = "head"
+  return c
 
-  interrupted = cfg()
-  interrupted.phases.warmup.trains = "head"
+
+@pytest.fixture(scope="module")
+def straight_two_phases(tmp_path_factory):
+  """The uninterrupted run the interrupted ones are compared with (trained once for the module)."""
+  workdir = tmp_path_factory.mktemp("straight")
+  loop.run(two_phases(), str(workdir), progress=False)
+  return train_losses(workdir)
+
+
+@pytest.mark.parametrize("after", [2, 3, 5], ids=["mid-first-phase", "phase-boundary", "mid-second-phase"])
+def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch, after, straight_two_phases):
   StopAfter.after = after
   with monkeypatch.context() as m:
     m.setattr(loop, "_Stop", StopAfter)
     with pytest.raises(loop.Interrupted):
-      loop.run(interrupted, str(tmp_path / "resumed"), progress=False)
+      loop.run(two_phases(), str(tmp_path / "resumed"), progress=False)
   assert max(train_losses(tmp_path / "resumed")) == after
-  resumed = cfg()
-  resumed.phases.warmup.trains = "head"
-  loop.run(resumed, str(tmp_path / "resumed"), progress=False)
+  loop.run(two_phases(), str(tmp_path / "resumed"), progress=False)
 
-  a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+  a, b = straight_two_phases, train_losses(tmp_path / "resumed")
   assert sorted(a) == sorted(b) == list(range(1, 8))
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
 
@@ -119,7 +122,7 @@ def test_a_checkpoint_of_diverged_weights_is_removed_and_the_run_resumes_from_th
   # Saved every 2 steps, logged every 3. The update of step 4 diverges: saved with step 4 (its loss was finite),
   # found by step 5's loss, and removed.
   c = tiny(main=6)
-  c.log.every_steps = 3
+  c.log.every_steps, c.checkpoint.every_steps = 3, 2
   poison_after(monkeypatch, 4)
   with pytest.raises(loop.NonFiniteLoss, match=r"NaN or infinite in phase main at step 5, the first from the saved "
                                                r"weights.*step 2, is intact.*removed the checkpoint at step 4"):
