@@ -19,6 +19,8 @@ from phase_step import batch_stats, changed
 from torch_reference import TorchResNet, randomize_
 
 X = jax.random.normal(jax.random.key(0), (2, 64, 48, 3))
+# The model's forward as one program: op by op, a ResNet's forward (and gradient) takes seconds more per call.
+forward = nnx.jit(lambda model, x: model(x))
 
 
 def abn(name, tasks=5, **kw):
@@ -34,7 +36,7 @@ def abn(name, tasks=5, **kw):
 def test_outputs_and_map_on_every_family(name, branch_stage):
   model = abn(name)  # training mode: batch statistics keep an untrained deep net's map off saturation
   assert model.backbone.stage_names[model.branch] == branch_stage
-  out = model(X)
+  out = forward(model, X)
   assert out["logits"].shape == out["attention_logits"].shape == (2, 5)
   assert out["logits"].dtype == jnp.float32
   g = out["features"][branch_stage]
@@ -46,7 +48,7 @@ def test_outputs_and_map_on_every_family(name, branch_stage):
 def test_branch_by_stage_name_and_bad_names():
   model = abn("vgg11_bn", branch="conv4_2")
   model.eval()
-  out = model(X)
+  out = forward(model, X)
   assert out["attention"].shape == (2, 8, 6, 1)  # conv4 at stride 8, the copied conv5 block unpooled
   with pytest.raises(ValueError, match="not a stage.*conv5_2"):
     abn("vgg11_bn", branch="conv6_1")
@@ -59,7 +61,7 @@ def test_perception_input_variants_and_map_kernels():
   for residual in (True, False):
     model = abn("resnet18", residual=residual)
     model.eval()
-    outs[residual] = model(X)
+    outs[residual] = forward(model, X)
   # Same weights (same seeds); only the perception input differs: g (1 + M) against g M.
   np.testing.assert_array_equal(outs[True]["attention"], outs[False]["attention"])
   assert not np.allclose(outs[True]["logits"], outs[False]["logits"])
@@ -79,7 +81,7 @@ def test_loss_is_the_weighted_sum_of_the_two_cross_entropies():
   model.eval()
   labels, mask = jnp.array([1, 3]), jnp.array([True, True])
   losses, outputs = scheme.forward(model, X, {"label": labels, "mask": mask}, train=False)
-  out = model(X)
+  out = forward(model, X)
   np.testing.assert_allclose(losses["att"], log_softmax_ce(out["attention_logits"], [1, 3]), rtol=1e-5)
   np.testing.assert_allclose(losses["per"], log_softmax_ce(out["logits"], [1, 3]), rtol=1e-5)
   assert set(outputs) == {"logits", "attention_branch"}
@@ -130,7 +132,7 @@ def test_pretrained_weights_fill_the_backbone_and_the_attention_stage_copy(tmp_p
 def test_multi_task_has_a_map_and_heads_per_task():
   model = abn("resnet18", tasks=(3, 3, 2), map_kernel=3)
   model.eval()
-  out = model(X)
+  out = forward(model, X)
   assert [l.shape for l in out["logits"]] == [(2, 3), (2, 3), (2, 2)]
   assert [l.shape for l in out["attention_logits"]] == [(2, 3), (2, 3), (2, 2)]
   assert out["attention"].shape[-1] == 3
@@ -139,7 +141,7 @@ def test_multi_task_has_a_map_and_heads_per_task():
     o = m(X)
     return jnp.sum(o["logits"][0]) + jnp.sum(o["attention_logits"][0])
 
-  kernel = np.asarray(nnx.grad(task0)(model)["att_map"]["kernel"])  # (out, kh, kw, in): layers.Conv
+  kernel = np.asarray(nnx.jit(nnx.grad(task0))(model)["att_map"]["kernel"])  # (out, kh, kw, in): layers.Conv
   assert np.abs(kernel[0]).sum() > 0 and np.abs(kernel[1:]).sum() == 0  # task 0 trains map 0 only
 
 
