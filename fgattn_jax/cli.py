@@ -115,10 +115,6 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   from fgattn_jax.schemes import get_scheme
   from fgattn_jax.training import checkpoint as ckpt_lib
 
-  try:  # for commands whose --checkpoint is not declared with type=checkpoint_arg
-    checkpoint_arg(args.checkpoint)
-  except argparse.ArgumentTypeError as e:
-    p.error(f"argument --checkpoint: {e}")
   cfg = run_config(p, args.workdir, pairs)
   split = args.split or cfg.data.eval_split
   scheme = get_scheme(cfg.scheme)
