@@ -15,6 +15,9 @@ Each kernel of the program's entry computation is costed on a roofline: the byte
 and results) at the card's memory bandwidth, or its convolution / matrix-product FLOPs at the measured bf16 peak,
 whichever takes longer. The sum is a lower bound on the step's device time; the table says which kinds of kernels
 hold it, and the list of the largest memory-bound kernels names the JAX operations they come from: what to fuse away.
+A compiled step's report also counts its launches from the host per step, read off the thunk sequence XLA dumps:
+kernels and library calls launched one by one, and CUDA graphs replaying many as one (--graphs whole: the step as
+a single graph).
 """
 
 from __future__ import annotations
