@@ -18,6 +18,7 @@ from flax import nnx
 
 from data_pipelines import pipeline as data
 from fgattn_jax import evaluation
+from fgattn_jax import config as config_lib
 from fgattn_jax.config import ConfigError
 from fgattn_jax.models.registry import compute_dtype
 from fgattn_jax.schemes import get_scheme
@@ -81,23 +82,21 @@ FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "dat
                    "cycles", "abn", "macnn", "racnn")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def check_resumable(config, workdir: str):
   """Refuses to resume a workdir's checkpoints under settings that do not fit them (before anything is written)."""
   import json
+
+  import ml_collections
   path = os.path.join(workdir, "config.json")
   held = os.path.join(workdir, "checkpoints")
   if not os.path.exists(path) or not os.path.isdir(held) or not any(n.isdigit() for n in os.listdir(held)):
     return
+
+  def flat(cfg):  # dotted key -> value, both sides read back from JSON (tuples as lists)
+    return {k: config_lib.lookup(cfg, k) for k in config_lib.flat_keys(cfg)}
   with open(path) as f:
-    old = _flat(json.load(f))
-  new = _flat(json.loads(config.to_json()))
+    old = flat(ml_collections.ConfigDict(json.load(f)))
+  new = flat(ml_collections.ConfigDict(json.loads(config.to_json())))
   nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here
   changed = sorted(k for k in old.keys() | new.keys() if repr(old.get(k, nan)) != repr(new.get(k, nan)))
   fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
