@@ -9,7 +9,8 @@
 #   CPU=1 bash benchmarks/gpu_session.sh 400          # the same stages at toy sizes on a CPU: a dry run
 #
 # The GPU machine lacks grain, ml-collections and tensorflow-datasets: `bash ../shared/device/wheels.sh` puts them
-# in .whl/ here, and the call carries .whl (installed below into /tmp/site).
+# in .whl/ here, and the call carries .whl (installed below into /tmp/site), and .bench_cache (below) if there is one:
+#   mkdir -p .bench_cache && tar xzf <the call's files>/cache.tgz -C .bench_cache      # here, after a lease
 set -uo pipefail
 budget=${1:-540}
 out=${OUT:-gpu_out}           # what comes back: results.tgz (every log and JSON line), table.md, results.jsonl, PNG
@@ -35,6 +36,32 @@ if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine
 else
   export PYTHONPATH=$PWD
 fi
+
+# Autotuning results kept from one lease to the next: XLA's (each convolution's cuDNN algorithm, each fusion's
+# tiling) and Inductor's (compiled graphs, Triton kernels). Re-deriving them took a third of the JAX table's 277 s
+# and most of torch.compile's 420 s on a fresh machine. Name .bench_cache (git-ignored) in the call's carry; the
+# session returns it as $out/cache.tgz, to unpack into .bench_cache here for the next lease. Results are keyed by
+# the program and the card, so a stale entry is never used; machine.txt records how warm the caches were, since
+# compile_s is shorter with them.
+cache=$PWD/.bench_cache
+if [[ -z "${CPU:-}" ]]; then
+  mkdir -p "$cache/xla" "$cache/inductor"
+  export TORCHINDUCTOR_CACHE_DIR=$cache/inductor
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$cache/xla"
+  if XLA_FLAGS=$XLA_FLAGS python3 -c "import jax.numpy as np; (np.ones((256, 256)) @ np.ones((256, 256))).block_until_ready()"
+  then export XLA_FLAGS
+  else echo "XLA refused its autotuning cache; measuring without it"; unset XLA_FLAGS
+  fi
+fi
+
+pack_cache() {  # the caches into $out/cache.tgz, Inductor's only while the file stays under the 16 MiB that comes back
+  [[ -n "${CPU:-}" ]] && return
+  tar czf "$out/cache.tgz" -C "$cache" . 2>/dev/null
+  if (($(stat -c %s "$out/cache.tgz") > 15 * 1024 * 1024)); then
+    echo "## Inductor's cache too large to return ($(du -sh "$cache/inductor" | cut -f1)): returning XLA's only"
+    tar czf "$out/cache.tgz" -C "$cache" xla
+  fi
+}
 
 later() {  # the nominal seconds of the selected stages after $1
   local seen= total=0 s
@@ -81,6 +108,8 @@ fi
 'optax', optax.__version__, 'numpy', numpy.__version__, 'pillow', PIL.__version__, jax.devices())"
   python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.backends.cudnn.version())"
   python3 -c "import platform, os; print(platform.processor() or platform.machine(), os.cpu_count(), 'cores')"
+  [[ -z "${CPU:-}" ]] && echo "caches carried in: XLA autotuning $(find "$cache/xla" -type f | wc -l) entries," \
+    "Inductor $(du -sh "$cache/inductor" | cut -f1)"
 } 2>&1 | tee "$work/machine.txt"
 
 for stage in $STAGES; do
@@ -135,4 +164,5 @@ python3 -m benchmarks.compare --collect "$work/jax.jsonl" "$work/torch.jsonl" --
 python3 -m benchmarks.throughput --collect "$work"/*.jsonl 2>/dev/null | tee -a "$out/table.md"
 [[ -s "$out/results.jsonl" ]] && python3 -m benchmarks.chart --json "$out/results.jsonl" --out "$out/throughput.png"
 tar czf "$out/results.tgz" -C "$work" .
+pack_cache
 echo "## done in $(($(date +%s) - begin))s"
