@@ -38,8 +38,8 @@ else
 fi
 
 # Autotuning results kept from one lease to the next: XLA's (each convolution's cuDNN algorithm, each fusion's
-# tiling) and Inductor's (compiled graphs, Triton kernels). Re-deriving them took a third of the JAX table's 277 s
-# and most of torch.compile's 420 s on a fresh machine. Name .bench_cache (git-ignored) in the call's carry; the
+# tiling) and Inductor's (compiled graphs, Triton kernels). Re-deriving them was, by the compile times, about a
+# third of the JAX table's 277 s on a fresh machine, and should be much of torch.compile's (not yet seen). Name .bench_cache (git-ignored) in the call's carry; the
 # session returns it as $out/cache.tgz, to unpack into .bench_cache here for the next lease. Results are keyed by
 # the program and the card, so a stale entry is never used; machine.txt records how warm the caches were, since
 # compile_s is shorter with them.
