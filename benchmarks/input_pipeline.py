@@ -47,9 +47,10 @@ def measure(root: str, size: int, workers: int, batch: int, steps: int, augment:
   p = pipeline.build(c, "train", source=source)
   it = iter(p)
   # Start-up is not throughput: worker k delivers batches k, k + N, ..., so the first N batches include every
-  # worker's process start and first buffers (timed from the first batch, the window held the other workers'
-  # start-ups). Then every worker delivers at least two batches in the timed window.
-  for _ in range(max(1, workers)):
+  # worker's process start (timed from the first batch, the window held the other workers' start-ups); and the
+  # batches read ahead while the first arrived would be counted as made in no time. So the timing starts once
+  # each worker's read-ahead has been taken, and every worker delivers at least two batches in the window.
+  for _ in range(max(1, workers) * (pipeline.PREFETCH_BATCHES + 1)):
     next(it)
   steps = max(steps, 2 * workers)
   start = time.perf_counter()

@@ -148,12 +148,25 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
 _LIVE = weakref.WeakSet()
 
 
+def _examples_to_batches(state, batch: int):
+  """A grain iterator state whose positions count examples -> the same positions in batches (every position a
+  saved pipeline reached was at a batch boundary, in the main process and in each decoding process alike)."""
+  if isinstance(state, dict):
+    return {k: v // batch if k == "next_index" else _examples_to_batches(v, batch) for k, v in state.items()}
+  if isinstance(state, list):
+    return [_examples_to_batches(v, batch) for v in state]
+  return state
+
+
 @atexit.register
 def _close_all():
   # grain's prefetch iterators misbehave when garbage-collected during interpreter shutdown: close them first.
   for p in list(_LIVE):
     p.close()
   gc.collect()
+
+
+PREFETCH_BATCHES = 4  # batches read ahead in the main process, or in each decoding process
 
 
 class Pipeline:
@@ -170,10 +183,13 @@ class Pipeline:
 
   def _new_iter(self):
     self.close()
-    # Threads read and augment single examples (PIL releases the GIL while decoding and resampling); the
-    # buffer holds two batches' worth of examples, not hundreds of batches.
-    ds = self._dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=2 * self.batch_size))
-    ds = ds.batch(self.batch_size, drop_remainder=self.training)
+    # Batches are formed on the indexable dataset, before anything is shared out: decoding processes then take
+    # whole batches in turn (process k: batches k, k + N, ...) and their output, interleaved, is the same
+    # sequence of batches as without them. (Batching each process's share of the examples instead gave ragged
+    # evaluation batches and training epochs that were not passes over the data.) Threads read and augment
+    # four batches at once (PIL releases the GIL while decoding and resampling).
+    ds = self._dataset.batch(self.batch_size, drop_remainder=self.training)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=PREFETCH_BATCHES))
     if self._workers:
       if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we do not use absl's parser
         flags.FLAGS.mark_as_parsed()
@@ -218,11 +234,15 @@ class Pipeline:
   def get_state(self) -> dict:
     if self._iter is None:
       self._new_iter()
-    return {"grain": self._iter.get_state(), "step": self.step, "epoch_skipped": list(self._epoch_skipped)}
+    return {"grain": self._iter.get_state(), "step": self.step, "epoch_skipped": list(self._epoch_skipped),
+            "positions": "batches"}
 
   def set_state(self, state: dict) -> None:
     self._new_iter()
-    self._iter.set_state(state["grain"])
+    grain_state = state["grain"]
+    if state.get("positions") != "batches":  # saved when grain's positions counted examples (before 2026-11-30)
+      grain_state = _examples_to_batches(grain_state, self.batch_size)
+    self._iter.set_state(grain_state)
     self.step, self._epoch_skipped = state["step"], list(state["epoch_skipped"])
 
   def close(self):
