@@ -97,8 +97,8 @@ def _localization(p, args, scheme, model, cfg, pipe, split, step) -> int:
                                 steps=args.deletion_steps, part_radius=args.part_radius, max_images=args.num_images,
                                 progress=lambda seen: bar.update(seen - bar.n))
   if not results:
-    print(f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB)",
-          file=sys.stderr)
+    print(f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB, "
+          "Aircraft, Cars, Dogs)", file=sys.stderr)
     return 2
   if jax.process_index() == 0:
     out = args.out or os.path.join(args.workdir, "eval")

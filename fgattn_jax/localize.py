@@ -117,9 +117,11 @@ def evaluate(scheme, model, pipe, *, layer: str, dtype, steps: int = 16, part_ra
                                                steps=steps)
       acc.add(kind, "deletion", curves["deletion"], boxed)
       acc.add(kind, "insertion", curves["insertion"], boxed)
+      if n == 1 or "parts" not in batch:  # one map, or a source without part points (Aircraft, Cars, Dogs)
+        continue
       parts = np.asarray(batch["parts"])
       with_parts = real & np.isfinite(parts).all(axis=2).any(axis=1)
-      if n > 1 and with_parts.any():
+      if with_parts.any():
         found = localization.nearest_part_hits(m, jnp.asarray(parts), hw, radius)
         acc.add(kind, "part_hit", np.asarray(found["hit"]).mean(axis=1), with_parts)
         acc.add(kind, "distinct_parts", found["distinct"], with_parts)

@@ -123,7 +123,8 @@ def panel_tiles(batch, maps, amplified, i, layer, names):
   image = np.asarray(batch["image"][i])
   size = min(image.shape[:2])  # marks in proportion to the image: panels enlarge small images
   truth = overlays.draw_boxes(image, batch["box"][i][None], colours=[(255, 255, 255)], width=max(1, size // 100))
-  truth = overlays.draw_points(truth, batch["parts"][i], radius=max(1, round(size / 40)))
+  if "parts" in batch:  # only sources with part points (CUB, the synthetic set) have them
+    truth = overlays.draw_points(truth, batch["parts"][i], radius=max(1, round(size / 40)))
   tiles = [("input, ground truth", truth)]
   att = maps["attention"]
   if "part_maps" in att:

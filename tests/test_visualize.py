@@ -9,6 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 
+from data_pipelines import pipeline
+from data_pipelines.sources.base import Source
 from fgattn_jax import evaluate, visualize
 from fgattn_jax.training import loop
 
@@ -111,3 +113,35 @@ def test_evaluate_localization_scores_every_map_kind(run, tmp_path, capsys):
     assert 0 <= m["deletion"] <= 1 and 0 <= m["insertion"] <= 1
   if scheme == "macnn":
     assert 0 <= maps["attention"]["part_hit"] <= 1 and 0 <= maps["attention"]["distinct_parts"] <= 4
+
+
+class WithoutParts(Source):
+  """A source as Aircraft, Cars and Dogs are: boxes, no part points (the pipeline's batches have no 'parts')."""
+
+  def __init__(self, inner):
+    self.inner, self.name = inner, "boxes only"
+    self.num_classes, self.class_names = inner.num_classes, inner.class_names
+
+  def __len__(self):
+    return len(self.inner)
+
+  @property
+  def labels(self):
+    return self.inner.labels
+
+  def _example(self, index):
+    return {k: v for k, v in self.inner._example(index).items() if k != "parts"}
+
+
+def test_visualize_and_localization_on_a_data_set_without_part_points(tmp_path_factory, tmp_path, monkeypatch):
+  workdir = trained("macnn", tmp_path_factory)  # the scheme with part maps, scored against part points if any
+  opened = pipeline.open_source
+  monkeypatch.setattr(pipeline, "open_source", lambda config, split: WithoutParts(opened(config, split)))
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--out", str(tmp_path / "panels"),
+                         "--checkpoint", "latest"]) == 0
+  assert len(list((tmp_path / "panels").glob("*.png"))) == 2
+  assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--out", str(tmp_path),
+                        "--localization", "--deletion-steps", "2"]) == 0
+  (path,) = tmp_path.glob("*_localization.json")
+  attention = json.loads(path.read_text())["maps"]["attention"]
+  assert attention["count"] == 6 and 0 <= attention["pointing"] <= 1 and "part_hit" not in attention
