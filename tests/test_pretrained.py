@@ -122,10 +122,24 @@ def test_missing_and_unexpected_keys_are_listed():
 
 def test_wrong_architecture_is_a_shape_error():
   sd = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
-  with pytest.raises(WeightImportError, match="shape mismatch at conv1.weight.*width"):
+  with pytest.raises(WeightImportError, match="shapes that differ.*conv1.weight.*width"):
     load_torchvision(build_backbone("resnet18", 10, width=0.5), sd)
   with pytest.raises(WeightImportError, match="missing from the file.*conv3"):
     load_torchvision(build_backbone("resnet50", 10, width=0.25), sd)
+
+
+@pytest.mark.parametrize("file_bn", [True, False])
+def test_a_vgg_file_with_or_without_batch_norm_is_named_as_such(file_bn):
+  # torchvision numbers VGG's layers in one sequence: in a vgg*_bn file a BatchNorm's vector sits where a VGG
+  # without BN has a convolution (features.1), which once ended in a raw numpy transpose error.
+  sd = state_dict_arrays(randomize_(TorchVGG("vgg16" if file_bn else "vgg11", 10, bn=file_bn, width=0.25)))
+  model = build_backbone("vgg19" if file_bn else "vgg16_bn", 10, width=0.25)
+  with pytest.raises(WeightImportError) as e:
+    load_torchvision(model, sd)
+  message = str(e.value)
+  assert f"the file's network {'has' if file_bn else 'has no'} batch normalisation" in message
+  assert f"(e.g. vgg19{'_bn' if file_bn else ''})" in message
+  assert len(message) < 1500  # the first keys of each kind, and how many more
 
 
 def test_models_without_torchvision_counterpart_and_missing_files(tmp_path):

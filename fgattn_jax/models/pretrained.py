@@ -111,6 +111,11 @@ def _expected(model: Backbone):
   return out
 
 
+def _some(items: list[str], n: int = 6, sep: str = ", ") -> str:
+  """The first n items, and how many more: a wrong file can differ in hundreds of keys."""
+  return sep.join(items[:n]) + (f"{sep}... and {len(items) - n} more" if len(items) > n else "")
+
+
 def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, np.ndarray]) -> ImportReport:
   """Loads torchvision weights (a file path or a state dict of arrays) into `model` in place."""
   sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
@@ -127,24 +132,36 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, n
   missing = sorted(k for k in expected if k not in sd)
   unexpected = sorted(k for k in sd if k not in expected and k not in dropped)
   if missing:
-    problems.append(f"missing from the file ({len(missing)}): {', '.join(missing)}")
+    problems.append(f"missing from the file ({len(missing)}): {_some(missing)}")
   if unexpected:
-    problems.append(f"unexpected in the file ({len(unexpected)}): {', '.join(unexpected)}")
+    problems.append(f"unexpected in the file ({len(unexpected)}): {_some(unexpected)}")
 
-  converted = {}
+  converted, mismatched = {}, []
   for key, (var, transform) in expected.items():
     if key not in sd:
       continue
-    value = transform(sd[key].astype(np.float32))
-    if value.shape == var.get_value().shape:
+    try:
+      value = transform(sd[key].astype(np.float32))
+    except ValueError:  # another rank: e.g. torchvision's VGG-BN numbering puts a BatchNorm where VGG has a conv
+      value = None
+    if value is not None and value.shape == var.get_value().shape:
       converted[key] = value
-    elif key in class_keys:  # another class count: backbone-only import, on purpose
+    elif value is not None and key in class_keys:  # another class count: backbone-only import, on purpose
       dropped[key] = (f"class layer of {sd[key].shape[0]} classes, the model has {var.get_value().shape[-1]}: "
                       "kept its fresh initialisation (backbone-only import)")
     else:
-      problems.append(f"shape mismatch at {key}: file {sd[key].shape} -> {value.shape}, model {var.get_value().shape}"
-                      " (another depth or width multiplier?)")
+      ours = "" if value is None else f" -> {value.shape}"  # in our layout
+      mismatched.append(f"{key}: file {sd[key].shape}{ours}, model {var.get_value().shape}")
+  if mismatched:
+    problems.append(f"shapes that differ ({len(mismatched)}): {_some(mismatched, sep='; ')} (another depth or "
+                    "width multiplier?)")
   if problems:
+    file_bn, model_bn = (any(k.endswith(".running_mean") for k in keys) for keys in (sd, expected))
+    if file_bn != model_bn:
+      problems.insert(0, f"the file's network {'has' if file_bn else 'has no'} batch normalisation and "
+                         f"{type(model).__name__}'s {'has none' if file_bn else 'has'}: for torchvision's "
+                         f"vgg*{'_bn' if file_bn else ''} files, set model.backbone to a VGG "
+                         f"{'with' if file_bn else 'without'} BN (e.g. vgg19{'_bn' if file_bn else ''})")
     raise WeightImportError(f"Cannot import torchvision weights into {type(model).__name__}:\n  "
                             + "\n  ".join(problems))
 
