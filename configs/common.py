@@ -21,7 +21,9 @@ from ml_collections.config_dict import placeholder
 DATASETS = {
     "synthetic": dict(source="synthetic", name="synthetic", num_classes=10, image_size=96, resize_size=112),
     "cub": dict(source="folder", name="cub", num_classes=200, image_size=448, resize_size=512),
-    "aircraft": dict(source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512),
+    # FGVC-Aircraft's own protocol, which MA-CNN and RA-CNN follow: train on trainval (train + val, 6667 images)
+    "aircraft": dict(source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512,
+                     train_split="trainval"),
     "cars": dict(source="folder", name="cars", num_classes=196, image_size=448, resize_size=512),
     "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
     # CIFAR's augmentation in the ResNet paper and ABN's CIFAR runs: a random 32 x 32 window of the image padded

@@ -128,3 +128,7 @@ def test_common_datasets():
   assert c.data.augment.pad == 4 and common.use_dataset(common.get_config(), "cub").data.augment.pad == 0
   with pytest.raises(ValueError, match="Unknown data set"):
     common.use_dataset(c, "imagenet22k")
+  # FGVC-Aircraft trains on train + val (6667 images), as its protocol and the papers do; the others on train.
+  splits = {name: (common.use_dataset(common.get_config(), name).data.train_split,
+                   common.use_dataset(common.get_config(), name).data.eval_split) for name in common.DATASETS}
+  assert splits["aircraft"] == ("trainval", "test") and splits["cub"] == splits["cars"] == ("train", "test")
