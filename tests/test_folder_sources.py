@@ -2,6 +2,7 @@
 
 import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,10 +161,30 @@ def test_image_folder_empty_split(tmp_path):
   trees.write_image_folder(tmp_path)
   with pytest.raises(DataError, match=re.escape(f"'val' split of folder in {tmp_path} is empty")):
     ImageFolder(tmp_path, "val", val_fraction=0.0)
-  (tmp_path / "classes" / "a").mkdir(parents=True)  # class folders without images: the message names the root
+  (tmp_path / "classes" / "a").mkdir(parents=True)  # class folders without images: the message names them
   (tmp_path / "classes" / "b").mkdir()
-  with pytest.raises(DataError, match=re.escape(f"'train' split of folder in {tmp_path / 'classes'} is empty")):
+  with pytest.raises(DataError, match=re.escape(f"class folder(s) in {tmp_path / 'classes'} without a single image")
+                     + ".*: a, b. Add their images or remove the folders"):
     ImageFolder(tmp_path / "classes", "train")
+
+
+@pytest.mark.parametrize("splits", [(), ("train", "test")])
+def test_image_folder_classes_are_folders_with_images(tmp_path, splits):
+  counts = {"a": 2, "b": 2, "c": 2}
+  trees.write_image_folder(tmp_path, counts=counts, splits=splits or None)
+  top = [tmp_path / s for s in splits] or [tmp_path]
+  for folder in top:  # what unpacking a macOS archive leaves: not a class
+    (folder / "__MACOSX" / "a").mkdir(parents=True)
+    (folder / "__MACOSX" / "a" / "._img000.jpg").write_bytes(b"resource fork")
+  trees.pattern(0).save(top[0] / "b" / "scan.TIFF")  # TIFF and GIF images are images
+  trees.pattern(1).save(top[0] / "c" / "anim.gif")
+  src = ImageFolder(tmp_path, "train", val_fraction=0.0, test_fraction=0.0)  # (stratified: every image in train)
+  assert src.class_names == ["a", "b", "c"] and len(src) == 8
+  files = {Path(src.describe(i)).name: src.class_names[src.labels[i]] for i in range(len(src))}
+  assert files["scan.TIFF"] == "b" and files["anim.gif"] == "c"
+  (top[0] / "zz_empty").mkdir()  # a class without a single image: counted in num_classes, never seen; refused
+  with pytest.raises(DataError, match="without a single image.*: zz_empty\\. Add their images"):
+    ImageFolder(tmp_path, "train")
 
 
 def test_image_folder_of_only_unreadable_images(tmp_path):

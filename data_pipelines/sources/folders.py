@@ -22,7 +22,9 @@ import numpy as np
 from data_pipelines.sources.base import DataError, Source, check_nonempty, decode_image
 from data_pipelines.splits import stratified_split
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# Folders that are never classes: hidden ones, and what unpacking a macOS archive leaves beside the data.
+ARCHIVE_LEFTOVERS = ("__MACOSX",)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared helpers: finding the layout, parsing text and .mat annotations.
@@ -127,15 +129,31 @@ def _mat_column(table, key: str, path: Path) -> list:
 
 def _image_files(folder: Path) -> list[Path]:
   """Image files under folder (recursively), sorted; hidden files (e.g. macOS '._x.jpg') are skipped."""
-  found = []
+  return sorted(_walk_images(folder))
+
+
+def _walk_images(folder: Path):
   for dirpath, dirnames, filenames in os.walk(folder):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
-  return sorted(found)
+    dirnames[:] = [d for d in dirnames if not _leftover(d)]
+    yield from (Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _leftover(name: str) -> bool:
+  return name.startswith(".") or name in ARCHIVE_LEFTOVERS
 
 
 def _subfolders(folder: Path) -> list[str]:
-  return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+  return sorted(d.name for d in folder.iterdir() if d.is_dir() and not _leftover(d.name))
+
+
+def _check_classes_have_images(root: Path, class_names: list[str], folders: list[Path]):
+  """A class folder without a single image (in any of `folders`) would still be a class: counted in
+  num_classes, never seen. Refused, naming them (stops at each class's first image: cheap)."""
+  empty = [c for c in class_names if not any(next(_walk_images(f / c), None) for f in folders if (f / c).is_dir())]
+  if empty:
+    shown = ", ".join(empty[:10]) + (f" ... ({len(empty)} in all)" if len(empty) > 10 else "")
+    raise DataError(f"image folder: class folder(s) in {root} without a single image ({', '.join(IMAGE_EXTENSIONS)}):"
+                    f" {shown}. Add their images or remove the folders: each folder is a class.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,7 +391,8 @@ def _voc_union_box(path: str):
 
 
 class ImageFolder(_FileSource):
-  """One sub-folder per class (sorted by name; files sorted; jpg, jpeg, png, bmp, webp in any case). If root has
+  """One sub-folder per class (sorted by name; files sorted; IMAGE_EXTENSIONS in any case; a class folder without
+  images is refused, __MACOSX and hidden folders are not classes). If root has
   train/, val/ or test/ folders, each holds its own <class>/<image> tree (labels follow the union of their
   class folders, so they agree across splits). Otherwise the whole root/<class>/<image> tree is split per class
   with `stratified_split`: test_fraction and val_fraction of each class, the rest train."""
@@ -392,6 +411,7 @@ class ImageFolder(_FileSource):
       valid = present + (["trainval"] if {"train", "val"} <= set(present) else [])
       _check_split(self, split, valid)
       class_names = sorted(set().union(*(_subfolders(root / s) for s in present)))
+      _check_classes_have_images(root, class_names, [root / s for s in present])
       paths, labels = [], []
       for s in (["train", "val"] if split == "trainval" else [split]):
         for k, c in enumerate(class_names):
@@ -406,6 +426,7 @@ class ImageFolder(_FileSource):
       class_names = _subfolders(root)
       if not class_names:
         raise DataError(f"image folder: no class folders in {root}. Expected {layout}")
+      _check_classes_have_images(root, class_names, [root])
       paths, labels = [], []
       for k, c in enumerate(class_names):
         files = _image_files(root / c)
