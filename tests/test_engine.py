@@ -70,6 +70,39 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, mon
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
 
 
+def test_a_run_from_imagenet_weights_resumes_without_the_weight_file(tmp_path, monkeypatch):
+  """The checkpoint holds every weight, and which layers were new (learning 10x faster) travels with it: a run
+  resumes where the torchvision file is gone, named or not, exactly as it would have with it."""
+  import torch
+  from torch_reference import TorchResNet, randomize_
+  weights = tmp_path / "resnet18.pth"
+  torch.save(randomize_(TorchResNet("resnet18", 1000, width=1 / 16)).state_dict(), weights)  # fc: 1000 classes
+
+  def cfg(pretrained=str(weights)):
+    c = tiny(main=6)
+    c.model.pretrained, c.model.require_pretrained = pretrained, True
+    c.checkpoint.every_steps = 2
+    return c
+  loop.run(cfg(), str(tmp_path / "straight"), progress=False)
+  StopAfter.after = 3
+  for name in ("named", "not named"):
+    with monkeypatch.context() as m:
+      m.setattr(loop, "_Stop", StopAfter)
+      with pytest.raises(loop.Interrupted):
+        loop.run(cfg(), str(tmp_path / name), progress=False)
+  weights.unlink()
+  loop.run(cfg(), str(tmp_path / "named"), progress=False)  # the same command, the file gone
+  loop.run(cfg(None), str(tmp_path / "not named"), progress=False)  # the preset's requirement: met by the run
+  straight = train_losses(tmp_path / "straight")
+  for name in ("named", "not named"):
+    resumed = train_losses(tmp_path / name)
+    assert sorted(resumed) == sorted(straight) == list(range(1, 7))
+    np.testing.assert_allclose([resumed[k] for k in sorted(resumed)], [straight[k] for k in sorted(straight)],
+                               rtol=1e-6)
+  with pytest.raises(loop.ConfigError, match="pass the torchvision file"):  # a new run still needs the file
+    loop.run(cfg(None), str(tmp_path / "new"), progress=False)
+
+
 def test_a_resumed_phase_keeps_its_plateau_history(tmp_path, monkeypatch):
   """With min_delta = 1 the rule stalls as soon as it has patience + 1 windows: at step 4 of the phase. A run
   interrupted after step 2 and resumed must stop there too, not 4 windows after the resume."""

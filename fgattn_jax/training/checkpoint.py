@@ -20,6 +20,12 @@ class CheckpointMismatch(ValueError):
   """A checkpoint that does not fit the model asked to load it (another architecture or config)."""
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir holds a saved step (orbax names each step's folder by its number), without opening it."""
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int):

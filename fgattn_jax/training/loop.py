@@ -112,7 +112,8 @@ def check_resumable(config, workdir: str):
 def run(config, workdir: str, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run that `config` describes in `workdir`; returns the final evaluation."""
   # --- Set up: devices, data, model, plan, reporting.
-  if config.model.require_pretrained and not config.model.pretrained:
+  # (A run that resumes has every weight in its checkpoint.)
+  if config.model.require_pretrained and not config.model.pretrained and not ckpt_lib.has_checkpoint(workdir):
     raise ConfigError(f"This config fine-tunes {config.model.backbone} from ImageNet weights: pass the torchvision "
                       f"file you have, --config.model.pretrained=/path/to/{config.model.backbone}.pth (or "
                       ".safetensors), or train from scratch with --config.model.require_pretrained=false.")
@@ -130,10 +131,19 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   scheme = get_scheme(config.scheme)
   scheme.check_data(config, train_data.source)
   model = scheme.build(config)
-  new_paths = frozenset()
-  if config.model.pretrained:
+  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
+  latest = ckpts.latest_step()
+  saved = ckpts.restore_position(latest) if latest is not None else {}
+  if "new_layers" in saved:
+    # A resumed run: its checkpoint holds every weight, and which layers were new to the ImageNet weights (their
+    # learning-rate multiplier, and so the optimiser state's structure) travels in its position. The weight file
+    # is not read again: it need not be on the machine the run resumes on.
+    new_paths = frozenset(tuple(p) for p in saved["new_layers"])
+  elif config.model.pretrained:  # (or a run saved before the position held them)
     loaded = scheme.load_pretrained(model, config.model.pretrained)
     new_paths = frozenset(p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)) if p not in loaded)
+  else:
+    new_paths = frozenset()
   if config.init_from:
     ckpt_lib.load_model_weights(config.init_from, model)
   groups = scheme.groups(model)
@@ -144,18 +154,17 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       f.write(config.to_json(indent=2))
   dtype = compute_dtype(config.model.dtype)
 
-  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
   writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   stop = _Stop()
 
   # --- Resume: the latest checkpoint says which phase and step we are at.
-  position = {"phase": 0, "phase_step": 0, "step": 0, "best_top1": None}
-  latest = ckpts.latest_step()
+  position = {"phase": 0, "phase_step": 0, "step": 0, "best_top1": None,
+              "new_layers": [list(p) for p in sorted(new_paths, key=repr)]}
   # A checkpoint saved inside a phase without an evaluation holds weights no loss has been computed from yet: the
   # next step's loss confirms them, or condemns them (a diverging run saves the update that diverged).
   unconfirmed = None
   if latest is not None:
-    position = ckpts.restore_position(latest)
+    position = {"new_layers": position["new_layers"]} | saved
     unconfirmed = latest if position["phase_step"] > 0 else None
     where = plan[position["phase"]].name if position["phase"] < len(plan) else "all phases done"
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
