@@ -1,5 +1,6 @@
 """The data sets' own folder layouts, read back from small real trees (tests/data_trees.py)."""
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -276,8 +277,17 @@ def test_images_not_extracted(tmp_path):
   written = trees.write_aircraft(tmp_path)
   for ex in written:
     ex["path"].unlink()
-  with pytest.raises(DataError, match="list images that are not there, e.g. .*0000005.jpg"):
+  with pytest.raises(DataError, match="list images that are not there \\(none of the first .*\\), e.g. .*0000005.jpg"):
     Aircraft(tmp_path, "train")
+
+
+def test_a_missing_first_image_is_skipped_like_any_other(tmp_path):
+  written = trees.write_cub(tmp_path)
+  train = CUB(tmp_path, "train")
+  first = train.describe(0)
+  os.remove(first)  # (it once made the whole split refused as 'not extracted')
+  again = CUB(tmp_path, "train")
+  assert len(again) == len(train) and again.describe(0) == first and len(written) > 1
 
 
 def test_malformed_annotation(tmp_path):

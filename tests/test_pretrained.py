@@ -105,6 +105,20 @@ def test_pth_and_safetensors_files_load_the_same(tmp_path):
   assert rel_err(j_logits, t_logits) < 1e-4
 
 
+def test_files_are_read_by_their_contents_from_any_name(tmp_path, monkeypatch):
+  ref = randomize_(TorchResNet("resnet18", 10, width=0.25))
+  torch.save(ref.state_dict(), tmp_path / "torch.safetensors")  # each format under the other's name
+  save_file(state_dict_arrays(ref), str(tmp_path / "safe.pth"))
+  torch.save({"state_dict": {"model." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "lightning.ckpt")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  expected = state_dict_arrays(ref)
+  for name in ("torch.safetensors", "safe.pth", "lightning.ckpt", "~/safe.pth"):
+    sd = read_state_dict(name if name.startswith("~") else tmp_path / name)
+    assert sd.keys() == expected.keys(), name
+    for k in sd:
+      np.testing.assert_array_equal(sd[k], expected[k])
+
+
 def test_missing_and_unexpected_keys_are_listed():
   sd = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
   del sd["layer2.1.bn2.running_var"]

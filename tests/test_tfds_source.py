@@ -248,6 +248,15 @@ def test_not_prepared_names_dir_and_how_to_build(tmp_path):
     TFDSSource("caltech_birds2011", "train", data_dir=tmp_path)
 
 
+def test_a_root_inside_the_prepared_data_set_says_where_to_point(data_dir, monkeypatch):
+  for inside in (data_dir / "tfds_tiny_dogs", data_dir / "tfds_tiny_dogs" / "1.0.0"):
+    with pytest.raises(DataError, match=re.escape(f"prepared in {data_dir.resolve()}, above the data.root given "
+                                                  f"({inside})") + ".*holds tfds_tiny_dogs/"):
+      TFDSSource("tfds_tiny_dogs", "train", data_dir=inside)
+  monkeypatch.setenv("HOME", str(data_dir.parent))  # '~' is the user's home, as for the folder layouts
+  assert len(TFDSSource("tfds_tiny_dogs", "train", data_dir=f"~/{data_dir.name}")) == 3
+
+
 def test_prepared_without_random_access(data_dir, tmp_path):
   # What `tfds build` without --file_format leaves: TFRecord files, which cannot be read by index.
   shutil.copytree(data_dir / "tfds_tiny_dogs", tmp_path / "tfds_tiny_dogs")

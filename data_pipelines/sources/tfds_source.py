@@ -43,7 +43,7 @@ class TFDSSource(Source):
 
   def __init__(self, name: str, split: str, data_dir=None, image_key: str | None = None,
                label_key: str | None = None):
-    data_dir = None if data_dir is None else os.fspath(data_dir)
+    data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
     builder = _open_builder(name, data_dir)
     info = builder.info
     features = info.features
@@ -171,11 +171,11 @@ def _open_builder(name: str, data_dir: str | None):
   try:
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(_unknown_name_message(name, data_dir)) from None
+    raise DataError(_too_deep_message(name, data_dir) or _unknown_name_message(name, data_dir)) from None
   except ValueError as e:  # e.g. an unknown config or version
     raise DataError(f"Cannot open the TFDS data set {name!r}: {e}") from None
   if not builder.is_prepared():
-    raise DataError(_not_prepared_message(name, builder))
+    raise DataError(_too_deep_message(name, data_dir) or _not_prepared_message(name, builder))
   formats = builder.info.available_file_formats()
   if not formats & tfds.core.file_adapters.FileFormat.with_random_access():
     found = ", ".join(sorted(f.value for f in formats)) or "unknown"
@@ -202,6 +202,20 @@ def _unknown_name_message(name: str, data_dir: str | None) -> str:
   hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
   return (f"Unknown TFDS data set {name!r}: no TFDS builder has that name and no prepared data set of that "
           f"name is in {root}.{hint} The data sets TFDS knows are listed by tfds.list_builders().")
+
+
+def _too_deep_message(name: str, data_dir: str | None) -> str | None:
+  """For a data_dir inside the prepared data set (its own folder, or a version folder below it): where to point
+  instead. (The folder layouts take the data set's own folder as data.root, TFDS the folder above it.)"""
+  if data_dir is None:
+    return None
+  base = name.split(":")[0].split("/")[0]
+  path = pathlib.Path(data_dir).resolve()
+  for folder in (path, *list(path.parents)[:3]):
+    if folder.name == base and next(folder.glob("**/dataset_info.json"), None) is not None:
+      return (f"The TFDS data set {name!r} is prepared in {folder.parent}, above the data.root given ({data_dir}): "
+              f"TFDS takes the folder that holds {base}/, --config.data.root={folder.parent}.")
+  return None
 
 
 def _not_prepared_message(name: str, builder) -> str:

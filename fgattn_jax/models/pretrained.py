@@ -44,12 +44,13 @@ class ImportReport:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a state dict from .safetensors (NumPy) or .pth/.pt/.bin (torch, CPU, weights only)."""
-  path = os.fspath(path)
+  """Reads a state dict from a safetensors file (NumPy) or a torch.save one (.pth/.pt/.bin: torch, CPU, weights
+  only), told apart by their contents, not their names."""
+  path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f"Weight file {path} does not exist. Point model.pretrained at a torchvision "
                             ".pth or .safetensors file you have; nothing is downloaded.")
-  if path.endswith(".safetensors"):
+  if _is_safetensors(path):
     from safetensors.numpy import load_file
     try:
       raw = load_file(path)
@@ -62,7 +63,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       raise WeightImportError(f"Reading {path} needs PyTorch (`pip install torch`); or convert it once to "
                               ".safetensors, which loads with NumPy alone.") from e
     try:
-      raw = torch.load(path, map_location="cpu", weights_only=True)
+      with open(path, "rb") as f:  # (a file object: torch.load would take a '.safetensors' name as that format)
+        raw = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # junk gives KeyError, a truncated file OSError, an image UnpicklingError
       raise _unreadable(path, e) from e
     for wrapper in ("state_dict", "model"):  # training checkpoints wrap the state dict
@@ -71,8 +73,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
       raise _unreadable(path, TypeError(f"it holds a {type(raw).__name__}, not a state dict of tensors"))
     raw = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in raw.items()}
-  # (Distributed)DataParallel saves every key under 'module.'.
+  # (Distributed)DataParallel saves every key under 'module.', PyTorch Lightning (a module's `model` attribute)
+  # under 'model.': no torchvision key starts with either.
+  for prefix in ("module.", "model."):
+    if raw and all(k.startswith(prefix) for k in raw):
+      raw = {k.removeprefix(prefix): v for k, v in raw.items()}
   return {k.removeprefix("module."): np.asarray(v) for k, v in raw.items()}
+
+
+def _is_safetensors(path: str) -> bool:
+  """safetensors: an 8-byte little-endian header length, then the JSON header. (torch.save writes a zip archive,
+  'PK...', or a pickle.)"""
+  with open(path, "rb") as f:
+    head = f.read(9)
+  return (len(head) == 9 and head[8:9] == b"{"
+          and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path))
 
 
 def _unreadable(path: str, error: Exception) -> WeightImportError:
