@@ -1,5 +1,6 @@
 """The data sets' own folder layouts, read back from small real trees (tests/data_trees.py)."""
 
+import io
 import os
 import pickle
 import re
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import data_trees as trees
 from data_pipelines.sources.base import DataError, decode_image
@@ -39,6 +41,20 @@ def check_split(src, written, split, num_parts=0):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sixteen_bit_grey_images_keep_their_tones():
+  ramp = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)  # black to white
+  for wide, fmt in ((ramp, "PNG"), (ramp.astype(np.int32), "TIFF")):  # read as PIL's modes I;16 and I
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format=fmt)
+    img = decode_image(buffer.getvalue())
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[..., 0], ramp >> 8)  # not clipped to 255: an all but white image once
+  eight = np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)  # 8-bit grey is unchanged
+  buffer = io.BytesIO()
+  Image.fromarray(eight).save(buffer, format="PNG")
+  np.testing.assert_array_equal(decode_image(buffer.getvalue())[..., 1], eight)
 
 
 @pytest.mark.parametrize("parent", [False, True])

@@ -39,7 +39,12 @@ def decode_image(raw) -> np.ndarray:
   else:
     with Image.open(io.BytesIO(raw)) as im:
       im.load()  # decode fully now: a truncated file fails here, not later
-      img = np.asarray(im.convert("RGB"))
+      wide = np.asarray(im) if im.mode.startswith("I") else None
+      if wide is not None and (im.mode.startswith("I;16") or wide.max(initial=0) > 255):
+        # 16-bit grey (PNG, TIFF): its top byte. PIL's convert('RGB') clips it to 255, an all but white image.
+        img = (np.clip(wide.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+      else:
+        img = np.asarray(im.convert("RGB"))
   if img.ndim == 2:
     img = np.repeat(img[..., None], 3, axis=-1)
   elif img.shape[-1] == 1:

@@ -32,7 +32,8 @@ ARCHIVE_LEFTOVERS = ("__MACOSX",)
 
 def _check_split(source: type | Source, split: str, valid) -> None:
   if split not in valid:
-    raise DataError(f"{source.name}: unknown split {split!r}; valid splits: {', '.join(valid)}")
+    raise DataError(f"{source.name}: unknown split {split!r}; valid splits: {', '.join(valid)} (set "
+                    "--config.data.train_split or --config.data.eval_split to one of them)")
 
 
 def _root(root, title: str, url: str | None = None) -> Path:
