@@ -84,8 +84,9 @@ def main(argv=None) -> int:
     lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}
     lines.update({"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),
                   "curves": os.path.join(workdir, "curves.png"),
-                  "evaluate": f"python -m fgattn_jax.evaluate --workdir {workdir}",
-                  "tensorboard": f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"})
+                  "evaluate": f"python -m fgattn_jax.evaluate --workdir {workdir}"})
+    if cfg.log.tensorboard:  # (log.tensorboard=false writes none)
+      lines["tensorboard"] = f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"
     print(writers.summary(lines))
   return 0
 

@@ -160,3 +160,4 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
   steps = [r["step"] for r in writers.read_metrics(tmp_path) if r["split"] == "train"]
   assert sorted(steps) == list(range(1, 25))  # 3 epochs of 8 steps, each logged once
   assert "top-1" in done.stdout and (tmp_path / "curves.png").exists()
+  assert "tensorboard --logdir" not in done.stdout  # log.tensorboard=false: no event files to point at

@@ -172,7 +172,8 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping[str, n
                     "width multiplier?)")
   if problems:
     file_bn, model_bn = (any(k.endswith(".running_mean") for k in keys) for keys in (sd, expected))
-    if file_bn != model_bn:
+    vggs = all(any(k.startswith("features.") for k in keys) for keys in (sd, expected))  # torchvision's VGG names
+    if vggs and file_bn != model_bn:
       problems.insert(0, f"the file's network {'has' if file_bn else 'has no'} batch normalisation and "
                          f"{type(model).__name__}'s {'has none' if file_bn else 'has'}: for torchvision's "
                          f"vgg*{'_bn' if file_bn else ''} files, set model.backbone to a VGG "
