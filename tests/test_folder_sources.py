@@ -128,6 +128,14 @@ def test_dogs(tmp_path):
   assert src.load_image(src[0]["image"]).shape == (trees.HEIGHT, trees.WIDTH, 3)
 
 
+@pytest.mark.parametrize("name, write, cls", [("stanford_cars", trees.write_cars, Cars),
+                                               ("stanford_dogs", trees.write_dogs, Dogs)])
+def test_cars_and_dogs_from_the_folder_above(tmp_path, name, write, cls):
+  written = write(tmp_path / name)  # torchvision's layout: root/stanford_cars/...
+  src = cls(tmp_path, "train")
+  check_split(src, written, "train")
+
+
 def test_dogs_without_annotations(tmp_path):
   trees.write_dogs(tmp_path)
   for f in sorted((tmp_path / "Annotation").rglob("*"), reverse=True):
@@ -279,6 +287,9 @@ def test_cars_test_labels_missing(tmp_path):
   (tmp_path / "cars_test_annos_withlabels.mat").unlink()
   Cars(tmp_path, "train")  # the test labels are needed only for the test split
   with pytest.raises(DataError, match="cars_test_annos_withlabels.mat or devkit/cars_test_annos_withlabels.mat"):
+    Cars(tmp_path, "test")
+  (tmp_path / "devkit" / "cars_test_annos.mat").write_bytes(b"")  # the devkit's own, unlabelled list: explained
+  with pytest.raises(DataError, match="cars_test_annos.mat holds no class labels: the test labels are the separate"):
     Cars(tmp_path, "test")
 
 

@@ -325,7 +325,17 @@ class Cars(_FileSource):
     annos = ("devkit/cars_train_annos.mat" if split == "train"
              else ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat"))
     expected = ("devkit/cars_meta.mat", annos, f"cars_{split}/")
-    base = _locate(root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars")
+    try:
+      base = _locate(root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars",
+                     subdir="stanford_cars")  # (torchvision's layout: root/stanford_cars/)
+    except DataError as e:
+      r = Path(os.path.expanduser(str(root or "")))
+      unlabelled = [r / "devkit" / "cars_test_annos.mat", r / "stanford_cars" / "devkit" / "cars_test_annos.mat"]
+      if split == "test" and any(p.is_file() for p in unlabelled):
+        raise DataError(f"{e} The devkit's cars_test_annos.mat holds no class labels: the test labels are the "
+                        "separate file cars_test_annos_withlabels.mat (from the same page), in the data root or "
+                        "devkit/.") from None
+      raise
     annos_path = next(base / a for a in ((annos,) if isinstance(annos, str) else annos) if (base / a).is_file())
     meta_path = base / "devkit" / "cars_meta.mat"
     class_names = [str(n) for n in _mat_column(_loadmat(meta_path), "class_names", meta_path)]
@@ -356,7 +366,8 @@ class Dogs(_FileSource):
   def __init__(self, root, split: str):
     _check_split(self, split, self.SPLITS)
     listing = f"{split}_list.mat"
-    base = _locate(root, ("Images/", listing), title="Stanford Dogs", url=DOGS_URL, folder="stanford_dogs")
+    base = _locate(root, ("Images/", listing), title="Stanford Dogs", url=DOGS_URL, folder="stanford_dogs",
+                   subdir="stanford_dogs")
     table = _loadmat(base / listing)
     files = [str(f) for f in _mat_column(table, "file_list", base / listing)]
     labels = [int(v) - 1 for v in _mat_column(table, "labels", base / listing)]
