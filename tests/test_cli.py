@@ -127,6 +127,18 @@ def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
   assert cli.checkpoint_arg("best") == "best" and cli.checkpoint_arg("1200") == "1200"
 
 
+@pytest.mark.parametrize("scheme, key, stage", [("abn", "abn.branch", "conv4_2"),
+                                                ("macnn", "macnn.feature_stage", "conv3_2")])
+def test_a_vgg_stage_left_in_a_config_switched_to_resnet_names_its_key(capsys, monkeypatch, tmp_path, scheme, key,
+                                                                       stage):
+  monkeypatch.chdir(ROOT)
+  assert train.main(["--config", f"configs/{scheme}.py", "--workdir", str(tmp_path),
+                     "--config.model.backbone=resnet18"]) == 2
+  err = capsys.readouterr().err
+  assert f"error: {key} '{stage}' is not a stage of this backbone (stem, layer1, layer2, layer3, layer4): set " \
+         f"--config.{key} to one of them" in err and "Traceback" not in err
+
+
 def test_missing_weights_and_data_are_one_line_errors(capsys, monkeypatch, tmp_path):
   monkeypatch.chdir(ROOT)
   assert train.main(["--config", "configs/baseline.py:cub", "--workdir", str(tmp_path)]) == 2

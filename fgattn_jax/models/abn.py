@@ -52,7 +52,7 @@ class ABN(nnx.Module):
                map_kernel: int = 1, residual: bool = True, freeze_extractor: bool = False, rngs: nnx.Rngs):
     if map_kernel not in (1, 3):
       raise ValueError(f"map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
-    self.branch = backbone.stage_index(branch, "branch")
+    self.branch = backbone.stage_index(branch, "abn.branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)
     dtype = backbone.compute_dtype

@@ -43,12 +43,15 @@ class Backbone(nnx.Module):
     feats["pre_logits"] = pre_logits
     return logits.astype(jnp.float32), feats
 
-  def stage_index(self, stage: int | str, what: str = "stage") -> int:
-    """A stage by name ('conv4_2', 'layer3') or index (negative from the end) -> its index."""
+  def stage_index(self, stage: int | str, key: str = "stage") -> int:
+    """A stage by name ('conv4_2', 'layer3') or index (negative from the end) -> its index. key: the config key
+    that named it, for the error (e.g. a VGG stage name left in a config switched to a ResNet)."""
     names = list(self.stage_names)
     if isinstance(stage, str):
       if stage not in names:
-        raise ValueError(f"{what} {stage!r} is not a stage of this backbone: {', '.join(names)}")
+        from fgattn_jax.config import ConfigError
+        raise ConfigError(f"{key} {stage!r} is not a stage of this backbone ({', '.join(names)}): set "
+                          f"--config.{key} to one of them")
       stage = names.index(stage)
     return stage % len(names)
 

@@ -59,7 +59,7 @@ class MACNN(nnx.Module):
       raise ValueError(f"macnn.crop_reference must be 'image' or 'object', got {crop_reference!r}")
     if object_net is not None and not part_nets:
       raise ValueError("The object crop is a stream beside the part streams: it needs macnn.part_streams=True")
-    self.stage = backbone.stage_index(feature_stage, "feature_stage")
+    self.stage = backbone.stage_index(feature_stage, "macnn.feature_stage")
     self.backbone, self.num_parts = backbone, num_parts
     self.crop_fraction, self.crop_reference, self.part_input = crop_fraction, crop_reference, part_input
     self.part_maps = part_maps
