@@ -103,6 +103,32 @@ def test_a_run_from_imagenet_weights_resumes_without_the_weight_file(tmp_path, m
     loop.run(cfg(None), str(tmp_path / "new"), progress=False)
 
 
+def test_a_resume_finds_its_phase_by_name_when_an_earlier_phase_is_cut_to_nothing(tmp_path, monkeypatch):
+  # Phases of length 0 drop out of the plan: a position that counted phases by index resumed in the wrong one
+  # (or, as here, found every phase done).
+  def cfg(b_steps=3):
+    c = tiny(a=3, b=3, c=3)
+    c.phases.b.steps = b_steps
+    return c
+  loop.run(cfg(), str(tmp_path / "straight"), progress=False)
+  StopAfter.after = 7  # inside phase c
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_Stop", StopAfter)
+    with pytest.raises(loop.Interrupted):
+      loop.run(cfg(), str(tmp_path / "resumed"), progress=False)
+  loop.run(cfg(b_steps=0), str(tmp_path / "resumed"), progress=False)  # b is done; its length no longer matters
+  straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+  assert sorted(resumed) == sorted(straight) == list(range(1, 10))
+  np.testing.assert_allclose([resumed[k] for k in (8, 9)], [straight[k] for k in (8, 9)], rtol=1e-6)
+  StopAfter.after = 4  # inside phase b, which is then cut: refused, naming it
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_Stop", StopAfter)
+    with pytest.raises(loop.Interrupted):
+      loop.run(cfg(), str(tmp_path / "cut"), progress=False)
+  with pytest.raises(loop.ConfigError, match="saved in phase b, which this config no longer runs"):
+    loop.run(cfg(b_steps=0), str(tmp_path / "cut"), progress=False)
+
+
 def test_a_resumed_phase_keeps_its_plateau_history(tmp_path, monkeypatch):
   """With min_delta = 1 the rule stalls as soon as it has patience + 1 windows: at step 4 of the phase. A run
   interrupted after step 2 and resumed must stop there too, not 4 windows after the resume."""

@@ -109,6 +109,25 @@ def check_resumable(config, workdir: str):
                 ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
 
 
+DONE = "(all phases done)"  # a position's phase_name once the last phase has ended
+
+
+def resumed_phase(position: dict, plan) -> int:
+  """The plan's index of the phase a checkpoint was saved in, found by its name: a phase whose length was set to
+  0 since then is not in the plan, and every later phase's index has moved."""
+  name = position.get("phase_name")
+  if name is None:  # saved before positions named their phase
+    return position["phase"]
+  if name == DONE:
+    return len(plan)
+  names = [p.name for p in plan]
+  if name not in names:
+    raise ConfigError(f"The latest checkpoint was saved in phase {name}, which this config no longer runs (its "
+                      "length is 0): resume with that phase's length as it was (the workdir's config.json), or "
+                      "train in a new --workdir.")
+  return names.index(name)
+
+
 def run(config, workdir: str, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run that `config` describes in `workdir`; returns the final evaluation."""
   # --- Set up: devices, data, model, plan, reporting.
@@ -158,13 +177,14 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   stop = _Stop()
 
   # --- Resume: the latest checkpoint says which phase and step we are at.
-  position = {"phase": 0, "phase_step": 0, "step": 0, "best_top1": None,
+  position = {"phase": 0, "phase_name": plan[0].name, "phase_step": 0, "step": 0, "best_top1": None,
               "new_layers": [list(p) for p in sorted(new_paths, key=repr)]}
   # A checkpoint saved inside a phase without an evaluation holds weights no loss has been computed from yet: the
   # next step's loss confirms them, or condemns them (a diverging run saves the update that diverged).
   unconfirmed = None
   if latest is not None:
     position = {"new_layers": position["new_layers"]} | saved
+    position["phase"] = resumed_phase(position, plan)
     unconfirmed = latest if position["phase_step"] > 0 else None
     where = plan[position["phase"]].name if position["phase"] < len(plan) else "all phases done"
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
@@ -304,7 +324,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           save()
 
       # --- End of the phase: evaluate, save; the next phase starts from this model.
-      position.update(phase=index + 1, phase_step=0)
+      position.update(phase=index + 1, phase_name=plan[index + 1].name if index + 1 < len(plan) else DONE,
+                      phase_step=0)
       save(run_eval())
       model, _ = nnx.merge(graphdef, current_state())
       latest = None
