@@ -65,6 +65,15 @@ def parse(p: argparse.ArgumentParser, argv):
   return p.parse_args(rest), pairs
 
 
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+  """--checkpoint of the commands that read a run. The latest by default: the trained model, which the training
+  run's summary reports; 'best' ranks every evaluation of every phase, and in an alternating schedule may pick one
+  from before its last phase (MA-CNN's before its part streams trained)."""
+  p.add_argument("--checkpoint", default="latest", type=checkpoint_arg,
+                 help="'latest' (the trained model: default), 'best' (the highest evaluation top-1 of any phase, "
+                      "possibly before the last) or a step number")
+
+
 def checkpoint_arg(text: str) -> str:
   """The argparse type of --checkpoint: 'best', 'latest' or a step number (as given)."""
   if text in ("best", "latest") or text.isdigit():

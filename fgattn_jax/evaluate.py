@@ -1,6 +1,6 @@
 """Evaluate a trained run:
 
-    python -m fgattn_jax.evaluate --workdir DIR [--split test] [--checkpoint best|latest|STEP]
+    python -m fgattn_jax.evaluate --workdir DIR [--split test] [--checkpoint latest|best|STEP]
                                   [--config.KEY=VALUE ...]   (e.g. --config.data.root=/moved/data)
 
 Reports top-1, top-5, mean class accuracy and expected calibration error for every output of the scheme,
@@ -29,8 +29,7 @@ def main(argv=None) -> int:
   p.epilog = None
   p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
   p.add_argument("--split", help="data split to evaluate (default: the run's data.eval_split)")
-  p.add_argument("--checkpoint", default="best", type=cli.checkpoint_arg,
-                 help="'best' (by evaluation top-1), 'latest' or a step number")
+  cli.add_checkpoint_arg(p)
   p.add_argument("--out", help="where to write the results (default: WORKDIR/eval)")
   p.add_argument("--localization", action="store_true", help="also score the maps' localisation (see above)")
   p.add_argument("--num-images", type=int, help="--localization on the first N images only (default: all)")

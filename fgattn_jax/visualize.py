@@ -1,7 +1,7 @@
 """See where a trained run looks:
 
     python -m fgattn_jax.visualize --workdir DIR [--split test] [--num-images 16] [--out DIR]
-                                   [--checkpoint best|latest|STEP] [--layer NAME[#K]]
+                                   [--checkpoint latest|best|STEP] [--layer NAME[#K]]
                                    [--amplify LAYER[:CHANNEL]|class] [--config.KEY=VALUE ...]
 
 For each image, one PNG panel: the input with its ground-truth box and parts where the data set has them; the
@@ -31,8 +31,7 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
   p.add_argument("--split", help="data split to draw (default: the run's data.eval_split)")
   p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split)")
-  p.add_argument("--checkpoint", default="best", type=cli.checkpoint_arg,
-                 help="'best' (by evaluation top-1), 'latest' or a step number")
+  cli.add_checkpoint_arg(p)
   p.add_argument("--out", help="folder for the panels and index.html (default: WORKDIR/visualize/SPLIT_stepSTEP)")
   p.add_argument("--layer", help="the stage Grad-CAM reads, e.g. conv5_4, layer3, conv5_4#2")
   p.add_argument("--amplify", metavar="LAYER[:CHANNEL]|class",

@@ -254,15 +254,20 @@ def test_a_cycle_reuses_its_compiled_steps_and_evaluation_compiles_once(tmp_path
       "warm", "a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
 
 
-def test_evaluate_command_writes_results(tmp_path, capsys):
+def test_evaluate_command_writes_results(tmp_path, capsys, monkeypatch):
   from fgattn_jax import evaluate
-  loop.run(tiny(main=2), str(tmp_path), progress=False)
-  assert evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "latest"]) == 0
+  loop.run(tiny(first=2, second=2), str(tmp_path), progress=False)
+  # By default the trained model (what the run's summary reported), not the best evaluation of any phase: that
+  # may predate the last phase (here, say, the first phase's end).
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "best_step", lambda self: 2)
+  assert evaluate.main(["--workdir", str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert "top-1" in out and "(n=30)" in out
-  saved = json.loads((tmp_path / "eval" / "test_step2_logits_metrics.json").read_text())
+  saved = json.loads((tmp_path / "eval" / "test_step4_logits_metrics.json").read_text())
   assert saved["count"] == 30
-  assert (tmp_path / "eval" / "test_step2_logits_confusion.png").exists()
+  assert (tmp_path / "eval" / "test_step4_logits_confusion.png").exists()
+  assert evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "best"]) == 0
+  assert (tmp_path / "eval" / "test_step2_logits_metrics.json").exists()
 
 
 def test_phase_plan_cycles_and_checks_names():
