@@ -254,6 +254,13 @@ def test_a_cycle_reuses_its_compiled_steps_and_evaluation_compiles_once(tmp_path
       "warm", "a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
 
 
+def test_evaluation_more_often_than_every_step_means_every_step(tmp_path):
+  c = tiny(main=3)
+  c.eval.every_epochs = 0.01  # 8 steps an epoch: 0.08 of a step, which once rounded to 0 (never)
+  loop.run(c, str(tmp_path), progress=False)
+  assert sorted(r["step"] for r in writers.read_metrics(tmp_path) if r["split"] == "eval") == [1, 2, 3]
+
+
 def test_evaluate_command_writes_results(tmp_path, capsys, monkeypatch):
   from fgattn_jax import evaluate
   loop.run(tiny(first=2, second=2), str(tmp_path), progress=False)

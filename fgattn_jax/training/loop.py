@@ -190,7 +190,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
-  eval_every = int(round(config.eval.every_epochs * train_data.steps_per_epoch))
+  # (At least every step when asked for at all: a fraction of an epoch shorter than a step once rounded to 0, off.)
+  eval_every = config.eval.every_epochs and max(1, round(config.eval.every_epochs * train_data.steps_per_epoch))
   results = None
   # Compiled programs are kept for the whole run: one evaluation step, and a training step per phase key, which
   # a cycle's later rounds reuse (their phases are the first round's again). Compiling a VGG-19 step takes tens
