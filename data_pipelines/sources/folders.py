@@ -329,9 +329,10 @@ class Cars(_FileSource):
       base = _locate(root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars",
                      subdir="stanford_cars")  # (torchvision's layout: root/stanford_cars/)
     except DataError as e:
-      r = Path(os.path.expanduser(str(root or "")))
-      unlabelled = [r / "devkit" / "cars_test_annos.mat", r / "stanford_cars" / "devkit" / "cars_test_annos.mat"]
-      if split == "test" and any(p.is_file() for p in unlabelled):
+      if split != "test" or not root:
+        raise
+      r = _root(root, "Stanford Cars", CARS_URL)
+      if any((b / "devkit" / "cars_test_annos.mat").is_file() for b in (r, r / "stanford_cars")):
         raise DataError(f"{e} The devkit's cars_test_annos.mat holds no class labels: the test labels are the "
                         "separate file cars_test_annos_withlabels.mat (from the same page), in the data root or "
                         "devkit/.") from None

@@ -109,7 +109,7 @@ def check_resumable(config, workdir: str):
                 ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
 
 
-DONE = "(all phases done)"  # a position's phase_name once the last phase has ended
+DONE = "all phases done"  # a position's phase_name once the last phase has ended
 
 
 def resumed_phase(position: dict, plan) -> int:
@@ -186,7 +186,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     position = {"new_layers": position["new_layers"]} | saved
     position["phase"] = resumed_phase(position, plan)
     unconfirmed = latest if position["phase_step"] > 0 else None
-    where = plan[position["phase"]].name if position["phase"] < len(plan) else "all phases done"
+    where = plan[position["phase"]].name if position["phase"] < len(plan) else DONE
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
