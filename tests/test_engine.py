@@ -63,6 +63,10 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, mon
     with pytest.raises(loop.Interrupted):
       loop.run(two_phases(), str(tmp_path / "resumed"), progress=False)
   assert max(train_losses(tmp_path / "resumed")) == after
+  if after == 3:  # stopped as the second phase began: the first phase's end stays saved with its evaluation
+    saved = ckpt_lib.Checkpoints(str(tmp_path / "resumed"), 3)
+    assert list(saved.manager.all_steps()) == [3] and "top1" in (saved.manager.metrics(3) or {})
+    saved.close()
   loop.run(two_phases(), str(tmp_path / "resumed"), progress=False)
 
   a, b = straight_two_phases, train_losses(tmp_path / "resumed")
@@ -209,7 +213,12 @@ def test_a_workdir_resumes_only_under_settings_that_fit_its_checkpoints(tmp_path
   broken.model.backbone = "vgg99"
   with pytest.raises(ValueError, match="vgg99"):
     loop.run(broken, str(tmp_path / "new"), progress=False)
-  assert not (tmp_path / "new" / "config.json").exists()  # a config that builds no model makes no run
+  assert not (tmp_path / "new").exists()  # a config that builds no model makes no run, not even its folders
+  unplanned = tiny(main=2)
+  unplanned.phases.main.trains = "heads"
+  with pytest.raises(loop.ConfigError, match=r"phases.main.trains='heads': the scheme's parameter groups are"):
+    loop.run(unplanned, str(tmp_path / "new"), progress=False)
+  assert not (tmp_path / "new").exists()  # nor one refused by its phase plan
 
 
 def test_evaluation_counts_every_example_once(tmp_path):

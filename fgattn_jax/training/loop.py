@@ -88,8 +88,7 @@ def check_resumable(config, workdir: str):
 
   import ml_collections
   path = os.path.join(workdir, "config.json")
-  held = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(path) or not os.path.isdir(held) or not any(n.isdigit() for n in os.listdir(held)):
+  if not os.path.exists(path) or not ckpt_lib.has_checkpoint(workdir):
     return
 
   def flat(cfg):  # dotted key -> value, both sides read back from JSON (tuples as lists)
@@ -136,7 +135,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     raise ConfigError(f"This config fine-tunes {config.model.backbone} from ImageNet weights: pass the torchvision "
                       f"file you have, --config.model.pretrained=/path/to/{config.model.backbone}.pth (or "
                       ".safetensors), or train from scratch with --config.model.require_pretrained=false.")
-  os.makedirs(workdir, exist_ok=True)
   main_process = jax.process_index() == 0
   mesh = mesh_lib.make_mesh(config.mesh.data)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
@@ -150,8 +148,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   scheme = get_scheme(config.scheme)
   scheme.check_data(config, train_data.source)
   model = scheme.build(config)
-  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
-  latest = ckpts.latest_step()
+  # Nothing is written to the workdir before the config has built a model and a plan: a config refused on the way
+  # leaves no run behind (a checkpoint's position is read first: it says which layers a resumed run had new).
+  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.keep) if ckpt_lib.has_checkpoint(workdir) else None
+  latest = ckpts.latest_step() if ckpts else None
   saved = ckpts.restore_position(latest) if latest is not None else {}
   if "new_layers" in saved:
     # A resumed run: its checkpoint holds every weight, and which layers were new to the ImageNet weights (their
@@ -168,7 +168,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   groups = scheme.groups(model)
   plan = phases.plan(config, train_data.steps_per_epoch, scheme.loss_names, groups)
   total_steps = sum(p.steps for p in plan)
-  if main_process:  # written once the config has built a model and a plan: a config that cannot makes no run
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = ckpts or ckpt_lib.Checkpoints(workdir, config.checkpoint.keep)
+  if main_process:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
   dtype = compute_dtype(config.model.dtype)
@@ -297,7 +299,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       it = iter(train_data)
       while position["phase_step"] < phase.steps:
         if stop.requested:
-          save()
+          # (At a phase's start the previous phase's end is saved already, with its evaluation: saving it again
+          # would drop that evaluation, and with it the step's claim to be the best.)
+          if position["phase_step"] or ckpts.latest_step() != position["step"]:
+            save()
           raise Interrupted(stop.requested)
         leaves, metrics = train_step(leaves, mesh_lib.to_device(next(it), mesh), structure)
         if unconfirmed is not None:  # the first loss from a saved state's weights (one wait for the device per save)
