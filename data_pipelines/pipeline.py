@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from data_pipelines import transforms
-from data_pipelines.sources.base import DataError, Source, check_decodable, check_nonempty
+from data_pipelines.sources.base import DataError, Source, check_decodable, check_nonempty, read_error
 from data_pipelines.sources.synthetic import SyntheticBirds
 
 log = logging.getLogger(__name__)
@@ -226,9 +226,12 @@ class Pipeline:
       self.skipped += names
       what = f"epoch {self.step // self.steps_per_epoch}" if self.training else "the pass"
       reads = len(self._epoch_skipped)
-      log.warning("%s split: skipped %d unreadable image(s)%s in %s: %s", self.split, len(names),
+      # Why, for the first: read again here (the decoding processes keep their exceptions), once per report.
+      why = read_error(self.source, self._epoch_skipped[0])
+      log.warning("%s split: skipped %d unreadable image(s)%s in %s: %s.%s", self.split, len(names),
                   f" ({reads} reads)" if reads != len(names) else "", what,
-                  ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+                  ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""),
+                  f" The first could not be read: {why}" if why else "")
     self._epoch_skipped = []
 
   def get_state(self) -> dict:

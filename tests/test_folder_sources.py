@@ -69,6 +69,17 @@ def test_cub(tmp_path, parent):
   assert np.isnan(src[0]["parts"]).any() and not np.isnan(src[0]["parts"]).all()
 
 
+def test_cub_lists_saved_with_a_bom_read_and_a_split_value_not_0_or_1_refused(tmp_path):
+  written = trees.write_cub(tmp_path)
+  for path in tmp_path.rglob("*.txt"):  # as a Windows editor re-saves them: a BOM and CRLF line ends
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+  check_split(CUB(tmp_path, "train"), written, "train", num_parts=15)
+  split = tmp_path / "train_test_split.txt"
+  split.write_text(split.read_text(encoding="utf-8-sig").replace("3 0", "3 2"))
+  with pytest.raises(DataError, match=r"train_test_split.txt: the second column holds 2; CUB's is 1 \(train\) or 0"):
+    CUB(tmp_path, "train")
+
+
 def test_corrupt_image_fails_only_when_decoded(tmp_path):
   written = trees.write_cub(tmp_path)
   written[0]["path"].write_bytes(b"\xff\xd8\xff\xe0 truncated")

@@ -115,6 +115,15 @@ def check_nonempty(source: Source, split: str) -> Source:
   return source
 
 
+def read_error(source: Source, index: int) -> str | None:
+  """Why example `index`'s image cannot be read (the decoder's or the file system's message), or None if it can."""
+  try:
+    source.load_image(source[index]["image"])
+  except Exception as e:  # noqa: BLE001 - whatever the decoder raised, as the pipeline's workers catch it
+    return str(e) or type(e).__name__
+  return None
+
+
 def check_decodable(source: Source, split: str) -> Source:
   """Raises a DataError if no image of the split can be decoded. Unreadable images are otherwise skipped one by
   one (pipeline.py), and a split of nothing but them would train on blanks and evaluate nothing. The examples are
@@ -122,11 +131,10 @@ def check_decodable(source: Source, split: str) -> Source:
   fails only when every image is unreadable, never because of a few bad files."""
   first = None
   for i in range(len(source)):
-    try:
-      source.load_image(source[i]["image"])
+    error = read_error(source, i)
+    if error is None:
       return source
-    except Exception as e:  # noqa: BLE001 - whatever the decoder raised, as the pipeline's workers catch it
-      first = first or f"{source.describe(i)}: {e}"
+    first = first or f"{source.describe(i)}: {error}"
   raise DataError(f"No image of the {split!r} split of {_where(source)} could be decoded ({len(source)} tried; "
                   f"the first, {first}): check that the files are images, not e.g. Git LFS pointers or partial "
                   "downloads.")

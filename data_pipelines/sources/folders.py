@@ -74,7 +74,7 @@ def _locate(root, expected, *, title: str, url: str, folder: str, subdir: str | 
 def _rows(path: Path, ncols: int, rest: bool = False) -> list[list[str]]:
   """Whitespace-separated fields of each non-blank line; rest=True keeps spaces in the last field (names)."""
   rows = []
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:  # -sig: a file re-saved by a Windows editor starts with a BOM
     for n, line in enumerate(f, 1):
       line = line.strip()
       if not line:
@@ -234,6 +234,10 @@ class CUB(_FileSource):
                    subdir="CUB_200_2011")
     images = _rows(base / "images.txt", 2)
     is_train = dict(_rows(base / "train_test_split.txt", 2))
+    odd = sorted(set(is_train.values()) - {"0", "1"})
+    if odd:  # otherwise those images would silently belong to neither split
+      raise DataError(f"{base / 'train_test_split.txt'}: the second column holds {', '.join(odd[:3])}; CUB's is 1 "
+                      "(train) or 0 (test): restore the file from the data set's archive")
     want = "1" if split == "train" else "0"
     ids = [i for i, _ in images if _lookup(is_train, i, base / "train_test_split.txt") == want]
     row = {i: n for n, i in enumerate(ids)}
