@@ -8,6 +8,7 @@ checkpoint when there is one.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import signal
@@ -84,9 +85,8 @@ FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "dat
 
 def check_resumable(config, workdir: str):
   """Refuses to resume a workdir's checkpoints under settings that do not fit them (before anything is written)."""
-  import json
-
   import ml_collections
+
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path) or not ckpt_lib.has_checkpoint(workdir):
     return
@@ -109,6 +109,7 @@ def check_resumable(config, workdir: str):
 
 
 DONE = "all phases done"  # a position's phase_name once the last phase has ended
+CLASS_NAMES = "class_names.json"  # in the workdir: the training split's class names, in label order
 
 
 def resumed_phase(position: dict, plan) -> int:
@@ -173,6 +174,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if main_process:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+    # The classes' names, for predictions on new images where the data set is not (fgattn_jax/predict.py).
+    with open(os.path.join(workdir, CLASS_NAMES), "w") as f:
+      json.dump(list(train_data.source.class_names), f, indent=0)
   dtype = compute_dtype(config.model.dtype)
 
   writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
