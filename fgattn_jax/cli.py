@@ -114,27 +114,55 @@ def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
   return cfg
 
 
-def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1):
-  """A trained run, for the commands that read one (evaluate, visualize): -> namespace(cfg, split, scheme, model
-  (the checkpoint's weights), step, pipe (the split's evaluation pipeline)), or None after printing a one-line
-  error (a missing checkpoint, data set or weights file): the caller exits with 2."""
+def run_class_names(workdir: str, cfg) -> tuple[list[str] | None, str]:
+  """A trained run's class names and where they came from: the workdir's list, or the data set's (a run trained
+  before workdirs kept them), or none (classes are then numbered)."""
+  from data_pipelines import pipeline as data
+  from fgattn_jax.training import loop
+
+  path = os.path.join(workdir, loop.CLASS_NAMES)
+  if os.path.exists(path):
+    with open(path) as f:
+      names = json.load(f)
+    if len(names) == cfg.data.num_classes:
+      return [str(n) for n in names], path
+  try:
+    names = data.open_source(cfg, cfg.data.eval_split).class_names
+  except user_errors() as e:
+    return None, f"none: {path} is missing and the data set cannot be opened ({str(e).splitlines()[0]})"
+  return list(names), f"the data set ({cfg.data.name or cfg.data.source})"
+
+
+def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1, *,
+             images=None):
+  """A trained run, for the commands that read one (evaluate, visualize, predict): -> namespace(cfg, split, scheme,
+  model (the checkpoint's weights), step, pipe (the split's evaluation pipeline, or with `images`, paths of the
+  user's own image files or folders, theirs: unlabelled, split 'files'), names (the class names or None), named_by
+  (where they came from)), or None after printing a one-line error (a missing checkpoint, data set, image or
+  weights file): the caller exits with 2."""
   import types
 
   from data_pipelines import pipeline as data
+  from data_pipelines.sources.files import ImageFiles
   from fgattn_jax.schemes import get_scheme
   from fgattn_jax.training import checkpoint as ckpt_lib
 
   cfg = run_config(p, args.workdir, pairs)
-  split = args.split or cfg.data.eval_split
+  split = "files" if images else args.split or cfg.data.eval_split
   scheme = get_scheme(cfg.scheme)
   model = scheme.build(cfg)
+  names, named_by = run_class_names(args.workdir, cfg) if images else (None, "")
   try:
     step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
-    pipe = data.build(cfg, split, process_index, process_count, training=False)
+    source = ImageFiles(images, names or [str(k) for k in range(cfg.data.num_classes)]) if images else None
+    pipe = data.build(cfg, split, process_index, process_count, training=False, source=source)
   except user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     return None
-  return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe)
+  if not images:
+    names, named_by = pipe.source.class_names, f"the data set ({cfg.data.name or cfg.data.source})"
+  return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
+                               named_by=named_by)
 
 
 def setup_logging():

@@ -14,30 +14,10 @@ probability).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 
 from fgattn_jax import cli
-
-
-def class_names(workdir: str, cfg) -> tuple[list[str] | None, str]:
-  """The run's class names and where they came from: the workdir's list, or the data set's (a run trained before
-  the workdir kept them), or none (then classes are numbered)."""
-  from data_pipelines import pipeline as data
-  from fgattn_jax.training import loop
-
-  path = os.path.join(workdir, loop.CLASS_NAMES)
-  if os.path.exists(path):
-    with open(path) as f:
-      names = json.load(f)
-    if len(names) == cfg.data.num_classes:
-      return [str(n) for n in names], path
-  try:
-    names = data.open_source(cfg, cfg.data.eval_split).class_names
-  except cli.user_errors() as e:
-    return None, f"none: {path} is missing and the data set cannot be opened ({str(e).splitlines()[0]})"
-  return list(names), f"the data set ({cfg.data.name or cfg.data.source})"
 
 
 def main(argv=None) -> int:
@@ -58,29 +38,18 @@ def main(argv=None) -> int:
   import numpy as np
   from flax import nnx
 
-  from data_pipelines import pipeline as data
-  from data_pipelines.sources.files import ImageFiles
   from fgattn_jax.models.registry import compute_dtype
-  from fgattn_jax.schemes import get_scheme
-  from fgattn_jax.training import checkpoint as ckpt_lib
   from fgattn_jax.training import mesh as mesh_lib
   from fgattn_jax.training import steps
 
-  cfg = cli.run_config(p, args.workdir, pairs)
-  scheme = get_scheme(cfg.scheme)
+  run = cli.load_run(p, args, pairs, images=args.paths)
+  if run is None:
+    return 2
+  cfg, scheme, model, step, pipe, names = run.cfg, run.scheme, run.model, run.step, run.pipe, run.names
   if scheme.main_output != "logits":
     p.error(f"the run in {args.workdir} predicts attributes (multi-task {cfg.scheme}): predict covers runs with one "
             "classifier; score the tasks with python -m fgattn_jax.evaluate")
   top = min(args.top, cfg.data.num_classes)
-  names, named_by = class_names(args.workdir, cfg)
-  model = scheme.build(cfg)
-  try:
-    step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
-    source = ImageFiles(args.paths, names or [str(k) for k in range(cfg.data.num_classes)])
-    pipe = data.build(cfg, "files", training=False, source=source)
-  except cli.user_errors() as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
 
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
   predict_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
@@ -93,10 +62,10 @@ def main(argv=None) -> int:
     probs /= probs.sum(-1, keepdims=True)
     for i in np.flatnonzero(batch["mask"]):
       best = np.argsort(-probs[i], kind="stable")[:top]
-      rows.append((source.describe(int(batch["index"][i])), [(int(k), float(probs[i, k])) for k in best]))
+      rows.append((pipe.source.describe(int(batch["index"][i])), [(int(k), float(probs[i, k])) for k in best]))
 
   label = (lambda k: f"{names[k]} ({k})") if names else str
-  print(f"{args.workdir}, checkpoint step {step}, {scheme.name}'s {scheme.main_output}; class names: {named_by}")
+  print(f"{args.workdir}, checkpoint step {step}, {scheme.name}'s {scheme.main_output}; class names: {run.named_by}")
   for path, best in rows:
     print(f"{path}: " + ", ".join(f"{label(k)} {100 * q:.1f}%" for k, q in best))
   if pipe.skipped:

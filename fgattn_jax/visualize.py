@@ -3,14 +3,16 @@
     python -m fgattn_jax.visualize --workdir DIR [--split test] [--num-images 16] [--out DIR]
                                    [--checkpoint latest|best|STEP] [--layer NAME[#K]]
                                    [--amplify LAYER[:CHANNEL]|class] [--config.KEY=VALUE ...]
+    python -m fgattn_jax.visualize --workdir DIR PATH [PATH ...] [...]    (your own images: files or folders)
 
 For each image, one PNG panel: the input with its ground-truth box and parts where the data set has them; the
 scheme's own attention (ABN: the attention map; MA-CNN: the part maps, each part in its colour, their crops; RA-CNN:
 the box of each scale on the image and the zoomed inputs); CAM where the explained classifier is a global-average-
 pool + linear head; Grad-CAM and guided Grad-CAM for the predicted and the true class; the top-5 predictions. With
 --amplify, the image after feature amplification (gradient ascent on the input) for a stage (and channel) or the
-predicted class. OUT/index.html shows every panel. Default OUT: WORKDIR/visualize/SPLIT_stepSTEP; nothing is
-written elsewhere.
+predicted class. OUT/index.html shows every panel. Default OUT: WORKDIR/visualize/SPLIT_stepSTEP (your own
+images: WORKDIR/visualize/files_stepSTEP); nothing is written elsewhere. Your own images have no ground truth:
+their panels show the predicted class's maps only.
 
 --layer: the stage Grad-CAM reads (default: the last stage of the explained backbone: the classifier's, scale 1's
 for RA-CNN, the object stream's for MA-CNN); in models with several backbones NAME#2 is the second of that name.
@@ -29,8 +31,10 @@ def main(argv=None) -> int:
   p = cli.parser("python -m fgattn_jax.visualize", __doc__, argv)
   p.epilog = None
   p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
+  p.add_argument("images", nargs="*", metavar="PATH",
+                 help="your own image files or folders of them, instead of a split of the run's data set")
   p.add_argument("--split", help="data split to draw (default: the run's data.eval_split)")
-  p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split)")
+  p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split or PATHs)")
   cli.add_checkpoint_arg(p)
   p.add_argument("--out", help="folder for the panels and index.html (default: WORKDIR/visualize/SPLIT_stepSTEP)")
   p.add_argument("--layer", help="the stage Grad-CAM reads, e.g. conv5_4, layer3, conv5_4#2")
@@ -43,6 +47,8 @@ def main(argv=None) -> int:
   args, pairs = cli.parse(p, argv)
   if args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
+  if args.images and args.split:
+    p.error("--split draws from the run's data set: give either --split or your own image PATHs")
   cli.setup_logging()
 
   import numpy as np
@@ -51,7 +57,7 @@ def main(argv=None) -> int:
   from fgattn_jax.models.registry import compute_dtype
   from fgattn_jax.ops import saliency
 
-  run = cli.load_run(p, args, pairs)
+  run = cli.load_run(p, args, pairs, images=args.images or None)
   if run is None:
     return 2
   cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
       p.error(f"--amplify {args.amplify!r}: {e}")
 
   out = args.out or os.path.join(args.workdir, "visualize", f"{split}_step{step}")
-  names = pipe.source.class_names
+  names, own = run.names, bool(args.images)
   entries, done = [], 0
   for batch in pipe:
     maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=explain.has_cam(scheme, model))
@@ -91,10 +97,10 @@ def main(argv=None) -> int:
         break
       image_id = int(batch["index"][i])
       path = os.path.join(out, f"{split}_{image_id:06d}.png")
-      tiles, footer = panel_tiles(batch, maps, amp, i, layer, names)
-      overlays.save_png(path, overlays.panel(tiles, title=f"{split} image {image_id} - {scheme.name}, {layer}",
-                                             footer_lines=footer))
-      entries.append({"png": os.path.basename(path), "caption": f"{split} {image_id}: {footer[0]}"})
+      what = os.path.basename(pipe.source.describe(image_id)) if own else f"{split} image {image_id}"
+      tiles, footer = panel_tiles(batch, maps, amp, i, layer, names, truth=not own)
+      overlays.save_png(path, overlays.panel(tiles, title=f"{what} - {scheme.name}, {layer}", footer_lines=footer))
+      entries.append({"png": os.path.basename(path), "caption": f"{what}: {footer[0]}"})
       done += 1
     if done == args.num_images:
       break
@@ -113,18 +119,19 @@ def _name(names, k) -> str:
   return f"{names[k]} ({k})" if names and k < len(names) else str(k)
 
 
-def panel_tiles(batch, maps, amplified, i, layer, names):
-  """One image's tiles (caption, uint8 image) and footer lines, from explain()'s host arrays."""
+def panel_tiles(batch, maps, amplified, i, layer, names, truth=True):
+  """One image's tiles (caption, uint8 image) and footer lines, from explain()'s host arrays. truth=False: an image
+  without a label (the user's own): the predicted class's maps only."""
   import numpy as np
 
   from fgattn_jax import explain
 
   image = np.asarray(batch["image"][i])
   size = min(image.shape[:2])  # marks in proportion to the image: panels enlarge small images
-  truth = overlays.draw_boxes(image, batch["box"][i][None], colours=[(255, 255, 255)], width=max(1, size // 100))
+  marked = overlays.draw_boxes(image, batch["box"][i][None], colours=[(255, 255, 255)], width=max(1, size // 100))
   if "parts" in batch:  # only sources with part points (CUB, the synthetic set) have them
-    truth = overlays.draw_points(truth, batch["parts"][i], radius=max(1, round(size / 40)))
-  tiles = [("input, ground truth", truth)]
+    marked = overlays.draw_points(marked, batch["parts"][i], radius=max(1, round(size / 40)))
+  tiles = [("input, ground truth" if truth else "input", marked)]
   att = maps["attention"]
   if "part_maps" in att:
     shown = overlays.part_overlay(image, att["part_maps"][i])
@@ -142,7 +149,7 @@ def panel_tiles(batch, maps, amplified, i, layer, names):
     tiles.append((caption, explain.to_uint8(crop[i])))
   probs = maps["probs"][i]
   pred, true = int(maps["classes"]["pred"][i]), int(maps["classes"]["true"][i])
-  for who in ("pred", "true"):
+  for who in ("pred", "true") if truth else ("pred",):
     label = f"{'predicted' if who == 'pred' else 'true'} class"
     if f"cam_{who}" in maps:
       tiles.append((f"CAM, {label}", overlays.overlay(image, maps[f"cam_{who}"][i])))
@@ -151,7 +158,7 @@ def panel_tiles(batch, maps, amplified, i, layer, names):
   if amplified is not None:
     tiles.append(("amplified", amplified[i]))
   top = np.argsort(-probs, kind="stable")[:5]
-  footer = [f"predicted {_name(names, pred)}, true {_name(names, true)}",
+  footer = [f"predicted {_name(names, pred)}" + (f", true {_name(names, true)}" if truth else ""),
             "top-5: " + ", ".join(f"{_name(names, int(k))} {probs[k]:.2f}" for k in top)]
   return tiles, footer
 

@@ -60,6 +60,32 @@ def run(request, tmp_path_factory):
 TILES = {"baseline": 1 + 0 + 2 + 4, "abn": 1 + 1 + 2 + 4, "macnn": 1 + 1 + 4 + 2 + 4, "racnn": 1 + 1 + 2 + 2 + 4}
 
 
+def test_visualize_draws_your_own_images_with_the_predicted_class_only(tmp_path_factory, tmp_path, capsys):
+  workdir = trained("baseline", tmp_path_factory)
+  source = pipeline.open_source(json_config(workdir), "test")
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  for i in range(2):
+    Image.fromarray(source.load_image(source[i]["image"])).save(mine / f"my_bird_{i}.png")
+  out = tmp_path / "panels"
+  assert visualize.main(["--workdir", str(workdir), str(mine), "--out", str(out)]) == 0
+  assert "2 panels of 'files'" in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == ["files_000000.png", "files_000001.png", "index.html"]
+  index = (out / "index.html").read_text()
+  assert "my_bird_0.png: predicted " in index and "my_bird_1.png: predicted " in index and "true" not in index
+  (width, _), = {Image.open(out / p).size for p in ("files_000000.png", "files_000001.png")}
+  tile = 160  # input, CAM, Grad-CAM and guided Grad-CAM of the predicted class: 4 tiles (no true class)
+  assert 4 * tile <= width < 4 * (tile + 40)
+  with pytest.raises(SystemExit):
+    visualize.main(["--workdir", str(workdir), str(mine), "--split", "train"])
+  assert "either --split or your own image PATHs" in capsys.readouterr().err
+
+
+def json_config(workdir):
+  import ml_collections
+  return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+
+
 def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys):
   scheme, workdir = run
   out = tmp_path / "nested" / "panels"
@@ -67,7 +93,8 @@ def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys)
                          "latest"]) == 0
   assert "5 panels" in capsys.readouterr().out
   pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
-  assert len(pngs) == 5  # over two batches of 4 and sorted(os.listdir(out)) == sorted(pngs + ["index.html"])  # nothing else, nowhere else
+  assert len(pngs) == 5  # over two batches of 4
+  assert sorted(os.listdir(out)) == sorted(pngs + ["index.html"])  # nothing else, nowhere else
   index = (out / "index.html").read_text()
   assert all(p in index for p in pngs)
   sizes = {Image.open(out / p).size for p in pngs}
