@@ -57,3 +57,16 @@ def test_two_processes_train_together_and_agree(tmp_path):
   # Both processes evaluated every test example once, and saw the same model.
   assert first["count"] == second["count"] == 30
   assert first["nll"] == second["nll"] and first["top1"] == second["top1"]
+
+
+def test_the_attention_schemes_gradients_on_two_devices_equal_one_devices():
+  # Their crops, zooms and part losses over a batch split in two (tests/sharded_gradients.py: in evaluation mode,
+  # where the two must agree to rounding; in training mode BatchNorm's batch sums legitimately part them).
+  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "sharded_gradients.py"), "macnn",
+                         "racnn"], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  for scheme, r in results.items():
+    assert r["devices"] == 2
+    np.testing.assert_allclose(r["loss"][1], r["loss"][0], rtol=1e-6, err_msg=scheme)
+    assert r["error"] < 1e-5, (scheme, r["error"])  # measured: 5.8e-7 and 5.9e-7
