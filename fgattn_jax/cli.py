@@ -74,6 +74,20 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
                       "possibly before the last) or a step number")
 
 
+def check_out(p: argparse.ArgumentParser, path: str | None, *, folder: bool = True) -> None:
+  """--out, checked before any work: a folder (or with folder=False a file) that can be made there, i.e. neither it
+  (as a folder) nor a folder above it is an existing file, and a file is not an existing folder."""
+  if path is None:
+    return
+  head = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+  if not folder and os.path.isdir(path):
+    p.error(f"--out {path} is a folder: give a file name (e.g. {os.path.join(path, 'predictions.csv')})")
+  while not os.path.exists(head):
+    head = os.path.dirname(head)
+  if not os.path.isdir(head):
+    p.error(f"--out {path}: {head} is a file, not a folder")
+
+
 def checkpoint_arg(text: str) -> str:
   """The argparse type of --checkpoint: 'best', 'latest' or a step number (as given)."""
   if text in ("best", "latest") or text.isdigit():
@@ -111,7 +125,18 @@ def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
     config_lib.validate(cfg)
   except config_lib.ConfigError as e:
     p.error(str(e))
+  except (AttributeError, KeyError, TypeError) as e:  # a key missing, a value of the wrong type
+    p.error(edited(path, e))
   return cfg
+
+
+def edited(path: str, e: Exception) -> str:
+  """The one-line error for a run config that cannot be read as one (edited by hand, or from another version)."""
+  import re
+
+  key = re.search(r"[A-Za-z_]\w*", str(e)) if isinstance(e, (AttributeError, KeyError)) else None
+  what = f"it lacks the key {key.group(0)!r}" if key else f"{type(e).__name__}: {e}"
+  return f"{path} does not describe a run this version can build ({what}): restore the file the training run wrote"
 
 
 def run_class_names(workdir: str, cfg) -> tuple[list[str] | None, str]:
@@ -149,8 +174,11 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
 
   cfg = run_config(p, args.workdir, pairs)
   split = "files" if images else args.split or cfg.data.eval_split
-  scheme = get_scheme(cfg.scheme)
-  model = scheme.build(cfg)
+  try:
+    scheme = get_scheme(cfg.scheme)
+    model = scheme.build(cfg)
+  except (config_lib.ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
+    p.error(edited(os.path.join(args.workdir, "config.json"), e))
   names, named_by = run_class_names(args.workdir, cfg) if images else (None, "")
   try:
     step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
@@ -159,10 +187,50 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   except user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     return None
+  except (AttributeError, KeyError) as e:  # a data key missing from the run's config
+    p.error(edited(os.path.join(args.workdir, "config.json"), e))
   if not images:
     names, named_by = pipe.source.class_names, f"the data set ({cfg.data.name or cfg.data.source})"
   return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
                                named_by=named_by)
+
+
+def probe(scheme, model, pipe):
+  """(images -> the run's main logits, a zero image of the pipeline's shape): for reading the stages' names and
+  shapes (saliency.layer_names, layer_shape) without running anything."""
+  import numpy as np
+  from flax import nnx
+
+  from fgattn_jax import explain
+
+  model = nnx.clone(model)
+  model.eval()  # (in training mode BatchNorm would update its statistics inside the trace)
+  batch = {k: v[:1] for k, v in next(iter(pipe)).items()}
+  return explain.logits_fn(scheme, model, batch), np.zeros(batch["image"].shape, np.float32)
+
+
+def check_layer(p: argparse.ArgumentParser, scheme, model, stages: list[str], layer: str, *, drawn: bool = True,
+                image_frame: bool = False):
+  """--layer, checked against the stages the model runs (saliency.layer_names): -> (its name as they have it:
+  conv5_4#1 is conv5_4, what it sees: 'image' or the index of the scheme's attention crop, scheme.layer_input).
+  A stage the model does not run, with `drawn` one whose input is drawn nowhere, and with image_frame one not in
+  the image's frame (the localisation metrics) are argparse errors naming the stages."""
+  from fgattn_jax.ops import saliency
+
+  try:
+    name, occurrence = saliency.parse_layer(layer)
+  except ValueError as e:
+    p.error(str(e))
+  layer = name if occurrence == 1 else layer
+  if layer not in stages:
+    p.error(f"layer {layer!r} does not run in this model; its stages: {', '.join(stages)}")
+  frame = scheme.layer_input(occurrence, model)
+  if (drawn and frame is None) or (image_frame and frame != "image"):
+    on_image = [s for s in stages if scheme.layer_input(saliency.parse_layer(s)[1], model) == "image"]
+    what = "an input that is not drawn (the object crop)" if frame is None else "a crop, not the image"
+    p.error(f"layer {layer!r} sees {what}{': the metrics score maps in the image' if image_frame else ''}; "
+            f"stages on the image: {', '.join(on_image)}")
+  return layer, frame
 
 
 def setup_logging():

@@ -40,6 +40,9 @@ def main(argv=None) -> int:
   args, pairs = cli.parse(p, argv)
   if args.num_images is not None and args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
+  cli.check_out(p, args.out)
+  if args.part_radius is not None and args.part_radius <= 0:
+    p.error(f"--part-radius must be positive, got {args.part_radius}")
   if args.deletion_steps < 1:
     p.error(f"--deletion-steps must be at least 1, got {args.deletion_steps}")
   cli.setup_logging()
@@ -56,6 +59,12 @@ def main(argv=None) -> int:
   if run is None:
     return 2
   cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
+  if args.localization:  # its layer checked before anything runs
+    from fgattn_jax import explain
+    from fgattn_jax.ops import saliency
+    stages = saliency.layer_names(*cli.probe(scheme, model, pipe))
+    layer = cli.check_layer(p, scheme, model, stages, args.layer or explain.default_layer(scheme, model),
+                            image_frame=True)[0]
   mesh = mesh_lib.make_mesh(cfg.mesh.data)
   eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
   state = mesh_lib.replicate(nnx.state(model), mesh)
@@ -74,21 +83,20 @@ def main(argv=None) -> int:
       print(f"  {name:<10} {evaluation.summary_line(r)}")
     print(f"per-class accuracy and confusion matrices: {out} (e.g. {os.path.basename(files['confusion_png'])})")
   if args.localization:
-    return _localization(p, args, scheme, model, cfg, pipe, split, step)
+    return _localization(args, scheme, model, cfg, pipe, split, step, layer)
   return 0
 
 
-def _localization(p, args, scheme, model, cfg, pipe, split, step) -> int:
+def _localization(args, scheme, model, cfg, pipe, split, step, layer) -> int:
   import json
 
   import jax
   import tqdm
 
-  from fgattn_jax import explain, localize
+  from fgattn_jax import localize
   from fgattn_jax.models.registry import compute_dtype
 
   model.eval()
-  layer = args.layer or explain.default_layer(scheme, model)
   total = min(len(pipe.source), args.num_images or len(pipe.source))
   with tqdm.tqdm(total=total, unit="image", desc="localisation", dynamic_ncols=True,
                  disable=jax.process_index() != 0) as bar:

@@ -30,6 +30,7 @@ def main(argv=None) -> int:
   cli.add_checkpoint_arg(p)
   p.add_argument("--out", help="also write the predictions to this CSV file")
   args, pairs = cli.parse(p, argv)
+  cli.check_out(p, args.out, folder=False)
   if args.top < 1:
     p.error(f"--top must be at least 1, got {args.top}")
   cli.setup_logging()

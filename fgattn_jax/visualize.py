@@ -12,7 +12,8 @@ pool + linear head; Grad-CAM and guided Grad-CAM for the predicted and the true 
 --amplify, the image after feature amplification (gradient ascent on the input) for a stage (and channel) or the
 predicted class. OUT/index.html shows every panel. Default OUT: WORKDIR/visualize/SPLIT_stepSTEP (your own
 images: WORKDIR/visualize/files_stepSTEP); nothing is written elsewhere. Your own images have no ground truth:
-their panels show the predicted class's maps only.
+their panels show the predicted class's maps only. Every image is drawn as the model sees it: the run's evaluation
+transform (resize, then the centre crop: what lies outside the centre square of a wide image is not drawn).
 
 --layer: the stage Grad-CAM reads (default: the last stage of the explained backbone: the classifier's, scale 1's
 for RA-CNN, the object stream's for MA-CNN); in models with several backbones NAME#2 is the second of that name.
@@ -47,6 +48,10 @@ def main(argv=None) -> int:
   args, pairs = cli.parse(p, argv)
   if args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
+  cli.check_out(p, args.out)
+  if args.amplify_steps < 1 or args.amplify_step_size <= 0:
+    p.error(f"--amplify-steps must be at least 1 and --amplify-step-size positive, got {args.amplify_steps} and "
+            f"{args.amplify_step_size}")
   if args.images and args.split:
     p.error("--split draws from the run's data set: give either --split or your own image PATHs")
   cli.setup_logging()
@@ -69,14 +74,16 @@ def main(argv=None) -> int:
     name, _, channel = args.amplify.partition(":")
     if channel and not channel.removeprefix("-").isdigit():  # a negative one is refused below, with the range
       p.error(f"--amplify {args.amplify!r}: the channel after ':' must be a number")
+    if channel and name == "class":
+      p.error(f"--amplify {args.amplify!r}: 'class' amplifies the predicted class; a channel goes with a stage, "
+              "e.g. conv5_4:12")
     amplify = dict(layer=None if name == "class" else name, channel=int(channel) if channel else None,
                    use_class=name == "class", steps=args.amplify_steps, step_size=args.amplify_step_size)
-  probe = {k: v[:1] for k, v in next(iter(pipe)).items()}
-  probe_fn, probe_images = explain.logits_fn(scheme, model, probe), np.zeros(probe["image"].shape, np.float32)
+  probe_fn, probe_images = cli.probe(scheme, model, pipe)
   stages = saliency.layer_names(probe_fn, probe_images)
-  for name in {layer, (amplify or {}).get("layer") or layer}:
-    if name not in stages:
-      p.error(f"layer {name!r} does not run in this model; its stages: {', '.join(stages)}")
+  layer, frame = cli.check_layer(p, scheme, model, stages, layer)
+  if amplify and amplify["layer"]:  # (the image is amplified: any stage will do)
+    amplify["layer"] = cli.check_layer(p, scheme, model, stages, amplify["layer"], drawn=False)[0]
   if amplify and amplify["layer"] and amplify["channel"] is not None:
     try:
       saliency.check_channel(amplify["layer"], amplify["channel"],
@@ -85,7 +92,12 @@ def main(argv=None) -> int:
       p.error(f"--amplify {args.amplify!r}: {e}")
 
   out = args.out or os.path.join(args.workdir, "visualize", f"{split}_step{step}")
-  names, own = run.names, bool(args.images)
+  # (A multi-task ABN explains its first task, whose classes are not the data set's: numbered, and the task named.)
+  names, own = (run.names, bool(args.images)) if scheme.main_output == "logits" else (None, bool(args.images))
+  task = "" if scheme.main_output == "logits" else f"{scheme.main_output}: "
+  # CAM reads one stream's own head (MA-CNN's object stream, RA-CNN's scale 1), for the main output's classes.
+  cam_head = None if not explain.has_cam(scheme, model) or scheme.cam_net(model)[1] == scheme.main_output \
+      else scheme.cam_net(model)[1]
   entries, done = [], 0
   for batch in pipe:
     maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=explain.has_cam(scheme, model))
@@ -98,14 +110,15 @@ def main(argv=None) -> int:
       image_id = int(batch["index"][i])
       path = os.path.join(out, f"{split}_{image_id:06d}.png")
       what = os.path.basename(pipe.source.describe(image_id)) if own else f"{split} image {image_id}"
-      tiles, footer = panel_tiles(batch, maps, amp, i, layer, names, truth=not own)
+      tiles, footer = panel_tiles(batch, maps, amp, i, layer, names, truth=not own, frame=frame, cam_head=cam_head)
+      footer = [task + line for line in footer]
       overlays.save_png(path, overlays.panel(tiles, title=f"{what} - {scheme.name}, {layer}", footer_lines=footer))
       entries.append({"png": os.path.basename(path), "caption": f"{what}: {footer[0]}"})
       done += 1
     if done == args.num_images:
       break
   index = overlays.write_index(out, entries, f"{args.workdir} - {split}, checkpoint step {step}")
-  print(f"{done} panels of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; open {index}")
+  print(f"{done} panel{'' if done == 1 else 's'} of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; open {index}")
   return 0
 
 
@@ -119,9 +132,11 @@ def _name(names, k) -> str:
   return f"{names[k]} ({k})" if names and k < len(names) else str(k)
 
 
-def panel_tiles(batch, maps, amplified, i, layer, names, truth=True):
+def panel_tiles(batch, maps, amplified, i, layer, names, truth=True, frame="image", cam_head=None):
   """One image's tiles (caption, uint8 image) and footer lines, from explain()'s host arrays. truth=False: an image
-  without a label (the user's own): the predicted class's maps only."""
+  without a label (the user's own): the predicted class's maps only. frame: what the Grad-CAM's layer sees
+  (scheme.layer_input): 'image', or the index of the attention crop its map is drawn on. cam_head: the output whose
+  head CAM reads, where it is not the main one."""
   import numpy as np
 
   from fgattn_jax import explain
@@ -144,17 +159,22 @@ def panel_tiles(batch, maps, amplified, i, layer, names, truth=True):
               for t in range(m.shape[-1])]
   elif "boxes" in att:
     tiles.append(("box of each scale", overlays.draw_boxes(image, att["boxes"][i], colours=overlays.PALETTE)))
+  crop_caption = (lambda c: f"part {c + 1} crop") if "part_maps" in att else (lambda c: f"scale {c + 2} input")
   for c, crop in enumerate(att.get("crops", [])):
-    caption = f"part {c + 1} crop" if "part_maps" in att else f"scale {c + 2} input"
-    tiles.append((caption, explain.to_uint8(crop[i])))
+    tiles.append((crop_caption(c), explain.to_uint8(crop[i])))
+  # A stage of a zoomed stream (RA-CNN's scale 2, MA-CNN's part streams) maps its own input, not the image.
+  under = image if frame == "image" else explain.to_uint8(att["crops"][frame][i])
+  gradcam = f"Grad-CAM ({layer})" if frame == "image" else f"{crop_caption(frame)}: Grad-CAM"
   probs = maps["probs"][i]
   pred, true = int(maps["classes"]["pred"][i]), int(maps["classes"]["true"][i])
   for who in ("pred", "true") if truth else ("pred",):
     label = f"{'predicted' if who == 'pred' else 'true'} class"
     if f"cam_{who}" in maps:
-      tiles.append((f"CAM, {label}", overlays.overlay(image, maps[f"cam_{who}"][i])))
-    tiles.append((f"Grad-CAM ({layer}), {label}", overlays.overlay(image, maps[f"gradcam_{who}"][i])))
-    tiles.append((f"guided Grad-CAM, {label}", overlays.guided_rgb(maps[f"guided_{who}"][i])))
+      cam = f"CAM ({cam_head} head)" if cam_head else "CAM"
+      tiles.append((f"{cam}, {label}", overlays.overlay(image, maps[f"cam_{who}"][i])))
+    tiles.append((f"{gradcam}, {label}", overlays.overlay(under, maps[f"gradcam_{who}"][i])))
+    if frame == "image":  # (guided: the image's gradient times the map, both in the image's frame)
+      tiles.append((f"guided Grad-CAM, {label}", overlays.guided_rgb(maps[f"guided_{who}"][i])))
   if amplified is not None:
     tiles.append(("amplified", amplified[i]))
   top = np.argsort(-probs, kind="stable")[:5]

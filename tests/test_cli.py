@@ -1,5 +1,6 @@
 """The train and evaluate commands as a user meets them: --help, bad settings, SIGTERM and resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,25 @@ def test_evaluate_refuses_a_broken_run_config(capsys, tmp_path, text):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert f"{tmp_path / 'config.json'} is not a" in err and "run config" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["data"].pop("eval_batch_size"), "(it lacks the key 'eval_batch_size')"),
+    (lambda c: c["data"].update(eval_batch_size="lots"), "(TypeError: "),
+    (lambda c: c.update(scheme="abn"), "(it lacks the key 'abn')"),
+    (lambda c: c.update(scheme="bogus"), "(ConfigError: Unknown scheme 'bogus'"),
+    (lambda c: c["model"].update(dtype="float8"), "(ConfigError: Unknown compute dtype 'float8'"),
+], ids=["missing-key", "wrong-type", "other-scheme", "unknown-scheme", "unknown-dtype"])
+def test_evaluate_refuses_a_run_config_edited_by_hand_in_one_line(capsys, run_dir, edit, message):
+  cfg = json.loads((run_dir / "config.json").read_text())
+  edit(cfg)
+  (run_dir / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--workdir", str(run_dir)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert f"{run_dir / 'config.json'} does not describe a run this version can build {message}" in err, err
+  assert "restore the file the training run wrote" in err and "Traceback" not in err
 
 
 def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):

@@ -121,7 +121,42 @@ def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, cap
     with pytest.raises(SystemExit):
       visualize.main(["--workdir", str(workdir), "--amplify", f"conv4_2:{channel}"])
     assert f"conv4_2 has 32 channels (0..31); there is no channel {channel}" in capsys.readouterr().err
-  assert not (workdir / "visualize").exists()
+  # Refused before any work, each with the reason: a channel with 'class', no steps, an --out under a file.
+  (workdir.parent / "a_file").write_text("")
+  for argv, message in [(["--amplify", "class:3"], "a channel goes with a stage"),
+                        (["--amplify", "class", "--amplify-steps", "0"], "--amplify-steps must be at least 1"),
+                        (["--out", str(workdir.parent / "a_file" / "panels")], "a_file is a file, not a folder")]:
+    with pytest.raises(SystemExit):
+      visualize.main(["--workdir", str(workdir), *argv])
+    assert message in capsys.readouterr().err
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "1", "--layer", "conv3_2#1"]) == 0  # = conv3_2
+  assert "Grad-CAM at conv3_2)" in capsys.readouterr().out
+  shutil.rmtree(workdir / "visualize")
+
+
+def test_a_zoomed_streams_grad_cam_is_drawn_on_its_own_input_and_not_scored(tmp_path_factory, tmp_path, capsys,
+                                                                            monkeypatch):
+  workdir = trained("racnn", tmp_path_factory)
+  drawn = []
+  panel = visualize.overlays.panel
+  monkeypatch.setattr(visualize.overlays, "panel", lambda tiles, **kw: drawn.append(tiles) or panel(tiles, **kw))
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "1", "--layer", "conv5_2#3", "--out",
+                         str(tmp_path / "p")]) == 0
+  (tiles,) = drawn
+  gradcams = {caption: tile.shape for caption, tile in tiles if "Grad-CAM" in caption}
+  # Scale 3's stage sees the 24-pixel zoom, not the 32-pixel image: its map is drawn on that input; no guided
+  # Grad-CAM (the image's gradient times a map of another frame).
+  assert gradcams == {"scale 3 input: Grad-CAM, predicted class": (24, 24, 3),
+                      "scale 3 input: Grad-CAM, true class": (24, 24, 3)}
+  assert any(caption.startswith("CAM (scale1 head)") for caption, _ in tiles)  # CAM reads scale 1's own head
+  # The localisation metrics score maps in the image's frame: refused up front, before the evaluation runs.
+  for layer, message in [("conv5_2#2", "'conv5_2#2' sees a crop, not the image: the metrics score maps in the "
+                                       "image; stages on the image: conv1_1,"),
+                         ("bogus", "layer 'bogus' does not run in this model")]:
+    with pytest.raises(SystemExit):
+      evaluate.main(["--workdir", str(workdir), "--localization", "--layer", layer, "--out", str(tmp_path / "e")])
+    assert message in capsys.readouterr().err
+  assert not (tmp_path / "e").exists()
 
 
 def test_evaluate_localization_scores_every_map_kind(run, tmp_path, capsys):

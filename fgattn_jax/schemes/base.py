@@ -50,6 +50,13 @@ class Scheme:
     logits have), or None where no such head classifies."""
     return None
 
+  def layer_input(self, occurrence: int, model):
+    """What the `occurrence`-th run of a stage name (saliency.parse_layer: conv5_4#2 is the second) sees: 'image'
+    (the input's frame: ABN's attention stage, a stage run once), the index of attention()'s 'crops' it reads
+    (RA-CNN's scales, MA-CNN's part streams: a Grad-CAM there is in that crop's frame), or None (an input
+    attention() does not return, e.g. MA-CNN's object crop)."""
+    return "image"
+
   def check_data(self, config, source) -> None:
     """Raises ConfigError when the data source cannot feed this scheme as configured (before any compiling)."""
 

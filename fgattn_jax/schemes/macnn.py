@@ -89,6 +89,12 @@ class MACNNScheme(Scheme):
   def cam_net(self, model):
     return model.backbone, "object"
 
+  def layer_input(self, occurrence, model):
+    # The forward's order: the object stream (the image), the part streams (crops[k]), the object-crop stream.
+    if occurrence == 1:
+      return "image"
+    return occurrence - 2 if occurrence - 2 < len(model.part_nets or ()) else None
+
   def load_pretrained(self, model, path):
     """torchvision weights into the object stream, every part stream and the object-crop stream."""
     nets = [(("backbone",), model.backbone)]

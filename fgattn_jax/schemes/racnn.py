@@ -76,6 +76,9 @@ class RACNNScheme(Scheme):
   def cam_net(self, model):
     return model.nets[0], "scale1"
 
+  def layer_input(self, occurrence, model):
+    return "image" if occurrence == 1 else occurrence - 2  # scale k + 2 sees crops[k], the zoom of scale k + 1
+
   def load_pretrained(self, model, path):
     """torchvision weights into every scale's backbone."""
     return load_into([(("nets", s), net) for s, net in enumerate(model.nets)], path)
