@@ -81,15 +81,18 @@ def main(argv=None) -> int:
   p.add_argument("--passes", metavar="JSONL", help="with --collect: the plain backbone steps (throughput --passes)")
   args = p.parse_args(argv)
   if args.collect:
-    read = throughput.read_json_lines
-    torch_rows = [r for path in args.collect[1:] for r in read(path)]
-    rows = joined(read(args.collect[0]), torch_rows, args.modes, read(args.passes) if args.passes else [])
+    read = lambda paths: throughput.collected(p, paths)  # noqa: E731
+    passes = read([args.passes]) if args.passes else []
+    rows = joined(read(args.collect[:1]), read(args.collect[1:]), args.modes, passes)
     if args.json:
       with open(args.json, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     print(table(rows, args.modes))
     return 0
   runs = throughput.selected_runs(p, args)
+  import torch
+  if not args.cpu and not torch.cuda.is_available():  # PyTorch would fail on every row, JAX run at full size
+    p.error("PyTorch sees no CUDA GPU here: run on a GPU machine, or pass --cpu for the toy sizes on the CPU")
   width, dtype, device = 1.0, "bfloat16", "cuda"
   if args.cpu:
     width, dtype, device, args.modes = 1 / 16, "float32", "cpu", ["eager"]

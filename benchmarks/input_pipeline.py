@@ -62,7 +62,8 @@ def measure(root: str, size: int, workers: int, batch: int, steps: int, augment:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--images", help="class-per-folder tree (DIR/train/CLASS/*.jpg); default: write one")
   ap.add_argument("--num-images", type=int, default=512, help="files to write when --images is not given")
   ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
@@ -70,8 +71,17 @@ def main(argv=None):
   ap.add_argument("--augment", nargs="+", default=list(AUGMENTS), choices=list(AUGMENTS))
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--steps", type=int, default=10,
-                  help="batches timed per cell (at least 2 per worker), after one warm-up batch per worker")
+                  help="batches timed per cell (at least 2 per worker), after a warm-up of each worker's read-ahead "
+                       f"({pipeline.PREFETCH_BATCHES} batches) plus one")
   args = ap.parse_args(argv)
+  for flag in ("num_images", "batch", "steps"):
+    if getattr(args, flag) < 1:
+      ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+  if min(args.sizes) < 1 or min(args.workers or [0]) < 0:
+    ap.error("--sizes must be 1 or more and --workers 0 or more")
+  if args.images and not os.path.isdir(os.path.join(args.images, "train")):
+    ap.error(f"--images {args.images}: expected a class-per-folder tree, {os.path.join(args.images, 'train')}/CLASS/"
+             "*.jpg (leave --images out to write one)")
   cores = os.cpu_count() or 1
   workers = args.workers or [0] + [w for w in (1, 2, 4, 8, 16, 32) if w <= cores]
   with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +91,8 @@ def main(argv=None):
       print(f"writing {args.num_images} JPEG files (500x375) to {tmp} ...", flush=True)
       write_jpegs(tmp, args.num_images)
     print(f"\nmachine: {platform.processor() or platform.machine()}, {cores} cores; batch {args.batch}")
-    print("| output | augment | " + " | ".join(f"{w} workers" if w else "threads" for w in workers) + " |")
+    heads = [f"{w} worker{'s' if w > 1 else ''}" if w else "threads" for w in workers]
+    print("| output | augment | " + " | ".join(heads) + " |")
     print("|---|---|" + "---|" * len(workers))
     for size in args.sizes:
       for augment in args.augment:

@@ -320,6 +320,14 @@ def read_json_lines(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def collected(p: argparse.ArgumentParser, paths) -> list[dict]:
+  """The rows of earlier --json files; a missing or unreadable one is an argparse error naming it."""
+  try:
+    return [r for path in paths for r in read_json_lines(path)]
+  except (OSError, ValueError) as e:
+    p.error(f"--collect: {e}: give the files that --json wrote (one JSON object per line)")
+
+
 def table(rows, columns=COLUMNS) -> str:
   """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU); a phase column after the
   scheme when a row times one phase (--phase)."""
@@ -337,17 +345,17 @@ def table(rows, columns=COLUMNS) -> str:
 def run_arguments(p: argparse.ArgumentParser) -> None:
   """The flags that choose what to measure, shared with benchmarks.compare."""
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
-  p.add_argument("--backbone", default="vgg19")
-  p.add_argument("--res", type=int, default=448)
-  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--backbone", default="vgg19", help="a registry backbone (default vgg19)")
+  p.add_argument("--res", type=int, default=448, help="input side in pixels (default 448)")
+  p.add_argument("--batch", type=int, default=16, help="global batch (default 16)")
   p.add_argument("--all", action="store_true", help="the standard table (with --cpu: its toy version)")
   p.add_argument("--largest", choices=sorted(LARGEST_BATCH),
                  help="with --all: the standard table at the largest batch that fits on this card (LARGEST_BATCH) "
                       "instead of the papers' batches")
   p.add_argument("--cpu", action="store_true",
                  help="toy sizes on the CPU (width 1/16, at most 64 px and batch 4, float32, 3 steps): a smoke test")
-  p.add_argument("--steps", type=int, default=50)
-  p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--steps", type=int, default=50, help="timed steps; the median is reported (default 50)")
+  p.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling (default 5)")
   p.add_argument("--json", help="append the results (one object per line) to this file")
 
 
@@ -373,6 +381,14 @@ def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int,
   """(scheme, backbone, res, batch) to measure; with --cpu, JAX on the CPU and the step counts capped."""
   if not args.all and not args.scheme:
     p.error("name a --scheme (and --backbone, --res, --batch), or ask for --all")
+  for flag in ("res", "batch", "steps"):
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+  if args.warmup < 0:
+    p.error(f"--warmup must be 0 or more, got {args.warmup}")
+  from fgattn_jax.models import registry
+  if args.scheme and args.backbone not in registry.BACKBONES:
+    p.error(f"--backbone {args.backbone!r}: not a backbone; they are {', '.join(sorted(registry.BACKBONES))}")
   if args.largest and (args.cpu or not args.all):
     p.error("--largest goes with --all (the standard table), not with --cpu")
   if args.all:
@@ -393,8 +409,10 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   run_arguments(p)
-  p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  p.add_argument("--width", type=float, default=1.0,
+                 help="channel multiplier of the backbones (default 1; --cpu: 1/16)")
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                 help="compute precision (default bfloat16; --cpu: float32)")
   p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product peak (default: known cards)")
   p.add_argument("--overhead", action="store_true",
                  help="also time a plain backbone step at each input the scheme's backbones see, and report the "
@@ -416,7 +434,7 @@ def main(argv=None) -> int:
                  help="measure nothing: print the table of earlier --json files")
   args = p.parse_args(argv)
   if args.collect:
-    rows = [r for path in args.collect for r in read_json_lines(path)]
+    rows = collected(p, args.collect)
     print(table(rows))
     return 0
   if args.flops and args.cpu:
@@ -424,6 +442,10 @@ def main(argv=None) -> int:
   if args.phase and (args.all or args.passes or args.overhead or not args.scheme):
     p.error("--phase goes with one --scheme (its phases), not with --all, --passes or --overhead")
   runs = selected_runs(p, args)
+  if args.phase:
+    phases = config_for(args.scheme, args.backbone, args.res, args.batch, 1.0, "bfloat16").phase_order
+    if args.phase not in phases:
+      p.error(f"--phase {args.phase!r}: {args.scheme}'s phases are {', '.join(phases)}")
   if args.cpu:
     args.width, args.dtype = 1 / 16, "float32"
   if args.flops:

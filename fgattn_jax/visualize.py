@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     if done == args.num_images:
       break
   index = overlays.write_index(out, entries, f"{args.workdir} - {split}, checkpoint step {step}")
-  print(f"{done} panel{'' if done == 1 else 's'} of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; open {index}")
+  print(f"{done} panel{'' if done == 1 else 's'} of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; "
+        f"open {index}")
   return 0
 
 

@@ -110,6 +110,23 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
     assert "--phase goes with one --scheme" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("main, argv, message", [
+    ("throughput", ["--scheme", "macnn", "--res", "0"], "--res must be at least 1, got 0"),
+    ("throughput", ["--scheme", "macnn", "--steps", "0"], "--steps must be at least 1, got 0"),
+    ("throughput", ["--scheme", "macnn", "--backbone", "vgg99"], "--backbone 'vgg99': not a backbone; they are"),
+    ("throughput", ["--scheme", "macnn", "--backbone", "vgg11", "--phase", "objects", "--cpu"],
+     "--phase 'objects': macnn's phases are object, init, grouping, classify, parts"),
+    ("throughput", ["--collect", "/nowhere.jsonl"], "--collect: [Errno 2] No such file or directory"),
+    ("compare", ["--collect", "README.md"], "--collect: Expecting value"),
+    ("input_pipeline", ["--batch", "0"], "--batch must be at least 1, got 0"),
+    ("input_pipeline", ["--images", "/"], "expected a class-per-folder tree"),
+], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
+def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, message):
+  with pytest.raises(SystemExit):
+    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline}[main].main(argv)
+  assert message in capsys.readouterr().err
+
+
 def test_input_pipeline_benchmark_runs(capsys):
   input_pipeline.main(["--num-images", "16", "--sizes", "32", "--workers", "0", "--batch", "4", "--steps", "1"])
   rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
