@@ -93,7 +93,8 @@ def main(argv=None) -> int:
 
   out = args.out or os.path.join(args.workdir, "visualize", f"{split}_step{step}")
   # (A multi-task ABN explains its first task, whose classes are not the data set's: numbered, and the task named.)
-  names, own = (run.names, bool(args.images)) if scheme.main_output == "logits" else (None, bool(args.images))
+  own = bool(args.images)
+  names = run.names if scheme.main_output == "logits" else None
   task = "" if scheme.main_output == "logits" else f"{scheme.main_output}: "
   # CAM reads one stream's own head (MA-CNN's object stream, RA-CNN's scale 1), for the main output's classes.
   cam_head = None if not explain.has_cam(scheme, model) or scheme.cam_net(model)[1] == scheme.main_output \
