@@ -9,7 +9,8 @@ momentum update of every parameter: the end-to-end step, the most work a phase c
 one phase of the scheme's schedule instead, which runs only what its losses need). After --warmup steps, each
 of --steps steps is timed to completion (block_until_ready) and the median taken. Reported: images/s, TFLOP/s
 achieved (matrix products and convolutions counted from the step's program: benchmarks/flops.py), the share of the
-bf16 matrix-product peak (--peak-tflops, default: the measured 798 on an H100, see ../shared/device/README.md),
+bf16 matrix-product peak (--peak-tflops, default: 798, measured on an H100 by a bf16 matrix-product loop, which the
+H200 shares; benchmarks/RESULTS.md),
 the device memory the compiled step needs (arguments, outputs, temporaries), compile time, and the same for
 evaluation (forward only).
 """
@@ -328,6 +329,15 @@ def collected(p: argparse.ArgumentParser, paths) -> list[dict]:
     p.error(f"--collect: {e}: give the files that --json wrote (one JSON object per line)")
 
 
+def _cell(fmt: str, value) -> str:
+  """A value in its column's format, or with two significant digits where that format would print it as 0 (the
+  toy sizes of --cpu: 0.006 GFLOP per image)."""
+  text = fmt.format(value)
+  if isinstance(value, float) and value and not any(c in "123456789" for c in text):
+    return f"{100 * value:.2g}%" if text.endswith("%") else f"{value:.2g}"
+  return text
+
+
 def table(rows, columns=COLUMNS) -> str:
   """Results as a Markdown table ('-' where a value is not known, e.g. memory on the CPU); a phase column after the
   scheme when a row times one phase (--phase)."""
@@ -336,7 +346,7 @@ def table(rows, columns=COLUMNS) -> str:
   head = "| " + " | ".join(name for name, _ in columns) + " |"
   lines = [head, "|" + "---|" * len(columns)]
   for r in rows:
-    lines.append("| " + " | ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in columns) + " |")
+    lines.append("| " + " | ".join("-" if r.get(k) is None else _cell(f, r[k]) for k, f in columns) + " |")
   lines += [f"failed: {r['scheme']} {r['backbone']} {r['res']} batch {r['batch']}: {r['error']}" for r in rows
             if "error" in r]
   return "\n".join(lines)
@@ -427,7 +437,8 @@ def main(argv=None) -> int:
                                  "(its losses, its parameter group; e.g. MA-CNN's object, init, grouping, classify, "
                                  "parts) instead of the end-to-end step")
   p.add_argument("--flops", action="store_true",
-                 help="count the full-size steps' FLOPs only (no compile, no run: any machine, seconds) and "
+                 help="count the full-size steps' FLOPs only (no compile, no run: any machine, about 3 s a row "
+                      "on 2 CPU cores) and "
                       "their share beyond the backbone passes")
   add_formulation_args(p)
   p.add_argument("--collect", nargs="+", metavar="JSONL",

@@ -41,6 +41,10 @@ def main(argv=None) -> int:
   if args.num_images is not None and args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
   cli.check_out(p, args.out)
+  given = [f for f, v in (("--num-images", args.num_images), ("--layer", args.layer),
+                          ("--part-radius", args.part_radius)) if v is not None]
+  if given and not args.localization:
+    p.error(f"{', '.join(given)}: options of --localization, which is not given")
   if args.part_radius is not None and args.part_radius <= 0:
     p.error(f"--part-radius must be positive, got {args.part_radius}")
   if args.deletion_steps < 1:
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     print(f"{args.workdir}, checkpoint step {step}, split {split!r}:")
     for name, r in results.items():
       files = evaluation.save(r, out, prefix=f"{split}_step{step}_{name}")
-      print(f"  {name:<10} {evaluation.summary_line(r)}")
+      print(f"  {name:<{max(map(len, results))}} {evaluation.summary_line(r)}")
     print(f"per-class accuracy and confusion matrices: {out} (e.g. {os.path.basename(files['confusion_png'])})")
   if args.localization:
     return _localization(args, scheme, model, cfg, pipe, split, step, layer)

@@ -127,6 +127,13 @@ def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, me
   assert message in capsys.readouterr().err
 
 
+def test_the_table_shows_the_toy_sizes_small_values_instead_of_zeros():
+  row = {"scheme": "abn", "backbone": "vgg11_bn", "res": 64, "batch": 4, "train_gflop_per_image": 0.0061,
+         "peak_fraction": 0.0004, "train_img_s": 412.26, "train_mem_gib": 0.0}
+  assert "| 412.3 |" in throughput.table([row]) and "| 0.0061 |" in throughput.table([row])
+  assert "| 0.04% |" in throughput.table([row]) and "| 0.0 |" in throughput.table([row])  # a true zero stays
+
+
 def test_input_pipeline_benchmark_runs(capsys):
   input_pipeline.main(["--num-images", "16", "--sizes", "32", "--workers", "0", "--batch", "4", "--steps", "1"])
   rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]

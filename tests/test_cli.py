@@ -103,6 +103,8 @@ def run_dir(tmp_path):
     (["--config.data.num_classes=5"], "--config.data.num_classes cannot change in a trained run"),
     (["--config.data.eval_batch_size=0"], "data.eval_batch_size=0: must be 1 or more"),
     (["--checkpoint", "foo"], "argument --checkpoint: 'foo' is not best, latest or a step number"),
+    (["--layer", "conv5_2", "--num-images", "3"], "--num-images, --layer: options of --localization, which is not "
+                                                  "given"),
 ])
 def test_evaluate_refuses_what_the_run_cannot_do(capsys, run_dir, argv, message):
   with pytest.raises(SystemExit) as e:
