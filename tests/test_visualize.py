@@ -17,9 +17,9 @@ from fgattn_jax.training import loop
 RES = 32
 
 
-def short_run(scheme, workdir):
-  """One step of the scheme's bare config, at 32 px with a 1/16-width VGG-11-BN."""
-  c = importlib.import_module(f"configs.{scheme}").get_config()
+def short_run(scheme, workdir, preset=None):
+  """One step of the scheme's bare config (or a preset of it), at 32 px with a 1/16-width VGG-11-BN."""
+  c = importlib.import_module(f"configs.{scheme}").get_config(preset)
   c.model.width, c.model.dtype = 1 / 16, "float32"
   c.data.image_size, c.data.resize_size = RES, 36
   c.data.synthetic.num_train, c.data.synthetic.num_test = 16, 6
@@ -132,6 +132,17 @@ def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, cap
   assert visualize.main(["--workdir", str(workdir), "--num-images", "1", "--layer", "conv3_2#1"]) == 0  # = conv3_2
   assert "Grad-CAM at conv3_2)" in capsys.readouterr().out
   shutil.rmtree(workdir / "visualize")
+
+
+def test_a_multi_task_runs_panels_number_the_tasks_classes_and_name_the_task(tmp_path, capsys):
+  workdir = short_run("abn", tmp_path / "run", preset="synthetic_parts")
+  out = tmp_path / "p"
+  assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--out", str(out)]) == 0
+  captions = [line for line in (out / "index.html").read_text().splitlines() if "predicted" in line]
+  # Task 0's classes are a part's patterns, not the data set's bird classes: numbered, under the task's name.
+  assert len(captions) == 2 and all("task0: predicted " in c for c in captions), captions
+  names = json.loads((workdir / "class_names.json").read_text())
+  assert not any(name in c for c in captions for name in names)
 
 
 def test_a_zoomed_streams_grad_cam_is_drawn_on_its_own_input_and_not_scored(tmp_path_factory, tmp_path, capsys,
