@@ -174,9 +174,12 @@ def panel_tiles(batch, maps, amplified, i, layer, names, truth=True, frame="imag
     if f"cam_{who}" in maps:
       cam = f"CAM ({cam_head} head)" if cam_head else "CAM"
       tiles.append((f"{cam}, {label}", overlays.overlay(image, maps[f"cam_{who}"][i])))
-    tiles.append((f"{gradcam}, {label}", overlays.overlay(under, maps[f"gradcam_{who}"][i])))
+    # A map that is zero everywhere (no positive evidence for the class at that stage) is said to be, not drawn as
+    # a uniformly cold overlay that reads as a map; its guided map is zero as well.
+    zero = "[all zero] " if not np.any(maps[f"gradcam_{who}"][i]) else ""
+    tiles.append((f"{zero}{gradcam}, {label}", overlays.overlay(under, maps[f"gradcam_{who}"][i])))
     if frame == "image":  # (guided: the image's gradient times the map, both in the image's frame)
-      tiles.append((f"guided Grad-CAM, {label}", overlays.guided_rgb(maps[f"guided_{who}"][i])))
+      tiles.append((f"{zero}guided Grad-CAM, {label}", overlays.guided_rgb(maps[f"guided_{who}"][i])))
   if amplified is not None:
     tiles.append(("amplified", amplified[i]))
   top = np.argsort(-probs, kind="stable")[:5]

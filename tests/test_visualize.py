@@ -218,3 +218,16 @@ def test_visualize_and_localization_on_a_data_set_without_part_points(tmp_path_f
   (path,) = tmp_path.glob("*_localization.json")
   attention = json.loads(path.read_text())["maps"]["attention"]
   assert attention["count"] == 2 and 0 <= attention["pointing"] <= 1 and "part_hit" not in attention
+
+
+def test_a_grad_cam_that_is_zero_everywhere_is_said_to_be():
+  import numpy as np
+  batch = {"image": np.full((1, 8, 8, 3), 128, np.uint8), "box": np.full((1, 4), np.nan, np.float32)}
+  maps = {"attention": {}, "probs": np.array([[0.7, 0.3]]), "classes": {"pred": [0], "true": [1]},
+          "gradcam_pred": np.zeros((1, 2, 2)), "guided_pred": np.zeros((1, 8, 8, 3)),
+          "gradcam_true": np.array([[[0.0, 1.0], [0.5, 0.0]]]), "guided_true": np.ones((1, 8, 8, 3))}
+  tiles, footer = visualize.panel_tiles(batch, maps, None, 0, "conv5_4", ["a", "b"])
+  assert [caption for caption, _ in tiles] == [
+      "input, ground truth", "[all zero] Grad-CAM (conv5_4), predicted class",
+      "[all zero] guided Grad-CAM, predicted class", "Grad-CAM (conv5_4), true class", "guided Grad-CAM, true class"]
+  assert footer[0] == "predicted a (0), true b (1)"
