@@ -385,3 +385,16 @@ def test_a_checkpoint_of_other_shapes_is_refused_with_the_reason(tmp_path):
   state, position, _ = ckpts.restore(1, {"w": jnp.ones((3, 3, 2, 4))})  # the same shapes restore
   assert position == {"step": 1} and not np.any(state["w"])
   ckpts.close()
+
+
+def test_a_checkpoint_holds_the_position_as_it_was_when_saved(tmp_path):
+  # orbax writes in the background: a position dict changed right after the save (the loop's next step) was seen in
+  # the checkpoint (a step-2 checkpoint holding step 3, in CI; here every time, before the copy).
+  saved = ckpt_lib.Checkpoints(str(tmp_path), 3)
+  position = {"step": 2, "phase_step": 2, "plateau": [1.0]}
+  saved.save(2, {"w": jnp.ones(3)}, position, None)
+  position["step"] += 1
+  position["plateau"].append(0.5)
+  saved.wait()
+  assert saved.restore_position(2) == {"step": 2, "phase_step": 2, "plateau": [1.0]}
+  saved.close()

@@ -47,6 +47,9 @@ class Checkpoints:
     self.manager.wait_until_finished()  # one save in flight at a time
     if step in self.manager.all_steps():  # saved moments ago (e.g. periodic) and now again at a phase's end
       self.manager.delete(step)
+    # A copy of the position: orbax writes it in the background, after the loop has gone on to change its dict (a
+    # checkpoint of step 2 was seen to hold step 3, and a resume started one step late).
+    position = json.loads(json.dumps(position))
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      position=ocp.args.JsonSave(position)),
                       metrics=eval_metrics, force=True)
