@@ -163,7 +163,7 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   """A trained run, for the commands that read one (evaluate, visualize, predict): -> namespace(cfg, split, scheme,
   model (the checkpoint's weights), step, pipe (the split's evaluation pipeline, or with `images`, paths of the
   user's own image files or folders, theirs: unlabelled, split 'files'), names (the class names or None), named_by
-  (where they came from)), or None after printing a one-line error (a missing checkpoint, data set, image or
+  (with images: where the names came from)), or None after printing a one-line error (a missing checkpoint, data set, image or
   weights file): the caller exits with 2."""
   import types
 
@@ -190,7 +190,7 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   except (AttributeError, KeyError) as e:  # a data key missing from the run's config
     p.error(edited(os.path.join(args.workdir, "config.json"), e))
   if not images:
-    names, named_by = pipe.source.class_names, f"the data set ({cfg.data.name or cfg.data.source})"
+    names = pipe.source.class_names
   return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
                                named_by=named_by)
 
