@@ -81,9 +81,8 @@ def main(argv=None) -> int:
   p.add_argument("--passes", metavar="JSONL", help="with --collect: the plain backbone steps (throughput --passes)")
   args = p.parse_args(argv)
   if args.collect:
-    read = lambda paths: throughput.collected(p, paths)  # noqa: E731
-    passes = read([args.passes]) if args.passes else []
-    rows = joined(read(args.collect[:1]), read(args.collect[1:]), args.modes, passes)
+    jax_rows, torch_rows = throughput.collected(p, args.collect[:1]), throughput.collected(p, args.collect[1:])
+    rows = joined(jax_rows, torch_rows, args.modes, throughput.collected(p, [args.passes]) if args.passes else [])
     if args.json:
       with open(args.json, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -97,11 +97,12 @@ def main(argv=None) -> int:
   names = run.names if scheme.main_output == "logits" else None
   task = "" if scheme.main_output == "logits" else f"{scheme.main_output}: "
   # CAM reads one stream's own head (MA-CNN's object stream, RA-CNN's scale 1), for the main output's classes.
-  cam_head = None if not explain.has_cam(scheme, model) or scheme.cam_net(model)[1] == scheme.main_output \
-      else scheme.cam_net(model)[1]
+  cam = explain.has_cam(scheme, model)
+  cam_head = scheme.cam_net(model)[1] if cam else None
+  cam_head = None if cam_head == scheme.main_output else cam_head
   entries, done = [], 0
   for batch in pipe:
-    maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=explain.has_cam(scheme, model))
+    maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=cam)
     maps = _to_numpy(maps)
     amp = (explain.to_uint8(explain.amplified(scheme, model, batch, dtype=dtype, **amplify))
            if amplify else None)
