@@ -45,6 +45,8 @@ def test_throughput_measures_every_scheme(scheme, backbone):
   if scheme == "racnn":  # timed against a plain step at 32 px and two at 16 px (its zoomed scales' input)
     assert r["passes_ms"] > 0 and r["overhead"] == pytest.approx(r["train_ms"] / r["passes_ms"])
     assert r["overhead_target"] == 1.10
+  else:  # no overhead measured: no target beside it
+    assert r["overhead"] is None and r["overhead_target"] is None
   if scheme == "baseline":  # a training step: the forward, the input gradients (none for the image: the first
     # convolution, a large share of this tiny ResNet's work, has none) and the weight gradients
     forward = r["eval_tflops"] * r["eval_ms"] * 1e9 / 2
@@ -125,6 +127,16 @@ def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, me
   with pytest.raises(SystemExit):
     {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline}[main].main(argv)
   assert message in capsys.readouterr().err
+
+
+def test_the_cpu_smoke_test_takes_3_steps_unless_told_otherwise(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # (--cpu sets it for the process)
+  p = argparse.ArgumentParser()
+  throughput.run_arguments(p)
+  for argv, steps in ([], 50), (["--cpu"], 3), (["--cpu", "--steps", "12"], 12), (["--steps", "7"], 7):
+    args = p.parse_args(["--scheme", "abn", *argv])
+    throughput.selected_runs(p, args)
+    assert args.steps == steps, argv
 
 
 def test_the_table_shows_the_toy_sizes_small_values_instead_of_zeros():

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--mode", default="eager", choices=("eager", "compile"))
-  p.add_argument("--steps", type=int, default=50)
+  p.add_argument("--steps", type=int, help="timed steps (default 50; --cpu: 3)")
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -104,7 +104,9 @@ def main(argv=None) -> int:
   if args.cpu:
     runs = CPU if args.all else runs
     runs = [(s, b, min(r, 64), min(n, 4)) for s, b, r, n in runs]
-    args.device, args.width, args.steps, args.warmup = "cpu", 1 / 16, min(args.steps, 3), min(args.warmup, 1)
+    args.device, args.width, args.warmup = "cpu", 1 / 16, min(args.warmup, 1)
+  if args.steps is None:
+    args.steps = 3 if args.cpu else 50
   failed = False
   for scheme, backbone, res, batch in runs:
     try:
