@@ -134,8 +134,13 @@ def edited(path: str, e: Exception) -> str:
   """The one-line error for a run config that cannot be read as one (edited by hand, or from another version)."""
   import re
 
-  key = re.search(r"[A-Za-z_]\w*", str(e)) if isinstance(e, (AttributeError, KeyError)) else None
-  what = f"it lacks the key {key.group(0)!r}" if key else f"{type(e).__name__}: {e}"
+  # A locked ConfigDict says a key is missing with the quoted name alone (and maybe a "Did you mean" line), in a
+  # KeyError, itself wrapped in an AttributeError for attribute access; any other error is shown as it is.
+  message = e
+  while isinstance(message, (AttributeError, KeyError)) and message.args:
+    message = message.args[0]
+  key = re.match(r"'([A-Za-z_]\w*)'(\s*$|\nDid you mean)", str(message))
+  what = f"it lacks the key {key.group(1)!r}" if key else f"{type(e).__name__}: {e}"
   return f"{path} does not describe a run this version can build ({what}): restore the file the training run wrote"
 
 
@@ -159,12 +164,13 @@ def run_class_names(workdir: str, cfg) -> tuple[list[str] | None, str]:
 
 
 def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1, *,
-             images=None):
+             images=None, refuse=None):
   """A trained run, for the commands that read one (evaluate, visualize, predict): -> namespace(cfg, split, scheme,
   model (the checkpoint's weights), step, pipe (the split's evaluation pipeline, or with `images`, paths of the
   user's own image files or folders, theirs: unlabelled, split 'files'), names (the class names or None), named_by
   (with images: where the names came from)), or None after printing a one-line error (a missing checkpoint, data set, image or
-  weights file): the caller exits with 2."""
+  weights file): the caller exits with 2. refuse(cfg, scheme) -> a reason the command cannot serve this run, or
+  None: asked once the model is built, before its checkpoint is read."""
   import types
 
   from data_pipelines import pipeline as data
@@ -179,6 +185,8 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
     model = scheme.build(cfg)
   except (config_lib.ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
     p.error(edited(os.path.join(args.workdir, "config.json"), e))
+  if refuse and (reason := refuse(cfg, scheme)):
+    p.error(reason)
   names, named_by = run_class_names(args.workdir, cfg) if images else (None, "")
   try:
     step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
@@ -193,6 +201,19 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
     names = pipe.source.class_names
   return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
                                named_by=named_by)
+
+
+def eval_program(run):
+  """(mesh, the jitted evaluation step, the model's state replicated over the mesh) for a loaded run (load_run)."""
+  from flax import nnx
+
+  from fgattn_jax.models.registry import compute_dtype
+  from fgattn_jax.training import mesh as mesh_lib
+  from fgattn_jax.training import steps
+
+  mesh = mesh_lib.make_mesh(run.cfg.mesh.data)
+  eval_step = steps.make_eval_step(run.scheme, nnx.graphdef(run.model), compute_dtype(run.cfg.model.dtype), mesh)
+  return mesh, eval_step, mesh_lib.replicate(nnx.state(run.model), mesh)
 
 
 def probe(scheme, model, pipe):

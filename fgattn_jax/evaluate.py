@@ -52,12 +52,9 @@ def main(argv=None) -> int:
   cli.setup_logging()
 
   import jax
-  from flax import nnx
 
   from fgattn_jax import evaluation
-  from fgattn_jax.models.registry import compute_dtype
-  from fgattn_jax.training import loop, steps
-  from fgattn_jax.training import mesh as mesh_lib
+  from fgattn_jax.training import loop
 
   run = cli.load_run(p, args, pairs, jax.process_index(), jax.process_count())
   if run is None:
@@ -69,9 +66,7 @@ def main(argv=None) -> int:
     stages = saliency.layer_names(*cli.probe(scheme, model, pipe))
     layer = cli.check_layer(p, scheme, model, stages, args.layer or explain.default_layer(scheme, model),
                             image_frame=True)[0]
-  mesh = mesh_lib.make_mesh(cfg.mesh.data)
-  eval_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
-  state = mesh_lib.replicate(nnx.state(model), mesh)
+  mesh, eval_step, state = cli.eval_program(run)
   try:
     results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
   except evaluation.NonFiniteLogits:

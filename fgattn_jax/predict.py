@@ -37,24 +37,21 @@ def main(argv=None) -> int:
 
   import jax
   import numpy as np
-  from flax import nnx
 
-  from fgattn_jax.models.registry import compute_dtype
   from fgattn_jax.training import mesh as mesh_lib
-  from fgattn_jax.training import steps
 
-  run = cli.load_run(p, args, pairs, images=args.paths)
+  def refuse(cfg, scheme):
+    if scheme.main_output != "logits":
+      return (f"the run in {args.workdir} predicts attributes (multi-task {cfg.scheme}): predict covers runs with one "
+              "classifier; score the tasks with python -m fgattn_jax.evaluate")
+
+  run = cli.load_run(p, args, pairs, images=args.paths, refuse=refuse)
   if run is None:
     return 2
-  cfg, scheme, model, step, pipe, names = run.cfg, run.scheme, run.model, run.step, run.pipe, run.names
-  if scheme.main_output != "logits":
-    p.error(f"the run in {args.workdir} predicts attributes (multi-task {cfg.scheme}): predict covers runs with one "
-            "classifier; score the tasks with python -m fgattn_jax.evaluate")
+  cfg, scheme, step, pipe, names = run.cfg, run.scheme, run.step, run.pipe, run.names
   top = min(args.top, cfg.data.num_classes)
 
-  mesh = mesh_lib.make_mesh(cfg.mesh.data)
-  predict_step = steps.make_eval_step(scheme, nnx.graphdef(model), compute_dtype(cfg.model.dtype), mesh)
-  state = mesh_lib.replicate(nnx.state(model), mesh)
+  mesh, predict_step, state = cli.eval_program(run)
   leaves, structure = jax.tree.flatten(state)
   rows = []  # (path, [(class, probability), ...] best first)
   for batch in pipe:

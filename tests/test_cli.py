@@ -142,6 +142,19 @@ def test_evaluate_refuses_a_run_config_edited_by_hand_in_one_line(capsys, run_di
   assert "restore the file the training run wrote" in err and "Traceback" not in err
 
 
+def test_only_a_missing_config_key_is_called_one():
+  import ml_collections
+  c = ml_collections.ConfigDict({"data": {"root": ""}})
+  c.lock()
+  for missing in (lambda: c.data.eval_batch_size, lambda: c["abn"]):
+    with pytest.raises((AttributeError, KeyError)) as e:
+      missing()
+    assert "(it lacks the key '" in cli.edited("config.json", e.value)
+  # Any other AttributeError from building the model is shown as it is, not read as a key named 'NoneType'.
+  other = cli.edited("config.json", AttributeError("'NoneType' object has no attribute 'shape'"))
+  assert "(AttributeError: 'NoneType' object has no attribute 'shape')" in other and "lacks" not in other
+
+
 def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
   p = cli.parser("test", "", [])
   cfg = cli.run_config(p, str(run_dir), [("data.root", "/moved/data"), ("model.dtype", "float32")])

@@ -95,3 +95,18 @@ def test_bad_paths_and_flags_are_refused_with_the_reason(run_dir, tmp_path, caps
   with pytest.raises(SystemExit):
     predict.main(["--workdir", str(run_dir), str(tmp_path / "bad.png"), "--top", "0"])
   assert "--top must be at least 1" in capsys.readouterr().err
+
+
+def test_a_multi_task_run_is_refused_before_its_checkpoint_is_read(tmp_path, capsys):
+  # A multi-task ABN run (attribute tasks, no single classifier) in a workdir without checkpoints: refused for what
+  # it is, not for the checkpoint it would have read first.
+  from configs import abn
+  c = abn.get_config("synthetic_parts")
+  c.model.width, c.model.backbone = 1 / 16, "vgg11_bn"
+  assert c.abn.task_classes
+  (tmp_path / "config.json").write_text(c.to_json())
+  (tmp_path / "bird.png").write_bytes(b"")
+  with pytest.raises(SystemExit):
+    predict.main(["--workdir", str(tmp_path), str(tmp_path / "bird.png")])
+  err = capsys.readouterr().err
+  assert "predicts attributes (multi-task abn)" in err and "No checkpoint" not in err
