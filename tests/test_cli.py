@@ -78,6 +78,25 @@ def test_unknown_names_are_one_line_errors(capsys, monkeypatch, tmp_path, settin
   assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("config, setting, message", [
+    ("macnn", "--config.macnn.part_maps=foo", "macnn cannot be built from this config: macnn.part_maps must be"),
+    ("macnn", "--config.macnn.num_parts=0", "macnn.num_parts and .part_input must be 1 or more"),
+    ("racnn", "--config.racnn.num_scales=1", "racnn.num_scales: RA-CNN needs at least two scales, got 1"),
+    ("racnn", "--config.racnn.scale1_input=-3", ".scale1_input 0 (the data's image_size) or more"),
+    ("abn", "--config.abn.map_kernel=2", "abn.map_kernel must be 1 (the paper) or 3"),
+    ("baseline", "--config.model.head=fc", "model.head of a VGG must be 'classifier'"),
+])
+def test_a_value_the_model_cannot_be_built_with_is_a_one_line_error(capsys, monkeypatch, tmp_path, config, setting,
+                                                                    message):
+  monkeypatch.chdir(ROOT)
+  small = ["--config.model.backbone=vgg11_bn", "--config.model.width=0.0625"]
+  assert train.main(["--config", f"configs/{config}.py", *TINY, *small, setting,
+                     "--workdir", str(tmp_path / "run")]) == 2
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+  assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
 def test_a_second_ctrl_c_leaves_at_once_without_a_traceback(capsys, monkeypatch, tmp_path):
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt  # what the engine's handler raises on a second SIGINT (e.g. while compiling)

@@ -51,7 +51,7 @@ class ABN(nnx.Module):
   def __init__(self, backbone: Backbone, num_classes: int | tuple[int, ...], *, branch: int | str = -1,
                map_kernel: int = 1, residual: bool = True, freeze_extractor: bool = False, rngs: nnx.Rngs):
     if map_kernel not in (1, 3):
-      raise ValueError(f"map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
+      raise ValueError(f"abn.map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
     self.branch = backbone.stage_index(branch, "abn.branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)

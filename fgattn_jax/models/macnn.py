@@ -53,6 +53,9 @@ class MACNN(nnx.Module):
   def __init__(self, backbone: Backbone, num_classes: int, num_parts: int, *, feature_stage: int | str = -1,
                part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, crop_reference: str = "image",
                object_net: Backbone | None = None, part_input: int = 224, part_maps: str = "centred", rngs: nnx.Rngs):
+    if num_parts < 1 or part_input < 1 or not 0 < crop_fraction <= 1:
+      raise ValueError(f"macnn.num_parts and .part_input must be 1 or more and .crop_fraction in (0, 1]; got "
+                       f"{num_parts}, {part_input}, {crop_fraction}")
     if part_maps not in ("centred", "deploy"):
       raise ValueError(f"macnn.part_maps must be 'centred' or 'deploy', got {part_maps!r}")
     if crop_reference not in ("image", "object"):

@@ -97,7 +97,7 @@ class VGG(Backbone):
                width: float = 1.0, dropout: float | None = None, frozen_bn: bool = False,
                freeze_features: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     if head not in ("classifier", "gap"):
-      raise ValueError(f"VGG head must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {head!r}")
+      raise ValueError(f"model.head of a VGG must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {head!r}")
     depths = DEPTHS[depth_name]
     widths = [layers.scaled(w, width) for w in WIDTHS]
     self.bn, self.head_kind, self.freeze_features = bn, head, freeze_features

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
+from fgattn_jax.config import ConfigError
 from fgattn_jax.models import pretrained, registry
 
 
@@ -15,9 +16,16 @@ class Scheme:
   main_output = "logits"
 
   def build(self, config) -> nnx.Module:
-    """The model (create) with its parameters drawn in the layout that compiles fast (registry.initializing)."""
+    """The model (create) with its parameters drawn in the layout that compiles fast (registry.initializing). A
+    value the model cannot be built with is a ConfigError (a one-line error in the commands); the models name the
+    config key in their messages."""
     with registry.initializing():
-      return self.create(config)
+      try:
+        return self.create(config)
+      except ConfigError:
+        raise
+      except ValueError as e:
+        raise ConfigError(f"{self.name} cannot be built from this config: {e}") from e
 
   def create(self, config) -> nnx.Module:
     """The model, float32 parameters, compute dtype from config.model.dtype."""
