@@ -105,10 +105,11 @@ def phase(trains: str = "all", epochs: float = 10.0, losses: dict | None = None,
   """One phase of a run: which parameters train, on which weighted losses, with which optimiser, how long."""
   p = ml_collections.ConfigDict()
   p.trains = trains  # a parameter group of the scheme: 'all', 'head', ...
-  p.epochs = epochs  # length; 0 skips the phase
+  # Floats whatever literal a preset wrote, so that an override may take a fraction (--config.phases.main.epochs=0.5).
+  p.epochs = float(epochs)  # length; 0 skips the phase
   p.steps = 0  # length in steps instead, when > 0
   p.cycle = False  # part of the alternating cycle, repeated config.cycles times
-  p.losses = ml_collections.ConfigDict(losses or {"ce": 1.0})  # loss name -> weight
+  p.losses = ml_collections.ConfigDict({k: float(w) for k, w in (losses or {"ce": 1.0}).items()})  # name -> weight
   p.optim = ml_collections.ConfigDict()
   p.optim.name = "sgd"  # 'sgd' (momentum) | 'adamw'
   p.optim.lr = 0.01  # peak learning rate for the global batch

@@ -132,3 +132,16 @@ def test_common_datasets():
   splits = {name: (common.use_dataset(common.get_config(), name).data.train_split,
                    common.use_dataset(common.get_config(), name).data.eval_split) for name in common.DATASETS}
   assert splits["aircraft"] == ("trainval", "test") and splits["cub"] == splits["cars"] == ("train", "test")
+
+
+@pytest.mark.parametrize("scheme", ["baseline", "abn", "macnn", "racnn"])
+def test_every_presets_phase_lengths_and_loss_weights_take_fractions(scheme):
+  # A preset writes `epochs=8` or a weight of 1: the fields are floats all the same, so an override may be 0.5.
+  path = f"configs/{scheme}.py"
+  for preset in presets(path):
+    cfg = load_config(f"{path}:{preset}" if preset else path)
+    for name, phase in cfg.phases.items():
+      override(cfg, f"phases.{name}.epochs", "0.5")
+      assert cfg.phases[name].epochs == 0.5, (preset, name)
+      for loss in phase.losses:
+        override(cfg, f"phases.{name}.losses.{loss}", "0.25")
