@@ -205,10 +205,13 @@ def test_a_workdir_resumes_only_under_settings_that_fit_its_checkpoints(tmp_path
                                              r"0.125 now\).*new --workdir"):
     loop.run(wider, str(tmp_path), progress=False)
   assert (tmp_path / "config.json").read_text() == saved  # refused before anything was written
+  # A run saved when a preset's whole-number length was an int: the same length, not a change.
+  (tmp_path / "config.json").write_text(saved.replace('"epochs": 0.0', '"epochs": 0'))
+  assert '"epochs": 0,' in (tmp_path / "config.json").read_text()
   slower = tiny(main=2)
   slower.phases.main.optim.lr = 0.01  # what the divergence message advises: allowed, and said
   loop.run(slower, str(tmp_path), progress=False)
-  assert "changed settings: phases.main.optim.lr 0.05 -> 0.01" in caplog.text
+  assert "changed settings: phases.main.optim.lr 0.05 -> 0.01" in caplog.text and "epochs" not in caplog.text
   broken = tiny(main=2)
   broken.model.backbone = "vgg99"
   with pytest.raises(ValueError, match="vgg99"):
@@ -357,11 +360,17 @@ def test_learning_rate_schedules():
   assert lr(0) == pytest.approx(0.05) and lr(30) == pytest.approx(0.025) and lr(60) == pytest.approx(0)
 
 
-def test_running_a_finished_run_again_only_evaluates(tmp_path):
+def test_running_a_finished_run_again_only_evaluates(tmp_path, caplog):
   first = loop.run(tiny(main=2), str(tmp_path), progress=False)["logits"]
   again = loop.run(tiny(main=2), str(tmp_path), progress=False)["logits"]
   assert again["count"] == 30 and again["nll"] == pytest.approx(first["nll"], rel=1e-6)
   assert max(train_losses(tmp_path)) == 2  # no further training steps
+  assert "does not extend it" not in caplog.text
+  # A longer phase does not extend a finished run (its schedule has run its course), and the run says so.
+  loop.run(tiny(main=4), str(tmp_path), progress=False)
+  assert max(train_losses(tmp_path)) == 2
+  assert ("had finished all its phases: the new length (phases.main.steps) does not extend it; to train longer, start "
+          f"a new --workdir (--config.init_from={tmp_path} starts") in caplog.text
 
 
 def test_checkpoints_keep_the_latest_and_the_best(tmp_path):

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 
 import jax
@@ -83,21 +84,23 @@ FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "dat
                    "cycles", "abn", "macnn", "racnn")
 
 
-def check_resumable(config, workdir: str):
-  """Refuses to resume a workdir's checkpoints under settings that do not fit them (before anything is written)."""
+def check_resumable(config, workdir: str) -> list[str]:
+  """Refuses to resume a workdir's checkpoints under settings that do not fit them (before anything is written);
+  -> the keys whose values changed (logged)."""
   import ml_collections
 
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path) or not ckpt_lib.has_checkpoint(workdir):
-    return
+    return []
 
   def flat(cfg):  # dotted key -> value, both sides read back from JSON (tuples as lists)
     return {k: config_lib.lookup(cfg, k) for k in config_lib.flat_keys(cfg)}
   with open(path) as f:
     old = flat(ml_collections.ConfigDict(json.load(f)))
   new = flat(ml_collections.ConfigDict(json.loads(config.to_json())))
-  nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here
-  changed = sorted(k for k in old.keys() | new.keys() if repr(old.get(k, nan)) != repr(new.get(k, nan)))
+  nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here; 8 (an older run's) equals 8.0
+  changed = sorted(k for k in old.keys() | new.keys()
+                   if repr(old.get(k, nan)) != repr(new.get(k, nan)) and old.get(k, nan) != new.get(k, nan))
   fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
   if fixed:
     what = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in fixed[:4])
@@ -106,6 +109,7 @@ def check_resumable(config, workdir: str):
   if changed:
     log.warning("resuming %s with changed settings: %s", workdir,
                 ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+  return changed
 
 
 DONE = "all phases done"  # a position's phase_name once the last phase has ended
@@ -141,7 +145,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
     raise ConfigError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
                       f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
-  check_resumable(config, workdir)
+  changed = check_resumable(config, workdir)
   pi, pc = jax.process_index(), jax.process_count()
   train_data = data.build(config, config.data.train_split, pi, pc, training=True)
   eval_data = data.build(config, config.data.eval_split, pi, pc, training=False)
@@ -194,6 +198,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     unconfirmed = latest if position["phase_step"] > 0 else None
     where = plan[position["phase"]].name if position["phase"] < len(plan) else DONE
     log.warning("resuming %s from step %d (%s)", workdir, position["step"], where)
+    lengths = [k for k in changed if re.fullmatch(r"phases\.\w+\.(epochs|steps)", k)]
+    if where == DONE and lengths:
+      # Its last phase's schedule has run its course (a cosine's rate reached 0): lengthening it now would restart
+      # the schedule part-way. The final model is evaluated as it is.
+      log.warning("the run in %s had finished all its phases: the new length (%s) does not extend it; to train "
+                  "longer, start a new --workdir (--config.init_from=%s starts from this run's weights)",
+                  workdir, ", ".join(lengths), workdir)
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
   # (At least every step when asked for at all: a fraction of an epoch shorter than a step once rounded to 0, off.)
