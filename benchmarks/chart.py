@@ -55,7 +55,11 @@ def main(argv=None) -> int:
   p.add_argument("--json", required=True, help="the file benchmarks.compare --json wrote")
   p.add_argument("--out", default="benchmarks/throughput.png")
   args = p.parse_args(argv)
-  rows = load(args.json)
+  try:
+    rows = load(args.json)
+  except (OSError, ValueError, KeyError) as e:
+    p.error(f"--json {args.json}: {type(e).__name__}: {e}: give the file benchmarks.compare --json wrote (e.g. "
+            "benchmarks/results/2026-11-30-h200/results.jsonl)")
   if not rows:
     p.error(f"{args.json} holds no results")
   print(draw(rows, args.out))

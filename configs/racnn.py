@@ -14,7 +14,7 @@ Evaluation reports the fused classifier ('logits'), each scale ('scale1'..) and 
 Keys: racnn.num_scales, .scale_input (the side of scales 2.. inputs: the attended crop is resized to it),
 .apn_hidden and .apn_grid (APN: the last conv features average-pooled to apn_grid x apn_grid -> FC apn_hidden ->
 tanh -> FC 3), .k (the mask's steepness per unit of the image: the mask at the centre of a box of side s (in
-image units) is (sigmoid(k s / 2) - sigmoid(-k s / 2))^2, at k = 10 0.87 for s = 2/3 but 0.41 for s = 0.3, which
+image units) is (sigmoid(k s / 2) - sigmoid(-k s / 2))^2, at k = 10 0.87 for s = 2/3 but 0.40 for s = 0.3, which
 biases the ranking loss towards large boxes; raise k for small ones), .min_half_fraction and .max_half_fraction
 (t_l's bounds / side; at 1/2 the ranking loss may grow the box to the whole image), .keep_inside (the square inside
 the image), .margin (of the ranking loss), .apn_init_half_fraction (the pretraining target's t_l / side),

@@ -5,7 +5,7 @@ presets, a module-level `PRESETS = {name: one-line description}`. On the command
 
     --config configs/macnn.py            the bare name: the embedded default
     --config configs/macnn.py:cub        a preset
-    --config.optim.lr=0.01               an override (also `--config.optim.lr 0.01`)
+    --config.data.batch_size=16          an override (also `--config.data.batch_size 16`)
 
 The config is locked after loading: an unknown key or a value of the wrong type is refused with a message
 that names the nearest valid keys. Values are parsed by the type of the field they replace.

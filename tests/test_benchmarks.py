@@ -120,12 +120,14 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
      "--phase 'objects': macnn's phases are object, init, grouping, classify, parts"),
     ("throughput", ["--collect", "/nowhere.jsonl"], "--collect: [Errno 2] No such file or directory"),
     ("compare", ["--collect", "README.md"], "--collect: Expecting value"),
+    ("chart", ["--json", "/nowhere.jsonl"], "--json /nowhere.jsonl: FileNotFoundError"),
+    ("chart", ["--json", "README.md"], "--json README.md: JSONDecodeError"),
     ("input_pipeline", ["--batch", "0"], "--batch must be at least 1, got 0"),
     ("input_pipeline", ["--images", "/"], "expected a class-per-folder tree"),
 ], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
 def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, message):
   with pytest.raises(SystemExit):
-    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline}[main].main(argv)
+    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline, "chart": chart}[main].main(argv)
   assert message in capsys.readouterr().err
 
 
