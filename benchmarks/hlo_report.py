@@ -234,21 +234,25 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
 
 
 def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: int = 8, share: float = 0.7,
-                  log=print) -> int:
+                  log=print, compile_step=None, memory_bytes: int | None = None) -> int:
   """The largest batch (a multiple of `multiple`) whose compiled training step needs at most `share` of the card's
   memory without XLA recomputing activations to fit. JAX's allocator takes 75% of the card by default
   (XLA_PYTHON_CLIENT_MEM_FRACTION) and XLA rematerialises a program past about that, slower per image; the margin
   under it is for cuDNN's workspaces, which autotuning on the card chooses, and fragmentation. A step's memory grows
   linearly with the batch: two compilations give the line, a third checks its crossing (stepping down while it does
-  not fit), so the line, not the last batch that compiles, decides."""
+  not fit), so the line, not the last batch that compiles, decides. compile_step and memory_bytes: another target's
+  compiler (as compile_for_gpu, -> (text, compiled)) and memory (benchmarks.tpu_report: a TPU chip)."""
   from benchmarks import throughput
-  with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
-    limit = share * int(re.search(r"device_memory_size: (\d+)", f.read()).group(1))
+  compile_step = compile_step or compile_for_gpu
+  if memory_bytes is None:
+    with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
+      memory_bytes = int(re.search(r"device_memory_size: (\d+)", f.read()).group(1))
+  limit = share * memory_bytes
   seen = {}
 
   def memory(batch: int) -> int:
     if batch not in seen:
-      seen[batch] = throughput.program_memory(compile_for_gpu(scheme, backbone, res, batch, card)[1])
+      seen[batch] = throughput.program_memory(compile_step(scheme, backbone, res, batch, card)[1])
       log(f"#   {scheme} {backbone} batch {batch}: {seen[batch] / 2 ** 30:.1f} GiB of {limit / 2 ** 30:.1f}")
     return seen[batch]
 

@@ -249,7 +249,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
             "trace_s": trace_s, "compile_s": compile_s,
             "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
-            "pool": layers.POOLING, "crop": crops.RESAMPLE,
+            "pool": layers.pooling(), "crop": crops.formulation(),
             "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other")}
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
   if evaluation:
@@ -296,12 +296,14 @@ GRAPHS = {"fusions": {}, "whole": {"xla_gpu_enable_command_buffer": ",".join((
 
 def add_formulation_args(p: argparse.ArgumentParser):
   """The switches between equivalent formulations of an op, to time them on one machine (also benchmarks.profile)."""
-  p.add_argument("--pool", default="slices", choices=("slices", "reduce_window"),
-                 help="max pooling as the backbones do it (slices: layers.max_pool's own gradient) or as XLA's "
-                      "reduce_window (its gradient a select-and-scatter)")
-  p.add_argument("--crop", default="gather", choices=("gather", "matmul"),
+  p.add_argument("--pool", default="auto", choices=("auto", "slices", "reduce_window"),
+                 help="max pooling with layers.max_pool's own gradient (slices) or as XLA's reduce_window (its "
+                      "gradient a select-and-scatter); auto (the default, as in training): reduce_window on a TPU, "
+                      "slices elsewhere (layers.pooling)")
+  p.add_argument("--crop", default="auto", choices=("auto", "gather", "matmul"),
                  help="the MA-CNN and RA-CNN crops as gathers (their image gradient a scatter-add) or as two "
-                      "interpolation-matrix products per box (ops.crops.RESAMPLE)")
+                      "interpolation-matrix products per box; auto (the default): matmul on a TPU, gather elsewhere "
+                      "(ops.crops.formulation)")
   p.add_argument("--graphs", default="fusions", choices=tuple(GRAPHS),
                  help="on a GPU, what XLA records into CUDA graphs (command buffers), launched as one: runs of "
                       "fusions and library calls between convolutions (fusions: XLA's default; each cuDNN "

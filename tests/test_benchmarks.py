@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from PIL import Image
 
-from benchmarks import chart, compare, flops, hlo_report, input_pipeline, profile, throughput
+from benchmarks import chart, compare, flops, hlo_report, input_pipeline, profile, throughput, tpu_report
 
 
 def conv(x, w):
@@ -122,12 +122,15 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
     ("compare", ["--collect", "README.md"], "--collect: Expecting value"),
     ("chart", ["--json", "/nowhere.jsonl"], "--json /nowhere.jsonl: FileNotFoundError"),
     ("chart", ["--json", "README.md"], "--json README.md: JSONDecodeError"),
+    ("tpu_report", ["--all", "--graphs", "whole"], "--graphs chooses XLA's CUDA graphs: a GPU's"),
+    ("tpu_report", ["--scheme", "abn", "--batch", "0"], "--res and --batch must be at least 1"),
     ("input_pipeline", ["--batch", "0"], "--batch must be at least 1, got 0"),
     ("input_pipeline", ["--images", "/"], "expected a class-per-folder tree"),
 ], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
 def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, message):
   with pytest.raises(SystemExit):
-    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline, "chart": chart}[main].main(argv)
+    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline, "chart": chart,
+     "tpu_report": tpu_report}[main].main(argv)
   assert message in capsys.readouterr().err
 
 
@@ -329,3 +332,24 @@ def test_largest_batch_follows_the_memory_line_and_checks_its_crossing(monkeypat
   compiled = []
   found = hlo_report.largest_batch("baseline", "vgg19", 448, "h100", log=compiled.append)
   assert found == expected and len(compiled) == 3 + (144 - expected) // 8
+
+
+def test_the_tpu_report_without_libtpu_says_what_to_install(capsys, monkeypatch):
+  # Without libtpu (this machine, CI) the compile-only TPU devices cannot open, and the report says why, with the
+  # install line. With libtpu (RESULTS.md: every standard-table step compiles for v5e, v5p and v6e) it reports each
+  # step's memory, cost and bound.
+  from jax.experimental import topologies
+
+  from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
+  for module, name in ((layers, "POOLING"), (crops, "RESAMPLE")):
+    monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
+
+  def no_libtpu(**kwargs):
+    assert kwargs["platform"] == "tpu" and kwargs["topology_name"] == "v5p:1x1x1"
+    raise RuntimeError("JAX TPU support not installed; cannot generate TPU topology")
+  monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
+  with pytest.raises(SystemExit, match=r'needs libtpu, no TPU: pip install "jax\[tpu\]=='):
+    tpu_report.main(["--scheme", "baseline", "--backbone", "vgg11_bn", "--res", "32", "--batch", "8"])
+  # The formulations it compiles with are a TPU's, whatever this machine's backend would pick.
+  assert (layers.POOLING, crops.RESAMPLE) == ("reduce_window", "matmul")

@@ -45,7 +45,7 @@ def test_max_pool_keeps_bf16_and_equals_xla_pooling():
     ref_value, ref_grad = jax.jit(jax.value_and_grad(
         lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))(x)
   finally:
-    layers.POOLING = "slices"
+    layers.POOLING = "auto"
   assert value == ref_value
   np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32), rtol=1e-2)
 
@@ -63,7 +63,7 @@ def test_max_pool_gradient_has_no_select_and_scatter():
     layers.POOLING = "reduce_window"
     assert "select_and_scatter" in program()
   finally:
-    layers.POOLING = "slices"
+    layers.POOLING = "auto"
 
 
 def test_training_steps_with_batch_norm_equal_those_with_xla_pooling():
@@ -83,6 +83,21 @@ def test_training_steps_with_batch_norm_equal_those_with_xla_pooling():
         leaves, _ = train(leaves, data, structure)
       after[pooling] = [np.asarray(x) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
     finally:
-      layers.POOLING = "slices"
+      layers.POOLING = "auto"
   for a, b in zip(after["reduce_window"], after["slices"]):
     np.testing.assert_array_equal(a, b)
+
+
+def test_auto_picks_each_backends_formulations_and_a_setting_wins(monkeypatch):
+  # On a TPU XLA's pooling and the crops' matrix products (the compiled programs there: RESULTS.md); elsewhere the
+  # scatter-free pooling and the gathers. A formulation set by name (the benchmarks' --pool, --crop) is kept.
+  from fgattn_jax.ops import crops
+  assert (layers.POOLING, crops.RESAMPLE) == ("auto", "auto")
+  assert (layers.pooling(), crops.formulation()) == ("slices", "gather")
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert (layers.pooling(), crops.formulation()) == ("reduce_window", "matmul")
+  x = jnp.ones((1, 4, 4, 1))
+  assert "select_and_scatter" in jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2).sum())).lower(x).as_text()
+  monkeypatch.setattr(layers, "POOLING", "slices")
+  monkeypatch.setattr(crops, "RESAMPLE", "gather")
+  assert (layers.pooling(), crops.formulation()) == ("slices", "gather")

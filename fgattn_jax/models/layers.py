@@ -81,8 +81,19 @@ class BatchNorm(nnx.BatchNorm):
     return normalization._normalize(x, mean, var, scale, bias, axes, features, self.dtype, self.epsilon)
 
 
-# "slices" (max_pool below) or "reduce_window" (XLA's own pooling op): only benchmarks change it, to time the two.
-POOLING = "slices"
+# "slices" (max_pool below), "reduce_window" (XLA's own pooling op) or "auto": the one the backend runs better.
+# Only benchmarks set it, to time the two.
+POOLING = "auto"
+
+
+def pooling(backend: str | None = None) -> str:
+  """The max-pooling formulation in force: POOLING, or for "auto" XLA's reduce_window on a TPU (whose compiled VGG-19
+  step moves 26% fewer bytes and needs half the memory with it: benchmarks/RESULTS.md) and max_pool's own gradient
+  elsewhere (a select-and-scatter is atomic additions on a GPU). Read at trace time; backend: another than JAX's
+  default (compiling for a TPU elsewhere)."""
+  if POOLING != "auto":
+    return POOLING
+  return "reduce_window" if (backend or jax.default_backend()) == "tpu" else "slices"
 
 
 def max_pool(x, kernel: int, stride: int, padding: int = 0):
@@ -95,7 +106,7 @@ def max_pool(x, kernel: int, stride: int, padding: int = 0):
   winner and strided pads, elementwise work XLA can fuse into one pass. (The winner is recorded, not found again by
   comparing the input with the output: XLA may recompute the input inside each fusion that reads it, rounded
   differently, and an equality test would then lose or double a window's gradient.)"""
-  if POOLING == "reduce_window":
+  if pooling() == "reduce_window":
     return nnx.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2)
   return _max_pool(x, kernel, stride, padding)
 

@@ -22,9 +22,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# "gather" or "matmul" (module docstring); `python -m benchmarks.throughput --crop` times either. A module switch,
-# read at trace time, as layers.POOLING.
-RESAMPLE = "gather"
+# "gather", "matmul" (module docstring) or "auto"; `python -m benchmarks.throughput --crop` times either. A module
+# switch, read at trace time, as layers.POOLING.
+RESAMPLE = "auto"
+
+
+def formulation(backend: str | None = None) -> str:
+  """The crops' formulation in force: RESAMPLE, or for "auto" the products on a TPU (RA-CNN's compiled VGG-19 step
+  moves 1.38 TB per step with the gathers' scatter-add there, 66 GB with the products: benchmarks/RESULTS.md) and
+  the gathers elsewhere. backend: as layers.pooling's."""
+  if RESAMPLE != "auto":
+    return RESAMPLE
+  return "matmul" if (backend or jax.default_backend()) == "tpu" else "gather"
 
 
 def _axis_taps(lo, hi, n_out, size, dtype):
@@ -86,7 +95,7 @@ def crop_parts(images, boxes, out_hw):
   boxes = boxes.astype(dtype)
   oh, ow = (int(n) for n in out_hw)
   b, h, w, _ = images.shape
-  if RESAMPLE == "matmul":
+  if formulation() == "matmul":
     return resample(images.astype(dtype), *axis_matrices(boxes, (h, w), (oh, ow), dtype)).astype(out_dtype)
   rows, wy = _axis_taps(boxes[..., 1], boxes[..., 3], oh, h, dtype)  # (B, N, oh, 2)
   cols, wx = _axis_taps(boxes[..., 0], boxes[..., 2], ow, w, dtype)  # (B, N, ow, 2)

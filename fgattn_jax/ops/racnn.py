@@ -100,7 +100,7 @@ def attention_crop(images, boxes, out_hw, k=10.0):
   boxes = at_least_float32(boxes)
   x = at_least_float32(images)
   x = x.astype(jnp.promote_types(x.dtype, boxes.dtype))  # bfloat16 images are masked and sampled in float32
-  if crops.RESAMPLE == "matmul":
+  if crops.formulation() == "matmul":
     # The mask is separable, M = rows x cols: folded into the interpolation matrices, the masked image is never
     # formed and the mask's gradient is a product as well.
     mask_rows, mask_cols = _mask_factors(boxes, images.shape[1:3], k)
