@@ -32,13 +32,18 @@ CHIPS = {"v5e": ("v5e:1x1", 16e9, 197e12, 819e9), "v5p": ("v5p:1x1x1", 95e9, 459
 
 def compile_for_tpu(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluation: bool = False,
                     phase: str | None = None):
-  """The benchmark's step compiled for one `chip` without one (as hlo_report.compile_for_gpu): (optimised HLO text,
-  compiled program)."""
+  """The benchmark's step compiled for one `chip` without one (as hlo_report.compile_for_gpu), with the formulations
+  a TPU picks where they are "auto": (optimised HLO text, compiled program)."""
   import jax
   import numpy as np
   from jax.experimental import topologies
 
   from benchmarks import throughput
+  from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
+  # A second process loading libtpu at once is refused (its lock file) unless told; the host name quiets a log line.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   try:
     # libtpu's default host is 2x2x1 chips; one chip needs the host's bounds given (as a list: a string is refused).
     topology = topologies.get_topology_desc(platform="tpu", topology_name=CHIPS[chip][0],
@@ -46,11 +51,17 @@ def compile_for_tpu(scheme: str, backbone: str, res: int, batch: int, chip: str,
   except (NotImplementedError, RuntimeError) as e:
     raise SystemExit(f"libtpu's compile-only TPU devices could not be opened ({type(e).__name__}: {str(e)[:200]}). "
                      f'Compiling for a TPU without one needs libtpu, no TPU: pip install "jax[tpu]=={jax.__version__}"')
-  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ("data",))
+  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ("data",))  # one chip (v4's two cores: one of them)
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
-  (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
-  fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
-  compiled = fn.lower(*args).compile()
+  # "auto" asks the backend the steps are traced on: this machine's, not the chip's.
+  chosen = layers.POOLING, crops.RESAMPLE
+  layers.POOLING, crops.RESAMPLE = layers.pooling("tpu"), crops.formulation("tpu")
+  try:
+    (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
+    fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
+    compiled = fn.lower(*args).compile()
+  finally:
+    layers.POOLING, crops.RESAMPLE = chosen
   return compiled.as_text(), compiled
 
 
@@ -75,6 +86,32 @@ def measure(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluat
           "crop": crops.formulation("tpu"), "compile_s": compile_s, "mem_gib": memory / 2 ** 30,
           "hbm_share": memory / hbm, "tflop": flops / 1e12, "gb_moved": moved / 1e9, "bound_ms": 1e3 * bound,
           "bound_img_s": batch / bound if bound else None}
+
+
+def _in_a_process(argv, scheme, backbone, res, batch) -> dict:
+  """One row of --all compiled by a process of its own: libtpu can crash a compilation (a stack overflow in its
+  back end, v6e's ResNet-50 training step with libtpu 0.0.42), which then ends that row, not the table."""
+  import subprocess
+  import tempfile
+
+  with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
+    own, rest = [], list(argv)
+    while rest:  # the table's flags less --all and --json: the row's own come after them (argparse keeps the last)
+      a = rest.pop(0)
+      if a == "--json":
+        rest.pop(0)
+      elif a != "--all" and not a.startswith("--json="):
+        own.append(a)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.tpu_report", *own, "--scheme", scheme, "--backbone",
+                           backbone, "--res", str(res), "--batch", str(batch), "--json", out.name],
+                          capture_output=True, text=True)
+    lines = open(out.name).read().splitlines()
+  if lines:
+    return json.loads(lines[-1])
+  why = f"the compiling process died of signal {-done.returncode}" if done.returncode < 0 else \
+      f"the compiling process ended with status {done.returncode}"
+  tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
+  return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "error": f"{why}: {' | '.join(tail)}"}
 
 
 COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("chip", "{}"), ("step", "{}"),
@@ -108,11 +145,7 @@ def main(argv=None) -> int:
     p.error("--phase goes with one --scheme's training step")
   if args.res < 1 or args.batch < 1:
     p.error(f"--res and --batch must be at least 1, got {args.res} and {args.batch}")
-  from fgattn_jax.models import layers
-  from fgattn_jax.ops import crops
   throughput.use_formulations(args)
-  # "auto" picks by the backend the steps are traced on, this machine's: here it must be the TPU's choice.
-  layers.POOLING, crops.RESAMPLE = layers.pooling("tpu"), crops.formulation("tpu")
   runs = throughput.STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
   if args.largest_batch:
     print(f"| scheme | backbone | res | the table's batch | largest batch ({args.chip}) |\n|---|---|---|---|---|")
@@ -124,13 +157,13 @@ def main(argv=None) -> int:
     return 0
   rows = []
   for scheme, backbone, res, batch in runs:
-    try:
-      r = measure(scheme, backbone, res, batch, args.chip, args.eval, args.phase)
-    except SystemExit:
-      raise
-    except Exception as e:  # noqa: BLE001 - a step that does not compile for the chip is this report's finding
-      r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "chip": args.chip,
-           "error": f"{type(e).__name__}: {str(e)[:500]}"}
+    if len(runs) > 1:
+      r = _in_a_process(argv if argv is not None else sys.argv[1:], scheme, backbone, res, batch)
+    else:
+      try:
+        r = measure(scheme, backbone, res, batch, args.chip, args.eval, args.phase)
+      except Exception as e:  # noqa: BLE001 - a step that does not compile for the chip is this report's finding
+        r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "error": f"{type(e).__name__}: {e}"}
     rows.append(r)
     print(json.dumps(r), file=sys.stderr, flush=True)
     if args.json:

@@ -334,16 +334,10 @@ def test_largest_batch_follows_the_memory_line_and_checks_its_crossing(monkeypat
   assert found == expected and len(compiled) == 3 + (144 - expected) // 8
 
 
-def test_the_tpu_report_without_libtpu_says_what_to_install(capsys, monkeypatch):
+def test_the_tpu_report_without_libtpu_says_what_to_install(monkeypatch):
   # Without libtpu (this machine, CI) the compile-only TPU devices cannot open, and the report says why, with the
-  # install line. With libtpu (RESULTS.md: every standard-table step compiles for v5e, v5p and v6e) it reports each
-  # step's memory, cost and bound.
+  # install line. With libtpu it reports each step's memory, cost and bound (RESULTS.md).
   from jax.experimental import topologies
-
-  from fgattn_jax.models import layers
-  from fgattn_jax.ops import crops
-  for module, name in ((layers, "POOLING"), (crops, "RESAMPLE")):
-    monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
 
   def no_libtpu(**kwargs):
     assert kwargs["platform"] == "tpu" and kwargs["topology_name"] == "v5p:1x1x1"
@@ -351,5 +345,47 @@ def test_the_tpu_report_without_libtpu_says_what_to_install(capsys, monkeypatch)
   monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
   with pytest.raises(SystemExit, match=r'needs libtpu, no TPU: pip install "jax\[tpu\]=='):
     tpu_report.main(["--scheme", "baseline", "--backbone", "vgg11_bn", "--res", "32", "--batch", "8"])
-  # The formulations it compiles with are a TPU's, whatever this machine's backend would pick.
-  assert (layers.POOLING, crops.RESAMPLE) == ("reduce_window", "matmul")
+
+
+def test_the_tpu_report_traces_with_a_tpus_formulations(monkeypatch):
+  # "auto" asks the backend the step is traced on, this CPU: compiling for a chip, the step must be traced with the
+  # chip's choices (XLA's pooling, the crops' products), and the switches left as they were.
+  import types
+
+  from jax.experimental import topologies
+
+  from fgattn_jax.models import layers
+  from fgattn_jax.ops import crops
+  monkeypatch.setattr(topologies, "get_topology_desc", lambda **kw: types.SimpleNamespace(devices=jax.devices()))
+  seen = []
+
+  def setup(*args, **kwargs):
+    seen.append((layers.pooling(), crops.formulation()))
+    raise RuntimeError("traced")
+  monkeypatch.setattr(throughput, "_setup", setup)
+  for pool, crop in (("auto", "auto"), ("slices", "gather")):
+    monkeypatch.setattr(layers, "POOLING", pool)
+    monkeypatch.setattr(crops, "RESAMPLE", crop)
+    with pytest.raises(RuntimeError, match="traced"):
+      tpu_report.compile_for_tpu("racnn", "vgg11_bn", 32, 8, "v6e")
+    assert (layers.POOLING, crops.RESAMPLE) == (pool, crop)
+  assert seen == [("reduce_window", "matmul"), ("slices", "gather")]  # a formulation named is kept
+
+
+def test_a_tpu_table_row_whose_compiler_crashes_is_a_failed_row(monkeypatch):
+  # libtpu can die compiling a step (a stack overflow: v6e's ResNet-50 training step, libtpu 0.0.42): each row of
+  # --all compiles in its own process, so the crash is that row's result and the table goes on.
+  import subprocess
+  calls = []
+
+  def crash(cmd, **kwargs):
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, -11, "", "F0000 stack overflow\n*** SIGSEGV STACK OVERFLOW\n")
+  monkeypatch.setattr(subprocess, "run", crash)
+  r = tpu_report._in_a_process(["--all", "--chip", "v6e", "--json", "t.jsonl", "--pool", "slices"], "baseline",
+                               "resnet50", 448, 32)
+  assert r["error"].startswith("the compiling process died of signal 11: ") and "SIGSEGV" in r["error"]
+  own = calls[0][calls[0].index("benchmarks.tpu_report") + 1:]
+  assert own[:6] == ["--chip", "v6e", "--pool", "slices", "--scheme", "baseline"] and "--all" not in own
+  assert own.count("--json") == 1 and own[-2] == "--json" and own[-1] != "t.jsonl"  # the row's own file
+  assert "| baseline | resnet50 | 448 | 32 |" in throughput.table([r], tpu_report.COLUMNS)
