@@ -88,22 +88,16 @@ def measure(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluat
           "bound_img_s": batch / bound if bound else None}
 
 
-def _in_a_process(argv, scheme, backbone, res, batch) -> dict:
+def _in_a_process(args, scheme, backbone, res, batch) -> dict:
   """One row of --all compiled by a process of its own: libtpu can crash a compilation (a stack overflow in its
   back end, v6e's ResNet-50 training step with libtpu 0.0.42), which then ends that row, not the table."""
   import subprocess
   import tempfile
 
   with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
-    own, rest = [], list(argv)
-    while rest:  # the table's flags less --all and --json: the row's own come after them (argparse keeps the last)
-      a = rest.pop(0)
-      if a == "--json":
-        rest.pop(0)
-      elif a != "--all" and not a.startswith("--json="):
-        own.append(a)
-    done = subprocess.run([sys.executable, "-m", "benchmarks.tpu_report", *own, "--scheme", scheme, "--backbone",
-                           backbone, "--res", str(res), "--batch", str(batch), "--json", out.name],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.tpu_report", "--chip", args.chip, "--pool", args.pool,
+                           "--crop", args.crop, *(["--eval"] if args.eval else []), "--scheme", scheme,
+                           "--backbone", backbone, "--res", str(res), "--batch", str(batch), "--json", out.name],
                           capture_output=True, text=True)
     lines = open(out.name).read().splitlines()
   if lines:
@@ -158,7 +152,7 @@ def main(argv=None) -> int:
   rows = []
   for scheme, backbone, res, batch in runs:
     if len(runs) > 1:
-      r = _in_a_process(argv if argv is not None else sys.argv[1:], scheme, backbone, res, batch)
+      r = _in_a_process(args, scheme, backbone, res, batch)
     else:
       try:
         r = measure(scheme, backbone, res, batch, args.chip, args.eval, args.phase)

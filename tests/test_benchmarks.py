@@ -382,10 +382,10 @@ def test_a_tpu_table_row_whose_compiler_crashes_is_a_failed_row(monkeypatch):
     calls.append(cmd)
     return subprocess.CompletedProcess(cmd, -11, "", "F0000 stack overflow\n*** SIGSEGV STACK OVERFLOW\n")
   monkeypatch.setattr(subprocess, "run", crash)
-  r = tpu_report._in_a_process(["--all", "--chip", "v6e", "--json", "t.jsonl", "--pool", "slices"], "baseline",
-                               "resnet50", 448, 32)
+  args = argparse.Namespace(chip="v6e", pool="slices", crop="auto", eval=False, all=True, json="t.jsonl")
+  r = tpu_report._in_a_process(args, "baseline", "resnet50", 448, 32)
   assert r["error"].startswith("the compiling process died of signal 11: ") and "SIGSEGV" in r["error"]
-  own = calls[0][calls[0].index("benchmarks.tpu_report") + 1:]
-  assert own[:6] == ["--chip", "v6e", "--pool", "slices", "--scheme", "baseline"] and "--all" not in own
-  assert own.count("--json") == 1 and own[-2] == "--json" and own[-1] != "t.jsonl"  # the row's own file
+  own = calls[0][calls[0].index("benchmarks.tpu_report") + 1:]  # the row alone, into a file of its own
+  assert own[:-1] == ["--chip", "v6e", "--pool", "slices", "--crop", "auto", "--scheme", "baseline", "--backbone",
+                      "resnet50", "--res", "448", "--batch", "32", "--json"] and own[-1] != "t.jsonl"
   assert "| baseline | resnet50 | 448 | 32 |" in throughput.table([r], tpu_report.COLUMNS)
