@@ -264,9 +264,8 @@ def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: 
   return batch if memory(batch) <= limit else 0
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.hlo_report", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(p: argparse.ArgumentParser) -> None:
+  """The flags that name the step to compile (also benchmarks.tpu_report's)."""
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
@@ -274,6 +273,12 @@ def main(argv=None) -> int:
   p.add_argument("--eval", action="store_true", help="the evaluation step instead of the training step")
   p.add_argument("--phase", help="the training step of this phase of the scheme's schedule (benchmarks.throughput "
                                  "--phase) instead of the end-to-end step")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.hlo_report", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  step_arguments(p)
   p.add_argument("--target", default="h100", choices=sorted(CARDS), help="the card to compile for and cost on")
   p.add_argument("--top", type=int, default=15, help="list this many of the largest memory-bound kernels")
   p.add_argument("--dump", help="also write the optimised HLO to this file")

@@ -116,19 +116,14 @@ COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"),
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.tpu_report", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
-  p.add_argument("--backbone", default="vgg19")
-  p.add_argument("--res", type=int, default=448)
-  p.add_argument("--batch", type=int, default=16)
+  from benchmarks import hlo_report, throughput
+  hlo_report.step_arguments(p)
   p.add_argument("--chip", default="v5p", choices=sorted(CHIPS), help="the TPU to compile for (default v5p)")
   p.add_argument("--all", action="store_true", help="every row of the standard table (benchmarks.throughput)")
-  p.add_argument("--eval", action="store_true", help="the evaluation step instead of the training step")
-  p.add_argument("--phase", help="the training step of this phase of the scheme's schedule")
   p.add_argument("--largest-batch", action="store_true",
                  help="instead, the largest batch (a multiple of 8) whose training step needs at most 70%% of the "
                       "chip's memory (as benchmarks.hlo_report --largest-batch)")
   p.add_argument("--json", help="append the rows (one JSON object per line) to this file")
-  from benchmarks import hlo_report, throughput
   throughput.add_formulation_args(p)
   args = p.parse_args(argv)
   if args.graphs != "fusions":
