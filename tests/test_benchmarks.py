@@ -178,10 +178,11 @@ def test_profile_reads_a_gpu_trace_by_operation_and_kind():
 def test_profile_runs_a_step_under_the_tracer_on_the_cpu(capsys, tmp_path):
   hlo = tmp_path / "step.hlo"
   assert profile.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--top", "5",
-                       "--hlo", str(hlo)]) == 0
+                       "--hlo", str(hlo), "--trace", str(tmp_path / "trace")]) == 0
   out = capsys.readouterr().out
   assert "device busy" in out and "| convolution |" in out
   assert "convolution(" in hlo.read_text()  # the optimised program's text
+  assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))  # kept where --trace says
 
 
 def test_collect_joins_separate_runs_into_ratios_and_overheads():
