@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1
 STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab graphs_ab crop_ab profile input_pipeline phases
   largest}
 declare -A nominal=([jax_train]=280 [torch_eager]=90 [torch_compile]=420 [jax_passes]=60 [pool_ab]=60 [graphs_ab]=120
-                    [crop_ab]=80 [profile]=70 [input_pipeline]=35 [phases]=60 [largest]=300)
+                    [crop_ab]=80 [profile]=140 [input_pipeline]=35 [phases]=60 [largest]=300)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -134,10 +134,14 @@ for stage in $STAGES; do
       for p in gather matmul; do
         run crop_ab python3 -m benchmarks.throughput "${crop[@]}" "${size[@]}" --crop "$p" --json "$work/crop.jsonl"
       done ;;
-    profile)
+    profile)  # VGG-19's step per kind of kernel in JAX, then in PyTorch eager and torch.compile: whose convolutions
+      # are faster (XLA's autotuning against cudnn.benchmark), and what each spends around them
       run profile python3 -m benchmarks.profile --scheme baseline --backbone vgg19 "${prof[@]}" --hlo "$work/vgg19.hlo"
       [[ -s "$work/vgg19.hlo" ]] && run profile python3 -m benchmarks.hlo_report --hlo "$work/vgg19.hlo" --target \
         "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -qi h100 && echo h100 || echo h200)"
+      run profile python3 -m benchmarks.torch_reference.profile --scheme baseline --backbone vgg19 "${prof[@]}"
+      ((${#compile[@]})) && run profile python3 -m benchmarks.torch_reference.profile --scheme baseline \
+        --backbone vgg19 "${prof[@]}" "${compile[@]}"
       run profile python3 -m benchmarks.profile --scheme racnn --backbone resnet50 "${prof_racnn[@]}" ;;
     phases)  # MA-CNN's phases before 'parts' run no part streams: their steps against the end-to-end one (jax_train)
       for p in object grouping parts; do

@@ -27,13 +27,17 @@ import time
 
 from benchmarks import throughput
 
-# The first pattern that matches an operation's name (kernel name and XLA op name together) gives its kind.
+# The first pattern that matches an operation's name (kernel name and XLA op name together) gives its kind. XLA's
+# kernels are named after their fusions; PyTorch's (benchmarks.torch_reference.profile) after ATen's kernels, cuDNN's
+# or Inductor's (triton_poi: pointwise, triton_red/per: reductions), some of which have kinds of their own.
 KINDS = [("scatter (select-and-scatter, scatter)", r"scatter"),
+         ("batch norm (PyTorch's kernels)", r"batch_norm|::bn_"),
          ("convolution", r"conv|cudnn|fprop|dgrad|wgrad"),
-         ("matrix product", r"gemm|cublas|dot|matmul"),
-         ("reduction", r"reduce|reduction"),
-         ("elementwise fusion", r"fusion|loop_|input_"),
-         ("copy, transpose", r"copy|transpose|memcpy|memset")]
+         ("matrix product", r"gemm|cublas|dot|matmul|aten::(add|b)?mm"),
+         ("pooling (PyTorch's kernels)", r"pool"),
+         ("reduction", r"reduce|reduction|triton_red|triton_per"),
+         ("elementwise fusion", r"fusion|loop_|input_|elementwise|triton_poi"),
+         ("copy, transpose", r"copy|transpose|memcpy|memset|nchwtonhwc|nhwctonchw")]
 
 
 def kind(name: str) -> str:

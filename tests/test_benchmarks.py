@@ -185,6 +185,47 @@ def test_profile_runs_a_step_under_the_tracer_on_the_cpu(capsys, tmp_path):
   assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))  # kept where --trace says
 
 
+def test_torch_profile_reads_a_cuda_trace_by_kind(tmp_path):
+  # What torch.profiler's Chrome trace holds on CUDA: host operators and runtime calls beside the kernels; only
+  # the device's events count, sorted into the same kinds as XLA's kernels.
+  from benchmarks.torch_reference import profile as torch_profile
+
+  kernels = [("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 2000),
+             ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 3000),
+             ("void at::native::vectorized_elementwise_kernel<4, at::native::threshold_kernel_impl>", 400),
+             ("triton_poi_fused_relu_threshold_backward_0", 300), ("triton_red_fused_sum_1", 200),
+             ("void at::native::(anonymous namespace)::max_pool_backward_nhwc<c10::BFloat16>", 500),
+             ("void at::native::batch_norm_collect_statistics_channels_last_kernel", 100),
+             ("nchwToNhwcKernel", 50), ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 100)]
+  trace = [{"ph": "X", "cat": "kernel", "name": n, "dur": d} for n, d in kernels]
+  trace += [{"ph": "X", "cat": "cpu_op", "name": "aten::conv2d", "dur": 9000},
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "dur": 5},
+            {"ph": "X", "cat": "gpu_memset", "name": "Memset (Device)", "dur": 50}]
+
+  class Profiler:
+    def export_chrome_trace(self, path):
+      with open(path, "w") as f:
+        json.dump({"traceEvents": trace}, f)
+
+  events = torch_profile.device_events(Profiler(), "cuda")
+  assert len(events) == len(kernels) + 1  # the memset is device time; the operator and the launch are not
+  _, totals = profile.summarise(events, steps=1, top=5)
+  assert totals["by_kind"] == {"convolution": 5.0, "elementwise fusion": 0.7, "reduction": 0.2,
+                               "pooling (PyTorch's kernels)": 0.5, "batch norm (PyTorch's kernels)": 0.1,
+                               "copy, transpose": 0.1, "matrix product": 0.1}
+
+
+def test_torch_profile_runs_a_step_under_the_profiler_on_the_cpu(capsys):
+  from benchmarks.torch_reference import profile as torch_profile
+
+  assert torch_profile.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--top", "5"]) == 0
+  out = capsys.readouterr().out
+  assert "PyTorch eager baseline vgg11_bn 32 px" in out and "| convolution |" in out
+  busy = float(out.split("device busy ")[1].split(" ms")[0])
+  rows = [line.split(" | ") for line in out.split("| kind |")[1].split("\n\n")[0].splitlines()[2:]]
+  assert busy > 0 and abs(sum(float(r[1]) for r in rows) - busy) < 0.02 * busy + 0.05  # the kinds add up
+
+
 def test_collect_joins_separate_runs_into_ratios_and_overheads():
   # What gpu_session.sh measures apart: the schemes (JAX), PyTorch's modes, and the plain backbone passes.
   passes = throughput.pass_runs(throughput.STANDARD)

@@ -30,8 +30,8 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", device="cuda", width=1.0,
-            num_classes=200, train=True) -> dict:
+def setup(scheme, backbone, res, batch, *, mode="eager", device="cuda", width=1.0, num_classes=200, train=True):
+  """The scheme's step as a function of nothing (random images and labels made once on the device)."""
   torch.manual_seed(0)
   model = build(scheme, backbone, num_classes, res, width).to(device)
   x = torch.randn(batch, 3, res, res, device=device)
@@ -56,6 +56,13 @@ def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", d
     optimizer.step()
     return loss
 
+  return step
+
+
+def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", device="cuda", width=1.0,
+            num_classes=200, train=True) -> dict:
+  step = setup(scheme, backbone, res, batch, mode=mode, device=device, width=width, num_classes=num_classes,
+               train=train)
   start = time.perf_counter()
   for _ in range(warmup):
     step()
