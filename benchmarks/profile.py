@@ -113,9 +113,8 @@ def profile(scheme: str, backbone: str, res: int, batch: int, *, steps: int = 5,
   return head + "\n\n" + text, totals
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def profile_arguments(p: argparse.ArgumentParser) -> None:
+  """The step to profile and how long: this module's flags, and benchmarks.torch_reference.profile's."""
   p.add_argument("--scheme", required=True, choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
@@ -123,6 +122,12 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--top", type=int, default=25, help="operations listed")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  profile_arguments(p)
   throughput.add_formulation_args(p)
   p.add_argument("--hlo", help="write the optimised program's text here")
   p.add_argument("--trace", help="keep the trace in this folder (default: a temporary one)")

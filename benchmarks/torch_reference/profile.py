@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.profile import summarise
+from benchmarks.profile import profile_arguments, summarise
 from benchmarks.torch_reference.run import _sync, setup
 
 DEVICE_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")  # the categories of a CUDA trace's device-side events
@@ -70,14 +70,8 @@ def profile(scheme: str, backbone: str, res: int, batch: int, *, mode: str = "ea
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.profile", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--scheme", required=True, choices=("baseline", "abn", "macnn", "racnn"))
-  p.add_argument("--backbone", default="vgg19")
-  p.add_argument("--res", type=int, default=448)
-  p.add_argument("--batch", type=int, default=16)
+  profile_arguments(p)
   p.add_argument("--mode", default="eager", choices=("eager", "compile"))
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--top", type=int, default=25, help="kernels listed")
   p.add_argument("--cpu", action="store_true", help="toy sizes on the CPU (width 1/16, 32 px, batch 2, float32)")
   args = p.parse_args(argv)
   device, width = ("cuda", 1.0) if torch.cuda.is_available() else ("cpu", 1.0)
