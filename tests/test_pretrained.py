@@ -143,7 +143,7 @@ def test_wrong_architecture_is_a_shape_error():
 
 
 @pytest.mark.parametrize("file_bn", [True, False])
-def test_a_vgg_file_with_or_without_batch_norm_is_named_as_such(file_bn):
+def test_a_file_for_another_architecture_is_named_with_the_backbone_to_set(file_bn):
   # torchvision numbers VGG's layers in one sequence: in a vgg*_bn file a BatchNorm's vector sits where a VGG
   # without BN has a convolution (features.1), which once ended in a raw numpy transpose error.
   sd = state_dict_arrays(randomize_(TorchVGG("vgg16" if file_bn else "vgg11", 10, bn=file_bn, width=0.25)))
@@ -151,9 +151,52 @@ def test_a_vgg_file_with_or_without_batch_norm_is_named_as_such(file_bn):
   with pytest.raises(WeightImportError) as e:
     load_torchvision(model, sd)
   message = str(e.value)
-  assert f"the file's network {'has' if file_bn else 'has no'} batch normalisation" in message
-  assert f"(e.g. vgg19{'_bn' if file_bn else ''})" in message
+  held, ours = ("vgg16_bn", "vgg19") if file_bn else ("vgg11", "vgg16_bn")
+  assert (f"the file holds torchvision's {held} and the model is a {ours}: set model.backbone={held} to use this "
+          f"file, or point model.pretrained at a {ours} file") in message
   assert len(message) < 1500  # the first keys of each kind, and how many more
+  # Depth and block kind name a ResNet whatever its width.
+  r18 = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
+  with pytest.raises(WeightImportError, match="holds torchvision's resnet18 and the model is a resnet50"):
+    load_torchvision(build_backbone("resnet50", 10, width=0.25), r18)
+
+
+def test_a_partial_vgg_file_with_batch_norm_is_still_named_as_such():
+  # Where the layers match no torchvision VGG, batch normalisation alone is named.
+  sd = state_dict_arrays(randomize_(TorchVGG("vgg16", 10, bn=True, width=0.25)))
+  sd = {k: v for k, v in sd.items() if not k.startswith("features.0.")}
+  with pytest.raises(WeightImportError) as e:
+    load_torchvision(build_backbone("vgg16", 10, width=0.25), sd)
+  assert "the file's network has batch normalisation" in str(e.value) and "(e.g. vgg19_bn)" in str(e.value)
+  assert "holds torchvision's" not in str(e.value)
+
+
+def test_training_checkpoints_and_state_dicts_in_memory_load_like_files(tmp_path):
+  ref = randomize_(TorchResNet("resnet18", 10, width=0.25))
+  sd = ref.state_dict()
+  torch.save(sd, tmp_path / "plain.pth")
+  expected = build_backbone("resnet18", 10, width=0.25, rngs=1)
+  load_torchvision(expected, tmp_path / "plain.pth")
+  # PyTorch's tutorial checkpoint, a 'net' key beside the training state, a wrapper in a wrapper.
+  torch.save({"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 5}, tmp_path / "tutorial.pth")
+  torch.save({"net": sd, "epoch": 5, "acc": 0.5}, tmp_path / "net.pth")
+  torch.save({"model": {"state_dict": sd}}, tmp_path / "nested.pth")
+  sources = [tmp_path / "tutorial.pth", tmp_path / "net.pth", tmp_path / "nested.pth",
+             sd, {"module." + k: v for k, v in sd.items()}, {"state_dict": sd, "epoch": 1},  # in memory
+             {k: v.numpy() for k, v in sd.items()}]
+  for source in sources:
+    model = build_backbone("resnet18", 10, width=0.25, rngs=2)
+    load_torchvision(model, source)
+    for x, y in zip(weights(model), weights(expected)):
+      np.testing.assert_array_equal(x, y)
+  # Two dicts of tensors, or none: the keys there are, and what to save.
+  torch.save({"student": sd, "teacher": sd}, tmp_path / "two.pth")
+  with pytest.raises(WeightImportError, match=r"keys 'student', 'teacher': several hold tensors .*"
+                                              r"torch.save\(checkpoint\['student'\], PATH\)"):
+    read_state_dict(tmp_path / "two.pth")
+  with pytest.raises(WeightImportError, match=r"state dict given to load_torchvision is not usable: it holds a "
+                                              r"dict with the keys 'epoch': none of them holds"):
+    load_torchvision(build_backbone("resnet18", 10, width=0.25), {"epoch": 5})
 
 
 def test_models_without_torchvision_counterpart_and_missing_files(tmp_path):
@@ -182,3 +225,16 @@ def test_unreadable_weight_files_are_one_line_errors(tmp_path):
     assert "\n" not in message and "weights_only" not in message
   with pytest.raises(WeightImportError, match=r"junk.pth is not a .*\(KeyError: 174812789\)"):  # torch's own text
     read_state_dict(tmp_path / "junk.pth")  # what load_torchvision calls first with a path
+  with pytest.raises(WeightImportError) as e:  # torch's first sentence only, not its advice after it
+    read_state_dict(tmp_path / "truncated.pth")
+  assert "failed finding central directory)" in str(e.value) and "If you" not in str(e.value)
+
+
+def test_a_whole_pickled_model_is_named_as_such(tmp_path):
+  torch.save(TorchResNet("resnet18", 10, width=0.25), tmp_path / "model.pth")  # torch.save(model), not its weights
+  with pytest.raises(WeightImportError) as e:
+    read_state_dict(tmp_path / "model.pth")
+  message = str(e.value)
+  assert "holds a pickled Python object (torch_reference.TorchResNet), not a state dict" in message
+  assert "torch.save(model.state_dict(), PATH)" in message
+  assert "safe_globals" not in message and "weights_only" not in message and "\n" not in message
