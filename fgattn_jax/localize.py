@@ -3,8 +3,9 @@
 Map kinds: 'attention' (the scheme's own: ABN's map (the first task's), MA-CNN's part maps, RA-CNN's boxes drawn as
 pyramids peaked at their centres, the finest on top), 'cam' where the head allows, 'gradcam' (both for the true
 class). For each, over the images with a ground-truth box:
-    pointing     the map's peak inside the box (MA-CNN: each part map's peak, averaged over the parts); 'chance'
-                 is the box's share of the image, what a uniformly random point scores
+    pointing     the map's peak inside the box (MA-CNN: each part map's peak, averaged over the parts; a flat map,
+                 e.g. an all-zero Grad-CAM, is a miss); 'chance' is the box's share of the image, what a uniformly
+                 random point scores
     deletion     area under the true class's probability as the most salient pixels are removed (lower: better)
     insertion    area under it as they are put back into a blurred image (higher: better)
 and for part maps with ground-truth parts: 'part_hit' (a map's peak within part_radius of its nearest part) and

@@ -120,9 +120,11 @@ def draw_points(image, points, colours=None, radius: int = 3) -> np.ndarray:
 
 
 def guided_rgb(g) -> np.ndarray:
-  """A (H, W, 3) input gradient as usually shown: centred, 0.1 per standard deviation around mid-grey."""
-  g = np.asarray(g, np.float32)
-  g = (g - g.mean()) / (g.std() + 1e-8) * 0.1 + 0.5
+  """A (H, W, 3) input gradient as usually shown: centred, 0.1 per standard deviation around mid-grey, whatever its
+  scale (an early layer's or a weak model's gradients can spread over 1e-10); a constant one is all mid-grey."""
+  g = np.asarray(g, np.float64)
+  std = g.std()
+  g = (g - g.mean()) / (std if std > 0 else 1.0) * 0.1 + 0.5
   return np.round(np.clip(g, 0, 1) * 255).astype(np.uint8)
 
 

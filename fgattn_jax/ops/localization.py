@@ -17,9 +17,12 @@ def peak_points(maps, image_hw):
 
 
 def pointing_game(maps, boxes, image_hw):
-  """(B,) booleans: the map's peak lies inside the box (x0, y0, x1, y1); NaN boxes never count as hits."""
+  """(B,) booleans: the map's peak lies inside the box (x0, y0, x1, y1); NaN boxes never count as hits, nor do
+  flat maps (all one value, e.g. a Grad-CAM that is zero everywhere): they point nowhere, and their argmax, the
+  first cell, would score whenever a box covers the top-left corner."""
   x, y = peak_points(maps, image_hw).T
-  return (x >= boxes[:, 0]) & (x < boxes[:, 2]) & (y >= boxes[:, 1]) & (y < boxes[:, 3])
+  flat = jnp.max(maps, axis=(1, 2)) == jnp.min(maps, axis=(1, 2))
+  return (x >= boxes[:, 0]) & (x < boxes[:, 2]) & (y >= boxes[:, 1]) & (y < boxes[:, 3]) & ~flat
 
 
 def box_area_fraction(boxes, image_hw):
