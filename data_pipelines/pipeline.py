@@ -11,8 +11,8 @@ mask=False examples, so that no example is dropped and every batch has the same 
 An image that cannot be read becomes a blank example with mask=False (the batch keeps its static shape
 for jit), is counted, and is reported with its file name at the end of the epoch; it never stops the run. (A split
 in which no image at all can be decoded is refused by build() up front.)
-Everything random derives from (config.seed, position in the stream), so two pipelines with the same seed
-give the same batches, and a pipeline restored with set_state() continues exactly where the saved one was.
+Everything random derives from (config.seed, position in the global stream, whatever the number of processes), so
+two pipelines with the same seed give the same batches, and a pipeline restored with set_state() continues exactly where the saved one was.
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
       ds = grain.MapDataset.range(2 ** 62).map(BalancedIndex(source.labels, config.seed))
     else:
       ds = grain.MapDataset.range(n).seed(config.seed).shuffle().repeat()
-    ds = ds[process_index::process_count]
     per_process = n // process_count
     if per_process < batch:
       raise DataError(f"The {split!r} split has {n} examples, fewer than one batch of {global_batch}: "
@@ -139,9 +138,12 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
     steps_per_epoch = per_process // batch
   else:
     padded = -(-n // global_batch) * global_batch
-    ds = grain.MapDataset.range(padded)[process_index::process_count]
+    ds = grain.MapDataset.range(padded)
     steps_per_epoch = padded // global_batch
-  ds = ds.seed(config.seed + 1).random_map(Prepare(source, aug, training))
+  # Each example's random augmentation is drawn from its position in the global stream, before the stream is shared
+  # out (a lazy map: each process prepares only its share): drawn after, the processes' k-th examples had the same
+  # crop and flip, and a run's augmentation changed with its number of processes.
+  ds = ds.seed(config.seed + 1).random_map(Prepare(source, aug, training))[process_index::process_count]
   return Pipeline(ds, source, split, training, batch, global_batch, steps_per_epoch, d.num_workers)
 
 

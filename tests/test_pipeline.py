@@ -128,6 +128,28 @@ def test_processes_share_out_the_data():
     pipeline.build(config(), "test", process_count=5)
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_processes_training_batches_are_the_single_process_batches_shared_out(balanced):
+  # Process i's k-th batch is its share (positions i, i + 2, ...) of the single-process k-th batch, augmentation
+  # included: a run's training is the same on one host as on two. (The augmentation was drawn after the stream was
+  # shared out: both processes' t-th examples had the same crop and flip, and the 2-process run differed.)
+  c = config(balanced=balanced)
+  c.data.augment.rotation, c.data.augment.brightness = 15.0, 0.2  # every random choice of the transform
+  whole = take(pipeline.build(c, "train"), 7)  # past the first epoch (5 batches)
+  shares = [pipeline.build(c, "train", process_index=i, process_count=2) for i in range(2)]
+  for i, share in enumerate(shares):
+    assert_same(take(share, 7), [{k: v[i::2] for k, v in b.items()} for b in whole])
+  # Resumed on two processes from one process's position (training.checkpoint: a process the run was not saved
+  # with takes process 0's): the same global batches follow.
+  one = pipeline.build(c, "train")
+  take(one, 3)
+  state = one.get_state()
+  for i in range(2):
+    share = pipeline.build(c, "train", process_index=i, process_count=2)
+    share.set_state(state)
+    assert_same(take(share, 4), [{k: v[i::2] for k, v in b.items()} for b in whole[3:]])
+
+
 def test_balanced_sampling_evens_out_classes():
   class Imbalanced(Source):
     name, num_classes, class_names = "imbalanced", 2, ["rare", "common"]
