@@ -179,6 +179,8 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   from fgattn_jax.training import checkpoint as ckpt_lib
 
   cfg = run_config(p, args.workdir, pairs)
+  import jax
+  fit_to_devices(cfg, jax.device_count())
   split = "files" if images else args.split or cfg.data.eval_split
   try:
     scheme = get_scheme(cfg.scheme)
@@ -201,6 +203,20 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
     names = pipe.source.class_names
   return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
                                named_by=named_by)
+
+
+def fit_to_devices(cfg, devices: int) -> None:
+  """A trained run's config, evaluated on this machine's devices whichever it was trained on: its mesh.data where
+  this machine has that many devices (all of them otherwise), its evaluation batch rounded up to split evenly over
+  them (the padding is masked: every example still counts once)."""
+  if cfg.mesh.data > devices:
+    cfg.mesh.data = -1
+  n = devices if cfg.mesh.data in (-1, 0) else cfg.mesh.data
+  batch = cfg.data.eval_batch_size
+  if batch % n:
+    cfg.data.eval_batch_size = -(-batch // n) * n
+    logging.getLogger(__name__).warning("data.eval_batch_size=%d does not split over the %d devices: evaluating in "
+                                        "batches of %d", batch, n, cfg.data.eval_batch_size)
 
 
 def eval_program(run):

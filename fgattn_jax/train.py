@@ -4,7 +4,8 @@
 
 Running again with the same --workdir resumes from its latest checkpoint. SIGTERM or Ctrl-C saves and
 exits; run the same command to continue. Several hosts: start one process per host with --coordinator,
---num-processes and --process-id (or none of them on TPU pods and SLURM, where JAX finds its peers).
+--num-processes and --process-id (none of them under SLURM's srun or Open MPI's mpirun, where JAX finds its peers,
+nor on a TPU pod). A SIGTERM to any one of several processes stops them all at the next logged step.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ class StopAfter:
     self.calls += 1
     return "SIGTERM" if self.calls > self.after else None
 
+  def agreed(self):  # (one process: what it was asked)
+    return self.requested
+
   def restore(self):
     pass
 
@@ -407,3 +410,36 @@ def test_a_checkpoint_holds_the_position_as_it_was_when_saved(tmp_path):
   saved.wait()
   assert saved.restore_position(2) == {"step": 2, "phase_step": 2, "plateau": [1.0]}
   saved.close()
+
+
+def test_a_process_the_run_was_not_saved_with_takes_process_0s_input_position(tmp_path, caplog):
+  # Resumed on more hosts than it was saved from, process 1 has no position of its own: it used to start its share
+  # of the data from the beginning, out of step with process 0 for the rest of the run.
+  for process, state in ((0, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [3]}),
+                         (2, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [5]})):
+    (tmp_path / f"process_{process}").mkdir()
+    (tmp_path / f"process_{process}" / "8.json").write_text(json.dumps(state))
+  with caplog.at_level("WARNING"):
+    got = ckpt_lib.read_data_state(str(tmp_path), 1, 8)
+  assert got == {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": []}  # its own unreadable images: none yet
+  assert "no input position of process 1 saved at step 8" in caplog.text
+  assert ckpt_lib.read_data_state(str(tmp_path), 2, 8)["epoch_skipped"] == [5]  # its own when it has one
+  assert ckpt_lib.read_data_state(str(tmp_path), 0, 8)["epoch_skipped"] == [3]
+  assert ckpt_lib.read_data_state(str(tmp_path), 1, 9) is None
+
+
+def test_a_run_is_evaluated_on_the_devices_of_the_machine_at_hand(caplog):
+  # A run trained with an explicit mesh.data=4 and evaluation batches of 6 (on 6 devices, say), evaluated where
+  # there are 4 or 1: the command used to stop at a traceback (a mesh larger than the machine, a batch that does
+  # not split over its devices).
+  c = tiny()
+  c.mesh.data, c.data.eval_batch_size = 6, 6
+  with caplog.at_level("WARNING"):
+    cli.fit_to_devices(c, 4)
+  assert (c.mesh.data, c.data.eval_batch_size) == (-1, 8)
+  assert "data.eval_batch_size=6 does not split over the 4 devices: evaluating in batches of 8" in caplog.text
+  c.mesh.data, c.data.eval_batch_size = 2, 6
+  cli.fit_to_devices(c, 4)  # a mesh the machine has, and a batch that splits over it: as they are
+  assert (c.mesh.data, c.data.eval_batch_size) == (2, 6)
+  cli.fit_to_devices(c, 1)
+  assert (c.mesh.data, c.data.eval_batch_size) == (-1, 6)

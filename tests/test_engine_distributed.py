@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+from engine_worker import fingerprint
 
 WORKER = os.path.join(os.path.dirname(__file__), "engine_worker.py")
 
 
-def launch(workdir, *extra, devices=1, optimized=False):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+def launch(workdir, *extra, devices=1, optimized=False, environment=(), **worker_env):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             **{f"ENGINE_WORKER_{k.upper()}": str(v) for k, v in worker_env.items()}, **dict(environment))
   # Without the suite's compilation cache (conftest.py): with it, one process could skip a compile the other
   # did, and the laggard reach the first collective more than gloo's 30 s after its peer (seen in CI).
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -24,7 +26,11 @@ def launch(workdir, *extra, devices=1, optimized=False):
 
 
 def result(proc, timeout=300):
-  out, err = proc.communicate(timeout=timeout)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()  # not left behind, holding its peer
+    raise
   assert proc.returncode == 0, err[-3000:]
   return json.loads(out.strip().splitlines()[-1])
 
@@ -44,19 +50,60 @@ def test_four_devices_match_one(tmp_path):
   # The evaluation NLL of this barely trained model (~6.5) amplifies those differences through large logits.
   np.testing.assert_allclose(four["nll"], one["nll"], rtol=1e-2)
   assert four["count"] == one["count"] == 30
+  # The 4 devices' checkpoint read here, on 1 device (evaluate, visualize, init_from on another machine): the
+  # same weights as saved, and as the 1-device run's up to the rounding above. (orbax put each array back on the
+  # devices that saved it: 4 that this process does not have.)
+  assert fingerprint(str(tmp_path / "four")) == four["fingerprint"]
+  np.testing.assert_allclose(fingerprint(str(tmp_path / "four")), fingerprint(str(tmp_path / "one")), rtol=1e-5)
 
 
-def test_two_processes_train_together_and_agree(tmp_path):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  procs = [launch(tmp_path, f"127.0.0.1:{port}", 2, i) for i in range(2)]
-  first, second = (result(p) for p in procs)
+def free_port(low=1024):
+  for port in np.random.default_rng().permutation(np.arange(low, 65536)) if low > 1024 else [0]:
+    with socket.socket() as s:
+      try:
+        s.bind(("0.0.0.0", int(port)))
+      except OSError:
+        continue
+      return s.getsockname()[1]
+
+
+def pair(workdir, slurm=False, **worker_env):
+  """Two processes of one device each: started by hand (--coordinator ...), or as SLURM's srun starts them, with
+  nothing but its variables to find each other by."""
+  if slurm:  # jax.distributed's coordinator port is SLURM_JOB_ID mod 4096 above 61439: a job id for a free one
+    job = free_port(61440) - 61440
+    procs = [launch(workdir, **worker_env, environment={
+        "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2", "SLURM_PROCID": str(i),
+        "SLURM_LOCALID": "0"}) for i in range(2)]
+  else:
+    port = free_port()
+    procs = [launch(workdir, f"127.0.0.1:{port}", 2, i, **worker_env) for i in range(2)]
+  try:
+    return [result(p) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+
+
+def test_two_processes_stop_together_resume_and_agree(tmp_path):
+  # Only process 0 is sent a SIGTERM (a scheduler's signals arrive skewed): both stop at the same step and save.
+  # (Process 0 used to stop alone: it waited in the checkpoint's barrier, process 1 in the next step's collective,
+  # for ever.)
+  first, second = pair(tmp_path, steps=10, sigterm_at=2)
+  assert first["interrupted"] == "SIGTERM" and second["interrupted"] == "SIGTERM (to another process)"
+  saved = first["saved"]
+  assert saved == second["saved"] and 2 <= saved < 10
+  assert all((tmp_path / "data_state" / f"process_{i}" / f"{saved}.json").exists() for i in range(2))
+  # Started again (by SLURM this time: the same cluster, found from srun's variables), they resume and finish
+  # together.
+  first, second = pair(tmp_path, slurm=True, steps=10)
   assert first["devices"] == second["devices"] == 2
-  assert len(first["losses"]) == 4 and all(np.isfinite(v) for v in first["losses"].values())
+  assert sorted(map(int, first["losses"])) == list(range(1, 11)) and all(np.isfinite(v) for v in first["losses"].values())
   # Both processes evaluated every test example once, and saw the same model.
   assert first["count"] == second["count"] == 30
   assert first["nll"] == second["nll"] and first["top1"] == second["top1"]
+  # The two processes' checkpoint read by one process with one device: the weights they saved.
+  assert fingerprint(str(tmp_path)) == first["fingerprint"] == second["fingerprint"]
 
 
 def test_the_attention_schemes_gradients_on_two_devices_equal_one_devices():

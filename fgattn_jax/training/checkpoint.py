@@ -9,11 +9,14 @@ removed (training.loop).
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatch(ValueError):
@@ -84,11 +87,7 @@ class Checkpoints:
     return r.state, r.position, self.restore_data_state(step)
 
   def restore_data_state(self, step: int) -> dict | None:
-    path = os.path.join(self.data_dir, f"{step}.json")
-    if not os.path.exists(path):
-      return None
-    with open(path) as f:
-      return json.load(f)
+    return read_data_state(os.path.dirname(self.data_dir), jax.process_index(), step)
 
   def restore_position(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
@@ -105,9 +104,38 @@ class Checkpoints:
     self.manager.close()
 
 
+def read_data_state(folder: str, process: int, step: int) -> dict | None:
+  """A process's input position saved at `step` in `folder` (a workdir's data_state/), or None. A process the run
+  was not saved with (resumed on more hosts) takes process 0's: positions count batches, and every process's batch
+  k is its share of the global batch k (data_pipelines.pipeline.build), so any process's position is every one's."""
+  path = os.path.join(folder, f"process_{process}", f"{step}.json")
+  first = os.path.join(folder, "process_0", f"{step}.json")
+  if not os.path.exists(path):
+    if not os.path.exists(first):
+      return None
+    log.warning("no input position of process %d saved at step %d (the run was saved by fewer processes): it "
+                "continues from process 0's", process, step)
+    path = first
+  with open(path) as f:
+    state = json.load(f)
+  if path == first and process != 0:
+    state["epoch_skipped"] = []  # the images process 0 could not read, not this one's
+  return state
+
+
 # Why a checkpoint's shapes may not fit a model of the same architecture (layers.Conv).
 OLD_KERNELS = ("a checkpoint from before 2026-11-30, when convolution kernels were stored (kh, kw, in, out), now "
                "(out, kh, kw, in)")
+
+
+def _here(directory: str, step: int):
+  """The saved training state's arrays, as a restore target on this process's first device. Without a target orbax
+  places each array on the devices that saved it: a run trained on 4 devices (or 2 processes) could then not be
+  evaluated, visualised or fine-tuned from on 1."""
+  meta = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+  meta = getattr(meta, "item_metadata", meta)  # (orbax versions differ: StepMetadata or the tree itself)
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), meta)
 
 
 def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
@@ -116,7 +144,8 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
   step: 'latest', 'best' or a step number. Returns the step loaded."""
   from flax import nnx
 
-  # Reads the raw saved tree (no target structure), so the optimiser it was saved with does not matter.
+  # Reads the saved tree as it is (its own structure, not the model's), so the optimiser it was saved with does not
+  # matter, and onto this process's first device, so the devices and processes it was saved from do not either.
   ckpts = Checkpoints(workdir, keep=1_000_000)
   try:
     steps = ckpts.manager.all_steps()
@@ -125,7 +154,8 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
     chosen = {"latest": ckpts.latest_step, "best": ckpts.best_step}.get(step, lambda: int(step))()
     if chosen not in steps:
       raise FileNotFoundError(f"No checkpoint at step {chosen} in {ckpts.dir}; there are {sorted(steps)}")
-    raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["0"]
+    raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_here(ckpts.dir, chosen)))).state["0"]
   finally:
     ckpts.close()
   for path, var in nnx.to_flat_state(nnx.state(model)):  # parameters, statistics and dropout keys

@@ -16,6 +16,7 @@ import signal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from data_pipelines import pipeline as data
@@ -72,6 +73,20 @@ class _Stop:
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.requested = signal.Signals(signum).name
+
+  def agreed(self) -> str | None:
+    """Whether any process was asked to stop (-> what it was asked by), asked of every process at once. With several
+    processes the signal reaches each at a different step (a scheduler's skew is often more than a step): one that
+    stopped alone would wait in its checkpoint's barriers while the others wait in the next step's collectives, for
+    ever. Every process calls this at the same steps."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    mine = signal.Signals[self.requested].value if self.requested else 0
+    signum = int(multihost_utils.process_allgather(np.int32(mine)).max())
+    if signum and self.requested is None:
+      self.requested = f"{signal.Signals(signum).name} (to another process)"
+    return self.requested if signum else None
 
   def restore(self):
     for sig, old in self._old.items():
@@ -225,8 +240,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         # Saved at a phase boundary: the state holds the previous phase's optimiser; take the model only.
         ckpt_lib.load_model_weights(workdir, model, latest)
       if not (resuming and position["phase_step"] > 0):  # the phase starts (is not resumed inside)
+        # (Every process reads the same sample, whole batches: what a phase sets up from it, MA-CNN's k-means
+        # targets, must be the same on every process.)
         scheme.before_phase(phase.key, model, lambda: itertools.islice(
-            data.build(config, config.data.train_split, pi, pc, training=False), 4))
+            data.build(config, config.data.train_split, 0, 1, training=False), 4))
         # The plateau rule's window losses travel in the checkpoint's position: a phase resumed inside ends where
         # the uninterrupted one would have.
         position["plateau"] = []
@@ -313,7 +330,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       # --- The phase's steps.
       it = iter(train_data)
       while position["phase_step"] < phase.steps:
-        if stop.requested:
+        # A stop is looked for before every step on one process; with several, where the step's metrics have just
+        # been pulled to the host (the collective would otherwise cost each step its pipelining).
+        if (pc == 1 or position["phase_step"] == 0 or position["step"] % config.log.every_steps == 0) and stop.agreed():
           # (At a phase's start the previous phase's end is saved already, with its evaluation: saving it again
           # would drop that evaluation, and with it the step's claim to be the best.)
           if position["phase_step"] or ckpts.latest_step() != position["step"]:

@@ -7,6 +7,9 @@ assembled from the local pieces.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -14,13 +17,41 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fgattn_jax.config import ConfigError
 
 
+JOIN_TIMEOUT_S = 300  # jax.distributed's default
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-  """jax.distributed.initialize(): explicit for a hand-launched cluster, automatic on TPU pods and SLURM."""
-  if coordinator or num_processes:
-    # CPU processes talk over gloo (GPUs and TPUs ignore this); asking for the backend here would start it,
-    # which must come after initialize().
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+  """jax.distributed.initialize(): explicit for a hand-launched cluster; found by JAX from the environment when
+  SLURM's srun or Open MPI's mpirun started several processes; not needed on a TPU pod (its runtime joins the
+  hosts)."""
+  launcher = None if coordinator or num_processes else cluster_launcher()
+  if not (coordinator or num_processes or launcher):
+    return
+  # CPU processes talk over gloo (GPUs and TPUs ignore this); asking for the backend here would start it, which
+  # must come after initialize().
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Until every process has joined, jax.distributed waits without a word, then aborts with a message that blames a
+  # task that died: say what it waits for.
+  if launcher:
+    print(f"{launcher[0]} started {launcher[1]} processes: this one joins the others, waiting up to "
+          f"{JOIN_TIMEOUT_S} s for all of them", file=sys.stderr, flush=True)
+    jax.distributed.initialize(initialization_timeout=JOIN_TIMEOUT_S)
+  else:
+    print(f"process {process_id} of {num_processes}: waiting up to {JOIN_TIMEOUT_S} s for all {num_processes} to "
+          f"join at {coordinator}", file=sys.stderr, flush=True)
+    jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=JOIN_TIMEOUT_S)
+
+
+def cluster_launcher() -> tuple[str, int] | None:
+  """(launcher, process count) where SLURM's srun or Open MPI's mpirun started this process as one of several (the
+  variables jax.distributed reads to find its peers), else None."""
+  env = os.environ
+  if all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")) \
+      and int(env.get("SLURM_NTASKS", "1")) > 1:
+    return "SLURM", int(env["SLURM_NTASKS"])
+  if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "Open MPI", int(env["OMPI_COMM_WORLD_SIZE"])
+  return None
 
 
 def make_mesh(data_devices: int = -1) -> jax.sharding.Mesh:
