@@ -173,13 +173,14 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   None: asked once the model is built, before its checkpoint is read."""
   import types
 
+  import jax
+
   from data_pipelines import pipeline as data
   from data_pipelines.sources.files import ImageFiles
   from fgattn_jax.schemes import get_scheme
   from fgattn_jax.training import checkpoint as ckpt_lib
 
   cfg = run_config(p, args.workdir, pairs)
-  import jax
   fit_to_devices(cfg, jax.device_count())
   split = "files" if images else args.split or cfg.data.eval_split
   try:
