@@ -193,6 +193,10 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
   names, named_by = run_class_names(args.workdir, cfg) if images else (None, "")
   try:
     step = ckpt_lib.load_model_weights(args.workdir, model, args.checkpoint)
+  except user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return None
+  try:
     source = ImageFiles(images, names or [str(k) for k in range(cfg.data.num_classes)]) if images else None
     pipe = data.build(cfg, split, process_index, process_count, training=False, source=source)
   except user_errors() as e:

@@ -10,6 +10,7 @@ nor on a TPU pod). A SIGTERM to any one of several processes stops them all at t
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
   path, _, preset = args.config.partition(":")
   workdir = args.workdir or os.path.join(
       "workdirs", os.path.splitext(os.path.basename(path))[0] + (f"_{preset}" if preset else ""))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    p.error(f"--workdir {workdir} is a file: give a folder (a new one, or a run's to resume it)")
   if jax.process_index() == 0:
     print(f"training {args.config} in {workdir} on {jax.device_count()} {jax.default_backend()} device(s)",
           file=sys.stderr)
@@ -81,6 +84,12 @@ def main(argv=None) -> int:
   except cli.user_errors() as e:  # a missing data set, weight file or setting: the message says what to do
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # a read-only or full disk (orbax reports a full one as ValueError(RESOURCE_EXHAUSTED): not yet)
+    if e.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EDQUOT):
+      raise
+    print(f"error: cannot write in {workdir}: {e.strerror or e}. Free space or choose a writable --workdir; running "
+          "the same command again resumes from the last complete checkpoint.", file=sys.stderr)
+    return 1
   if jax.process_index() == 0:
     lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}
     lines.update({"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),

@@ -1,6 +1,7 @@
 """The training engine on the baseline: determinism, resume, NaN stop, evaluation, optimiser details."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -443,3 +444,68 @@ def test_a_run_is_evaluated_on_the_devices_of_the_machine_at_hand(caplog):
   assert (c.mesh.data, c.data.eval_batch_size) == (2, 6)
   cli.fit_to_devices(c, 1)
   assert (c.mesh.data, c.data.eval_batch_size) == (-1, 6)
+
+
+def test_a_stop_just_after_a_save_keeps_it_and_every_save_has_its_input_position_first(tmp_path, monkeypatch):
+  # Stopped before step 3, step 2 being saved already: it used to be deleted and written again, and a SIGKILL
+  # during the rewrite (a scheduler's, after its SIGTERM) left no checkpoint of it, with checkpoint.keep=1 none at all.
+  # And the input position used to be written after orbax had the checkpoint, so a kill in between left a
+  # checkpoint whose resume silently restarted the data.
+  import orbax.checkpoint as ocp
+  saved, positions_first = [], []
+  original = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    saved.append(step)
+    positions_first.append((tmp_path / "data_state" / "process_0" / f"{step}.json").exists())
+    return original(self, step, *args, **kwargs)
+  c = tiny(main=6)
+  c.checkpoint.every_steps = 2
+  StopAfter.after = 2
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_Stop", StopAfter)
+    m.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(loop.Interrupted):
+      loop.run(c, str(tmp_path), progress=False)
+  assert saved == [2] and positions_first == [True]
+
+
+def test_a_damaged_checkpoint_names_the_step_to_fall_back_to(tmp_path, capsys, caplog):
+  import shutil
+
+  from fgattn_jax import evaluate
+  c = tiny(main=4)
+  c.checkpoint.every_steps = 2
+  loop.run(c, str(tmp_path), progress=False)  # checkpoints at steps 2 and 4
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")  # (a truncated file reads the same way)
+  with pytest.raises(ckpt_lib.CheckpointDamaged, match=r"step 4 .* cannot be read .* to resume from step 2"):
+    loop.run(c, str(tmp_path), progress=False)
+  # evaluate says so in one line; it used to blame config.json.
+  assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "checkpoint at step 4" in err and "config.json" not in err and len(err.strip().splitlines()) == 1
+  # Moved aside, as the message says: the run resumes from step 2. A damaged position beside it is named too.
+  shutil.move(tmp_path / "checkpoints" / "4", tmp_path / "step4")
+  position = tmp_path / "data_state" / "process_0" / "2.json"
+  position.write_text('{"grain": ')
+  with pytest.raises(ckpt_lib.CheckpointDamaged, match="2.json is not the input position"):
+    loop.run(c, str(tmp_path), progress=False)
+  # Deleted: the run resumes with the data from its start, and says so. A damaged line in metrics.jsonl (a disk
+  # error) costs the curves only, not the finished run.
+  position.unlink()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "spl\n')
+  with caplog.at_level("WARNING"):
+    results = loop.run(c, str(tmp_path), progress=False)
+  assert results["logits"]["count"] == 30
+  assert "no input position was saved with the checkpoint at step 2" in caplog.text
+  assert "no curves drawn" in caplog.text
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
+  from fgattn_jax import train
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  (tmp_path / "run").write_text("")
+  with pytest.raises(SystemExit) as e:
+    train.main(["--config", "configs/baseline.py", "--workdir", str(tmp_path / "run")])
+  assert e.value.code == 2 and "is a file: give a folder" in capsys.readouterr().err

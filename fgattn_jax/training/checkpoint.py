@@ -23,6 +23,19 @@ class CheckpointMismatch(ValueError):
   """A checkpoint that does not fit the model asked to load it (another architecture or config)."""
 
 
+class CheckpointDamaged(FileNotFoundError):
+  """A checkpoint (or the input position saved with it) that cannot be read: a damaged or incomplete file."""
+
+
+def _damaged(directory: str, step: int, steps, e: Exception) -> CheckpointDamaged:
+  earlier = [s for s in sorted(steps) if s < step]
+  fix = (f"move {os.path.join(directory, str(step))} (and data_state/process_*/{step}.json beside it) out of the "
+         f"way to resume from step {earlier[-1]}" if earlier else "train in a new --workdir")
+  first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  return CheckpointDamaged(f"The checkpoint at step {step} in {directory} cannot be read ({first}): it is damaged "
+                           f"or incomplete; {fix}.")
+
+
 def has_checkpoint(workdir: str) -> bool:
   """Whether workdir holds a saved step (orbax names each step's folder by its number), without opening it."""
   folder = os.path.join(workdir, "checkpoints")
@@ -53,15 +66,15 @@ class Checkpoints:
     # A copy of the position: orbax writes it in the background, after the loop has gone on to change its dict (a
     # checkpoint of step 2 was seen to hold step 3, and a resume started one step late).
     position = json.loads(json.dumps(position))
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     position=ocp.args.JsonSave(position)),
-                      metrics=eval_metrics, force=True)
-    if data_state is not None:
+    if data_state is not None:  # first: a checkpoint orbax has committed always has its input position beside it
       os.makedirs(self.data_dir, exist_ok=True)
       tmp = os.path.join(self.data_dir, f".{step}.json.tmp")
       with open(tmp, "w") as f:
         json.dump(data_state, f)
       os.replace(tmp, os.path.join(self.data_dir, f"{step}.json"))
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     position=ocp.args.JsonSave(position)),
+                      metrics=eval_metrics, force=True)
 
   def discard(self, step: int):
     """Deletes the checkpoint at `step` and this process's data position saved with it."""
@@ -84,13 +97,18 @@ class Checkpoints:
       raise CheckpointMismatch(
           f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. Another "
           f"architecture or config, or {OLD_KERNELS}: train in a new workdir.") from e
+    except Exception as e:  # noqa: BLE001 - a truncated or missing file: orbax and TensorStore raise many kinds
+      raise _damaged(self.dir, step, self.manager.all_steps(), e) from None
     return r.state, r.position, self.restore_data_state(step)
 
   def restore_data_state(self, step: int) -> dict | None:
     return read_data_state(os.path.dirname(self.data_dir), jax.process_index(), step)
 
   def restore_position(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
+    except Exception as e:  # noqa: BLE001
+      raise _damaged(self.dir, step, self.manager.all_steps(), e) from None
 
   def best_step(self) -> int | None:
     scored = [(m["top1"], s) for s in self.manager.all_steps()
@@ -116,8 +134,13 @@ def read_data_state(folder: str, process: int, step: int) -> dict | None:
     log.warning("no input position of process %d saved at step %d (the run was saved by fewer processes): it "
                 "continues from process 0's", process, step)
     path = first
-  with open(path) as f:
-    state = json.load(f)
+  try:
+    with open(path) as f:
+      state = json.load(f)
+  except ValueError as e:
+    raise CheckpointDamaged(f"{path} is not the input position it should be ({e}): delete it to resume with the input "
+                            f"pipeline at its start, or move checkpoints/{step} out of the way to resume from the "
+                            "checkpoint before it.") from None
   if path == first and process != 0:
     state["epoch_skipped"] = []  # the images process 0 could not read, not this one's
   return state
@@ -154,8 +177,11 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
     chosen = {"latest": ckpts.latest_step, "best": ckpts.best_step}.get(step, lambda: int(step))()
     if chosen not in steps:
       raise FileNotFoundError(f"No checkpoint at step {chosen} in {ckpts.dir}; there are {sorted(steps)}")
-    raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_here(ckpts.dir, chosen)))).state["0"]
+    try:
+      raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_here(ckpts.dir, chosen)))).state["0"]
+    except Exception as e:  # noqa: BLE001
+      raise _damaged(ckpts.dir, chosen, steps, e) from None
   finally:
     ckpts.close()
   for path, var in nnx.to_flat_state(nnx.state(model)):  # parameters, statistics and dropout keys

@@ -110,8 +110,12 @@ def check_resumable(config, workdir: str) -> list[str]:
 
   def flat(cfg):  # dotted key -> value, both sides read back from JSON (tuples as lists)
     return {k: config_lib.lookup(cfg, k) for k in config_lib.flat_keys(cfg)}
-  with open(path) as f:
-    old = flat(ml_collections.ConfigDict(json.load(f)))
+  try:
+    with open(path) as f:
+      old = flat(ml_collections.ConfigDict(json.load(f)))
+  except ValueError as e:
+    raise ConfigError(f"{path} is not readable ({e}), so whether this config fits the checkpoints beside it cannot be "
+                      "checked: restore it (or delete it if this command's settings are the run's own).") from None
   new = flat(ml_collections.ConfigDict(json.loads(config.to_json())))
   nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here; 8 (an older run's) equals 8.0
   changed = sorted(k for k in old.keys() | new.keys()
@@ -269,6 +273,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           data_state = ckpts.restore_data_state(latest)
         if data_state is not None:
           train_data.set_state(data_state)
+        elif position["step"]:
+          log.warning("no input position was saved with the checkpoint at step %d (%s missing): the input pipeline "
+                      "starts again from its beginning, so this run will see other batches than an uninterrupted one",
+                      latest, os.path.join(ckpts.data_dir, f"{latest}.json"))
       # The step takes and returns the state's leaves (steps.py: flattening an nnx State per call costs ms); the
       # donated buffers of `state` must not be read again: checkpoints and evaluation rebuild it from the leaves.
       leaves, structure = jax.tree.flatten(state)
@@ -335,7 +343,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         if (pc == 1 or position["phase_step"] == 0 or position["step"] % config.log.every_steps == 0) and stop.agreed():
           # (At a phase's start the previous phase's end is saved already, with its evaluation: saving it again
           # would drop that evaluation, and with it the step's claim to be the best.)
-          if position["phase_step"] or ckpts.latest_step() != position["step"]:
+          # (Nor is a step saved again: its orbax folder would be deleted first, and a SIGKILL during the new write
+          # would leave no checkpoint of it.)
+          if ckpts.latest_step() != position["step"]:
             save()
           raise Interrupted(stop.requested)
         leaves, metrics = train_step(leaves, mesh_lib.to_device(next(it), mesh), structure)
@@ -380,5 +390,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     writer.close()
     train_data.close()
   if main_process:
-    writers.plot_curves(workdir)
+    try:
+      writers.plot_curves(workdir)
+    except (OSError, ValueError) as e:  # a damaged metrics.jsonl must not fail a run that trained and saved
+      log.warning("no curves drawn: %s", e)
   return results
