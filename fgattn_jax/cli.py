@@ -74,18 +74,25 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
                       "possibly before the last) or a step number")
 
 
-def check_out(p: argparse.ArgumentParser, path: str | None, *, folder: bool = True) -> None:
-  """--out, checked before any work: a folder (or with folder=False a file) that can be made there, i.e. neither it
-  (as a folder) nor a folder above it is an existing file, and a file is not an existing folder."""
-  if path is None:
+def check_out(p: argparse.ArgumentParser, path: str | None, *, folder: bool = True,
+              default: str | None = None) -> None:
+  """--out, checked before any work: a folder (or with folder=False a file) that can be made and written there,
+  i.e. neither it (as a folder) nor a folder above it is an existing file, a file is not an existing folder, and
+  the nearest existing folder is writable. Without --out, the command's `default` folder is checked likewise (a run
+  on a read-only disk: the results would be computed, then lost)."""
+  if path is None and default is None:
     return
+  flag = f"--out {path}" if path is not None else f"the default output folder {default} (give --out DIR)"
+  path = default if path is None else path
   head = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
   if not folder and os.path.isdir(path):
     p.error(f"--out {path} is a folder: give a file name (e.g. {os.path.join(path, 'predictions.csv')})")
   while not os.path.exists(head):
     head = os.path.dirname(head)
   if not os.path.isdir(head):
-    p.error(f"--out {path}: {head} is a file, not a folder")
+    p.error(f"{flag}: {head} is a file, not a folder")
+  if not os.access(head, os.W_OK):
+    p.error(f"{flag}: {head} is not writable")
 
 
 def checkpoint_arg(text: str) -> str:

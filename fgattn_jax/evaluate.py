@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   args, pairs = cli.parse(p, argv)
   if args.num_images is not None and args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
-  cli.check_out(p, args.out)
+  cli.check_out(p, args.out, default=os.path.join(args.workdir, "eval"))
   given = [f for f, v in (("--num-images", args.num_images), ("--layer", args.layer),
                           ("--part-radius", args.part_radius)) if v is not None]
   if given and not args.localization:

@@ -84,11 +84,13 @@ def main(argv=None) -> int:
   except cli.user_errors() as e:  # a missing data set, weight file or setting: the message says what to do
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except OSError as e:  # a read-only or full disk (orbax reports a full one as ValueError(RESOURCE_EXHAUSTED): not yet)
-    if e.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EDQUOT):
+  except (OSError, ValueError) as e:  # a read-only or full disk; orbax's writer reports a full one as a ValueError
+    full = "RESOURCE_EXHAUSTED" in str(e) or "No space left" in str(e)
+    if not (full or isinstance(e, OSError) and e.errno in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EDQUOT)):
       raise
-    print(f"error: cannot write in {workdir}: {e.strerror or e}. Free space or choose a writable --workdir; running "
-          "the same command again resumes from the last complete checkpoint.", file=sys.stderr)
+    why = "no space left on its disk" if full else e.strerror or str(e)
+    print(f"error: cannot write in {workdir}: {why}. Free space or choose a writable --workdir; running the same "
+          "command again resumes from the last complete checkpoint.", file=sys.stderr)
     return 1
   if jax.process_index() == 0:
     lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
   args, pairs = cli.parse(p, argv)
   if args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
-  cli.check_out(p, args.out)
+  cli.check_out(p, args.out, default=os.path.join(args.workdir, "visualize"))
   if args.amplify_steps < 1 or args.amplify_step_size <= 0:
     p.error(f"--amplify-steps must be at least 1 and --amplify-step-size positive, got {args.amplify_steps} and "
             f"{args.amplify_step_size}")

@@ -108,6 +108,21 @@ def test_a_second_ctrl_c_leaves_at_once_without_a_traceback(capsys, monkeypatch,
   assert "interrupted without saving: rerunning resumes from the last checkpoint" in err and "Traceback" not in err
 
 
+def test_a_full_or_read_only_disk_is_one_line_and_other_errors_stay_tracebacks(capsys, monkeypatch, tmp_path):
+  import errno
+  monkeypatch.chdir(ROOT)
+  argv = ["--config", "configs/baseline.py", *TINY, "--workdir", str(tmp_path)]
+  for error, says in [(OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+                      (ValueError("RESOURCE_EXHAUSTED: ...: No space left on device"), "no space left on its disk")]:
+    monkeypatch.setattr(loop, "run", lambda *a, e=error, **k: (_ for _ in ()).throw(e))
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write in {tmp_path}: {says}" in err and "resumes from the last complete checkpoint" in err
+  monkeypatch.setattr(loop, "run", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+  with pytest.raises(ValueError, match="a bug"):
+    train.main(argv)
+
+
 @pytest.fixture
 def run_dir(tmp_path):
   """A trained run's workdir as far as its config goes (config.json, no checkpoint)."""

@@ -509,3 +509,21 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
   with pytest.raises(SystemExit) as e:
     train.main(["--config", "configs/baseline.py", "--workdir", str(tmp_path / "run")])
   assert e.value.code == 2 and "is a file: give a folder" in capsys.readouterr().err
+
+
+def test_input_positions_of_checkpoints_gone_are_pruned_and_a_run_without_checkpoints_says_so(tmp_path, caplog):
+  c = tiny(main=6)
+  c.checkpoint.every_steps, c.checkpoint.keep = 1, 2
+  folder = tmp_path / "data_state" / "process_0"
+  folder.mkdir(parents=True)
+  (folder / ".3.json.tmp").write_text("{")  # a write a kill cut short
+  with caplog.at_level("WARNING"):
+    loop.run(c, str(tmp_path / "fresh"), progress=False)
+    assert "no checkpoint to resume" not in caplog.text
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "phase": "main", "loss": 2.0}\n')
+    loop.run(c, str(tmp_path), progress=False)
+  # One file per kept checkpoint (the latest 2, the best), not one per save.
+  saved = ckpt_lib.Checkpoints(str(tmp_path), 2)
+  assert sorted(int(p.stem) for p in folder.iterdir()) == sorted(saved.manager.all_steps())
+  saved.close()
+  assert "holds the metrics of an earlier run but no checkpoint to resume" in caplog.text

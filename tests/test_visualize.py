@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipelines import pipeline
 from data_pipelines.sources.base import Source
-from fgattn_jax import evaluate, visualize
+from fgattn_jax import cli, evaluate, visualize
 from fgattn_jax.training import loop
 
 RES = 32
@@ -106,7 +106,7 @@ def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys)
   assert not (workdir / "visualize").exists()
 
 
-def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, capsys):
+def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, capsys, monkeypatch):
   workdir = trained("baseline", tmp_path_factory)
   assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--layer", "conv3_2", "--amplify",
                          "conv4_2:0", "--checkpoint", "latest"]) == 0
@@ -129,6 +129,15 @@ def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, cap
     with pytest.raises(SystemExit):
       visualize.main(["--workdir", str(workdir), *argv])
     assert message in capsys.readouterr().err
+  # A run on a read-only disk (as root, a mode does not stop a write: the check is os.access's): refused before
+  # any work, the --out to give named. (The panels used to be computed, then lost to a PermissionError.)
+  monkeypatch.setattr(cli.os, "access", lambda path, mode: not str(path).startswith(str(workdir)))
+  for command in (visualize, evaluate):
+    with pytest.raises(SystemExit):
+      command.main(["--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert f"the default output folder {workdir}" in err and "(give --out DIR)" in err and "is not writable" in err
+  monkeypatch.undo()
   assert visualize.main(["--workdir", str(workdir), "--num-images", "1", "--layer", "conv3_2#1"]) == 0  # = conv3_2
   assert "Grad-CAM at conv3_2)" in capsys.readouterr().out
   shutil.rmtree(workdir / "visualize")

@@ -75,6 +75,16 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      position=ocp.args.JsonSave(position)),
                       metrics=eval_metrics, force=True)
+    self._prune_data_states(keep={step, *self.manager.all_steps()})
+
+  def _prune_data_states(self, keep):
+    """Removes this process's input positions of checkpoints orbax no longer keeps, and a write a kill cut short."""
+    if not os.path.isdir(self.data_dir):
+      return
+    for name in os.listdir(self.data_dir):
+      stem = name.removesuffix(".json")
+      if name.startswith(".") or (stem.isdigit() and int(stem) not in keep):
+        os.remove(os.path.join(self.data_dir, name))
 
   def discard(self, step: int):
     """Deletes the checkpoint at `step` and this process's data position saved with it."""
@@ -173,7 +183,8 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
   try:
     steps = ckpts.manager.all_steps()
     if not steps:
-      raise FileNotFoundError(f"No checkpoint in {ckpts.dir}: train a run there first.")
+      raise FileNotFoundError(f"No checkpoint in {ckpts.dir}: train a run there first (a run stopped before its "
+                              "first checkpoint: run its training command again).")
     chosen = {"latest": ckpts.latest_step, "best": ckpts.best_step}.get(step, lambda: int(step))()
     if chosen not in steps:
       raise FileNotFoundError(f"No checkpoint at step {chosen} in {ckpts.dir}; there are {sorted(steps)}")

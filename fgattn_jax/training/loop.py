@@ -202,6 +202,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       json.dump(list(train_data.source.class_names), f, indent=0)
   dtype = compute_dtype(config.model.dtype)
 
+  earlier_metrics = os.path.exists(os.path.join(workdir, writers.METRICS_FILE))  # (before the writer makes one)
   writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   stop = _Stop()
 
@@ -224,6 +225,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       log.warning("the run in %s had finished all its phases: the new length (%s) does not extend it; to train "
                   "longer, start a new --workdir (--config.init_from=%s starts from this run's weights)",
                   workdir, ", ".join(lengths), workdir)
+  elif main_process and earlier_metrics:
+    log.warning("%s holds the metrics of an earlier run but no checkpoint to resume: training starts at step 0, and "
+                "its records follow the earlier ones in %s (a new --workdir keeps them apart)", workdir,
+                writers.METRICS_FILE)
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
   # (At least every step when asked for at all: a fraction of an epoch shorter than a step once rounded to 0, off.)
@@ -392,6 +397,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if main_process:
     try:
       writers.plot_curves(workdir)
-    except (OSError, ValueError) as e:  # a damaged metrics.jsonl must not fail a run that trained and saved
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged metrics.jsonl must not fail a run that saved
       log.warning("no curves drawn: %s", e)
   return results
