@@ -44,7 +44,8 @@ def signal_at(workdir, step):
 def main():
   workdir = sys.argv[1]
   # (Without the arguments, as `python -m fgattn_jax.train` does: a cluster found from SLURM's variables.)
-  mesh.initialize_distributed(*(sys.argv[2:3] + [int(a) for a in sys.argv[3:5]] if len(sys.argv) > 2 else [None] * 3))
+  coordinator, processes, index = (sys.argv[2], int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 2 else [None] * 3
+  mesh.initialize_distributed(coordinator, processes, index)
   import jax
   config = tiny(main=int(os.environ.get("ENGINE_WORKER_STEPS", 4)))
   # A gentle rate: at 0.05 this tiny run's loss jumps at the fourth step, which amplifies the (legitimate)

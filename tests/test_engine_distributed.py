@@ -53,12 +53,14 @@ def test_four_devices_match_one(tmp_path):
   # The 4 devices' checkpoint read here, on 1 device (evaluate, visualize, init_from on another machine): the
   # same weights as saved, and as the 1-device run's up to the rounding above. (orbax put each array back on the
   # devices that saved it: 4 that this process does not have.)
-  assert fingerprint(str(tmp_path / "four")) == four["fingerprint"]
-  np.testing.assert_allclose(fingerprint(str(tmp_path / "four")), fingerprint(str(tmp_path / "one")), rtol=1e-5)
+  read_here = fingerprint(str(tmp_path / "four"))
+  assert read_here == four["fingerprint"]
+  np.testing.assert_allclose(read_here, fingerprint(str(tmp_path / "one")), rtol=1e-5)
 
 
-def free_port(low=1024):
-  for port in np.random.default_rng().permutation(np.arange(low, 65536)) if low > 1024 else [0]:
+def free_port(candidates=(0,)):
+  """The first of `candidates` free to bind (0: any port the system picks)."""
+  for port in candidates:
     with socket.socket() as s:
       try:
         s.bind(("0.0.0.0", int(port)))
@@ -71,7 +73,7 @@ def pair(workdir, slurm=False, **worker_env):
   """Two processes of one device each: started by hand (--coordinator ...), or as SLURM's srun starts them, with
   nothing but its variables to find each other by."""
   if slurm:  # jax.distributed's coordinator port is SLURM_JOB_ID mod 4096 above 61439: a job id for a free one
-    job = free_port(61440) - 61440
+    job = free_port(np.random.default_rng().permutation(np.arange(61440, 65536))) - 61440
     procs = [launch(workdir, **worker_env, environment={
         "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2", "SLURM_PROCID": str(i),
         "SLURM_LOCALID": "0"}) for i in range(2)]
