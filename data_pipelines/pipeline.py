@@ -109,9 +109,40 @@ class BalancedIndex(grain.transforms.Map):
     return self._order[i]
 
 
+def class_sample(labels, count: int, seed: int) -> np.ndarray:
+  """Indices of `count` examples (all, if fewer) spread over every class: the classes in a random order, one random
+  example of each in turn, round after round. Real data sets are stored by class, so the first files of a split
+  are a few classes: what is computed from a sample (MA-CNN's channel groups) must see them all."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng([seed, 7])
+  members = [rng.permutation(np.flatnonzero(labels == c)) for c in rng.permutation(np.unique(labels))]
+  rounds = max((len(m) for m in members), default=0)
+  order = [m[r] for r in range(rounds) for m in members if r < len(m)]
+  return np.asarray(order[:count], np.int64)
+
+
+class _Pick(grain.transforms.Map):
+  """Position in an evaluation pass over chosen examples -> their index (past the last: padding, len(source))."""
+
+  def __init__(self, examples, padding: int):
+    self.examples, self.padding = np.asarray(examples), padding
+
+  def map(self, position):
+    return self.examples[position] if position < len(self.examples) else self.padding
+
+
+def sample(config, split: str, count: int) -> "Pipeline":
+  """One evaluation pass (no augmentation) over `count` training-set examples spread over every class
+  (class_sample), the same for every process."""
+  source = open_source(config, split)
+  return build(config, split, training=False, source=source,
+               examples=class_sample(source.labels, count, config.seed))
+
+
 def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
-          training: bool | None = None, source: Source | None = None) -> "Pipeline":
-  """The pipeline of one split for one process. training defaults to split == config.data.train_split."""
+          training: bool | None = None, source: Source | None = None, examples=None) -> "Pipeline":
+  """The pipeline of one split for one process. training defaults to split == config.data.train_split.
+  examples: an evaluation pass over these example indices only, in this order (sample())."""
   d = config.data
   training = split == d.train_split if training is None else training
   source = check_decodable(check_nonempty(source or open_source(config, split), split), split)
@@ -137,8 +168,11 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
                       "lower data.batch_size.")
     steps_per_epoch = per_process // batch
   else:
-    padded = -(-n // global_batch) * global_batch
+    count = n if examples is None else len(examples)
+    padded = -(-count // global_batch) * global_batch
     ds = grain.MapDataset.range(padded)
+    if examples is not None:
+      ds = ds.map(_Pick(examples, n))
     steps_per_epoch = padded // global_batch
   # Each example's random augmentation is drawn from its position in the global stream, before the stream is shared
   # out (a lazy map: each process prepares only its share): drawn after, the processes' k-th examples had the same

@@ -49,3 +49,37 @@ def test_indicator_targets_and_errors():
   np.testing.assert_array_equal(t, [[0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]])
   with pytest.raises(ValueError, match="at least 4 points"):
     kmeans(np.zeros((3, 2)), 4)
+
+
+def test_class_sample_spans_every_class_of_a_split_stored_by_class():
+  from data_pipelines.pipeline import class_sample
+  labels = np.repeat(np.arange(200), 30)  # CUB-like: 200 classes, their files one class after another
+  picked = class_sample(labels, 256, seed=0)
+  assert len(picked) == 256 and len(set(picked.tolist())) == 256
+  counts = np.bincount(labels[picked], minlength=200)
+  assert counts.min() == 1 and counts.max() == 2  # every class, none twice before all once
+  np.testing.assert_array_equal(picked, class_sample(labels, 256, seed=0))  # the same on every process
+  assert not np.array_equal(picked, class_sample(labels, 256, seed=1))
+  assert sorted(class_sample(labels[:50], 999, seed=0)) == list(range(50))  # fewer than asked: all of them
+
+
+def test_the_grouping_init_sees_every_class_of_a_folder_tree_stored_by_class(tmp_path, monkeypatch):
+  """The sample a phase sets itself up from (MA-CNN's k-means) spans the classes: it used to be the first
+  evaluation batches in file order, here 32 images of the first 3 of 12 classes."""
+  import data_trees as trees
+  from engine_config import tiny
+  from fgattn_jax.schemes.baseline import Baseline
+  from fgattn_jax.training import loop
+
+  classes = {f"class{k:02d}": 10 for k in range(12)}
+  trees.write_image_folder(tmp_path / "data", counts=classes, splits=("train", "test"))
+  c = tiny(main=1)
+  c.data.source, c.data.name, c.data.root, c.data.num_classes = "folder", "folder", str(tmp_path / "data"), 12
+  seen = []
+
+  def before_phase(self, key, model, sample_batches):
+    seen.extend(label for b in sample_batches() for label in b["label"][b["mask"]])
+  monkeypatch.setattr(Baseline, "before_phase", before_phase)
+  loop.run(c, str(tmp_path / "run"), progress=False)
+  assert len(seen) == loop.SAMPLE_BATCHES * c.data.eval_batch_size  # 32 of the 120 training images
+  assert set(seen) == set(range(12))

@@ -70,7 +70,7 @@ class Scheme:
 
   def before_phase(self, key: str, model, sample_batches) -> None:
     """Called as a phase starts (not when resuming inside it); sample_batches() gives a few evaluation-mode
-    batches of the training split (e.g. MA-CNN's channel-grouping initialisation)."""
+    batches of training examples spread over every class (e.g. MA-CNN's channel-grouping initialisation)."""
 
   def load_pretrained(self, model, path: str) -> frozenset:
     """Loads torchvision weights into the backbone; returns the nnx paths of the parameters it filled."""

@@ -7,7 +7,6 @@ checkpoint when there is one.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -132,6 +131,8 @@ def check_resumable(config, workdir: str) -> list[str]:
 
 
 DONE = "all phases done"  # a position's phase_name once the last phase has ended
+# The sample a phase sets itself up from (Scheme.before_phase: MA-CNN's channel groups), in evaluation batches.
+SAMPLE_BATCHES = 4
 CLASS_NAMES = "class_names.json"  # in the workdir: the training split's class names, in label order
 
 
@@ -250,9 +251,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         ckpt_lib.load_model_weights(workdir, model, latest)
       if not (resuming and position["phase_step"] > 0):  # the phase starts (is not resumed inside)
         # (Every process reads the same sample, whole batches: what a phase sets up from it, MA-CNN's k-means
-        # targets, must be the same on every process.)
-        scheme.before_phase(phase.key, model, lambda: itertools.islice(
-            data.build(config, config.data.train_split, 0, 1, training=False), 4))
+        # targets, must be the same on every process; spread over every class, as the data may be stored by class.)
+        scheme.before_phase(phase.key, model, lambda: data.sample(
+            config, config.data.train_split, SAMPLE_BATCHES * config.data.eval_batch_size))
         # The plateau rule's window losses travel in the checkpoint's position: a phase resumed inside ends where
         # the uninterrupted one would have.
         position["plateau"] = []
