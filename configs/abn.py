@@ -18,6 +18,7 @@ from configs import common
 
 PRESETS = {
     "": "embedded synthetic data at 64 px, quarter-width VGG-11-BN branching at conv4_2: minutes on a CPU",
+    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
     "cifar100_resnet110": "CIFAR-100, CIFAR ResNet-110 (SGD 0.1, batch 128, 300 epochs, x0.1 at 150 and 225, wd 1e-4)",
     "cifar100_wrn28_10": "CIFAR-100, WRN-28-10 (same schedule, wd 5e-4)",
     "imagenet_resnet50": "ImageNet (TFDS imagenet2012, manual download) at 224, ResNet-50 from scratch, 90 epochs",
@@ -37,10 +38,13 @@ def get_config(arg=None):
   c.scheme = "abn"
   c.abn = dict(branch="", map_kernel=1, residual=True, task_classes=())
   losses = {"att": 1.0, "per": 1.0}
-  if not arg or arg == "synthetic_parts":
-    common.cpu_sized(c, losses)
+  if arg in (None, "", "synthetic_parts", "detail"):
+    if arg == "detail":
+      common.detail_task(c, full_resolution=False, losses=losses)
+    else:
+      common.cpu_sized(c, losses)
     c.abn.branch = "conv4_2"  # an 8x8 attention map at 64 px (the last block's would be 4x4)
-    if arg:  # the data's 'attributes': each part's pattern, 3 classes
+    if arg == "synthetic_parts":  # the data's 'attributes': each part's pattern, 3 classes
       c.abn.task_classes = (3,) * c.data.synthetic.num_parts
     return c
   if arg.startswith("cifar100"):

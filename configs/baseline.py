@@ -13,6 +13,7 @@ from configs import common
 
 PRESETS = {
     "": "embedded synthetic data at 64 px, a quarter-width VGG-11-BN from scratch: minutes on a 2-core CPU",
+    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
     "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights",
     "aircraft": "FGVC-Aircraft (variants) at 448, VGG-19 from ImageNet weights",
     "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights",
@@ -27,6 +28,8 @@ def get_config(arg=None):
   c.scheme = "baseline"
   if not arg:
     return common.cpu_sized(c)
+  if arg == "detail":
+    return common.detail_task(c, full_resolution=False)
   common.use_dataset(c, arg)
   if arg in ("cifar10", "cifar100"):
     c.model.backbone = "resnet56" if arg == "cifar10" else "resnet110"

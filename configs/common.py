@@ -144,6 +144,26 @@ def cpu_sized(c: ml_collections.ConfigDict, losses: dict | None = None) -> ml_co
   return c
 
 
+# The embedded task on which attention should pay (`:detail` in every scheme's config; benchmarks/accuracy.py): the
+# synthetic birds drawn at 216 pixels, whose classes differ only in their parts' stripes, 3 pixels wide at that
+# size. Every backbone sees 64 pixels of the image: at 64 (the image resized to 72, a random 64 crop) the stripes are
+# 1 pixel wide and the antialiased resize averages them to their parts' flat hues, so the plain network loses the
+# very detail that tells the classes apart; a scheme that crops or zooms into the full-resolution image (the same
+# crop at 216 / 192) can recover it.
+DETAIL_RESOLUTION, DETAIL_SIDE = 216, 64
+
+
+def detail_task(c: ml_collections.ConfigDict, full_resolution: bool, losses: dict | None = None):
+  """cpu_sized() on the detail task. full_resolution: the input is the 192-pixel crop of the 216-pixel image, for
+  a scheme whose first network sees it at DETAIL_SIDE (MA-CNN's object_input, RA-CNN's scale1_input) and whose crops
+  sample it at full resolution; else the 64-pixel crop of the image resized to 72, what the backbone sees."""
+  cpu_sized(c, losses)
+  c.data.synthetic.resolution = DETAIL_RESOLUTION
+  scale = DETAIL_RESOLUTION // 72 if full_resolution else 1
+  c.data.image_size, c.data.resize_size = DETAIL_SIDE * scale, 72 * scale
+  return c
+
+
 def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Points c.data at one of DATASETS (source, name, class count and the papers' input sizes)."""
   if name not in DATASETS:

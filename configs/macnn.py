@@ -2,6 +2,7 @@
 
     python -m fgattn_jax.train --config configs/macnn.py               # the whole method on synthetic data, CPU
     python -m fgattn_jax.train --config configs/macnn.py:e2e           # end-to-end instead of alternating
+    python -m fgattn_jax.train --config configs/macnn.py:detail        # where the part crops must see finer detail
     python -m fgattn_jax.train --config configs/macnn.py:cub --config.data.root=/data/CUB_200_2011 \\
         --config.model.pretrained=/weights/vgg19-dcbb9e9d.pth
 
@@ -17,7 +18,10 @@ stream's activations, so small objects get small crops), .object_crop (a stream 
 the same way, beside the parts: the paper's "+ object" for birds, here an option for any data set),
 .part_input (the part networks' input side), .part_maps ('centred': each channel minus its mean over the grid,
 then relu(tanh(...)), so maps are zero off their part; 'deploy': tanh(...) of the raw features, the released
-model's form; see fgattn_jax/models/macnn.py for why centred is the default).
+model's form; see fgattn_jax/models/macnn.py for why centred is the default), .part_pooling ('weighted': the part
+features are the map-weighted mean of the features; 'sum': the paper's sum over the grid, whose scale grows with the
+grid and the maps), .object_input (0: the object stream sees the input as it comes; N: it sees it resized to N while
+the crops sample the full-resolution input).
 """
 
 from configs import common
@@ -25,6 +29,8 @@ from configs import common
 PRESETS = {
     "": "the alternating schedule on the embedded synthetic data at 96 px, 4 parts: minutes on a CPU",
     "e2e": "the same data, end to end: L_cls + L_cng (and the part streams) in one phase",
+    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task): the "
+              "object stream sees the 192-pixel input at 64, the part streams 38-pixel crops of it at 32",
     "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts and the object crop, 128-pixel crops",
     "aircraft": "FGVC-Aircraft at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
     "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
@@ -35,7 +41,8 @@ def get_config(arg=None):
   c = common.get_config()
   c.scheme = "macnn"
   c.macnn = dict(num_parts=4, feature_stage="", lam=2.0, margin=0.02, part_streams=True, crop_fraction=0.25,
-                 crop_reference="image", object_crop=False, part_input=224, part_maps="centred")
+                 crop_reference="image", object_crop=False, part_input=224, part_maps="centred",
+                 part_pooling="weighted", object_input=0)
   if arg in (None, "", "e2e"):
     common.cpu_sized(c)
     c.data.image_size, c.data.resize_size = 96, 108
@@ -48,6 +55,12 @@ def get_config(arg=None):
       # scale.
       c.phases.main.losses = {"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0}
       return c
+    return _alternating(c, epochs=dict(object=4, init=2, grouping=1, classify=1, parts=3), lr=0.05, cycles=2)
+  if arg == "detail":
+    common.detail_task(c, full_resolution=True)
+    # conv3_2 of the 64-pixel object view: a 16x16 map of 12-pixel cells of the 192-pixel input (its parts are
+    # 20-pixel squares); 38-pixel crops around the peaks seen at 32 keep the 3-pixel stripes 2.5 pixels wide.
+    c.macnn.update(feature_stage="conv3_2", object_input=common.DETAIL_SIDE, crop_fraction=0.2, part_input=32)
     return _alternating(c, epochs=dict(object=4, init=2, grouping=1, classify=1, parts=3), lr=0.05, cycles=2)
   common.use_dataset(c, arg)
   c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True

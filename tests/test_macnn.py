@@ -12,6 +12,7 @@ from flax import nnx
 from configs import macnn as macnn_config
 from data_pipelines import pipeline as data
 from fgattn_jax.config import load_config
+from fgattn_jax.ops import crops
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
 from gradient_routes import loss_jacobian, norm
@@ -70,6 +71,41 @@ def test_part_map_forms(built):
   assert float(deploy.min()) >= 0
   with pytest.raises(ValueError, match="part_maps"):
     get_scheme("macnn").build(tiny(part_maps="sigmoid"))
+
+
+def test_part_features_keep_the_features_scale(built):
+  """'weighted' (the default): P_i = sum_xy M_i F / sum_xy M_i, a map-weighted mean of F; 'sum' (the paper): the sum
+  over the grid. The grid's mean, as before, left P_i about 1e-3 of F and the part classifiers at chance."""
+  _, model = built
+  f, maps, _, _ = model.attend(X)
+  f, m = np.asarray(f, np.float64), np.asarray(maps, np.float64)
+  total = np.einsum("bhwn,bhwc->bnc", m, f)
+  weighted = np.asarray(model.pool_parts(maps, jnp.asarray(f, jnp.float32)))
+  np.testing.assert_allclose(weighted, total / m.sum(axis=(1, 2))[..., None], rtol=1e-4, atol=1e-6)
+  # Each P_i lies within the range of the features it averages, whatever the maps' scale (here ~1e-2).
+  assert float(m.mean()) < 0.05 and np.all(weighted <= f.max(axis=(1, 2))[:, None] + 1e-5)
+  assert np.mean(np.abs(weighted)) > 0.2 * np.mean(np.abs(f))
+  np.testing.assert_allclose(np.asarray(model.pool_parts(0.001 * maps, jnp.asarray(f, jnp.float32))), weighted,
+                             rtol=1e-4, atol=1e-6)
+  model.part_pooling = "sum"
+  try:
+    np.testing.assert_allclose(np.asarray(model.pool_parts(maps, jnp.asarray(f, jnp.float32))), total, rtol=1e-4,
+                               atol=1e-5)
+  finally:
+    model.part_pooling = "weighted"
+  with pytest.raises(ValueError, match="part_pooling"):
+    get_scheme("macnn").build(tiny(part_pooling="mean"))
+
+
+def test_object_input_sees_a_coarse_view_while_the_crops_sample_the_full_image():
+  from fgattn_jax.ops.images import resize_square
+  model = get_scheme("macnn").build(tiny(object_input=48))
+  model.eval()
+  out = model(X)
+  assert out["maps"].shape == (2, 12, 12, 4)  # conv3_2 of the 48-pixel view
+  np.testing.assert_allclose(model.attend(X)[1], model.attend(resize_square(X, 48))[1], atol=1e-6)
+  assert float(out["boxes"].max()) > 48  # boxes in the 96-pixel input's pixels
+  np.testing.assert_allclose(out["patches"][:, 0], crops.crop_resize(X, out["boxes"][:, 0], (32, 32)), atol=1e-5)
 
 
 def test_parameter_groups_partition_the_model(built):

@@ -51,9 +51,12 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   results = loop.run(c, str(tmp_path), progress=False)
   joint, obj = results["logits"]["top1"], results["object"]["top1"]
 
-  cng = [(r["phase"], r["loss/cng"]) for r in writers.read_metrics(tmp_path) if r.get("split") == "train"]
-  grouping = [v for phase, v in cng if phase.startswith("grouping")]
+  train = [r for r in writers.read_metrics(tmp_path) if r.get("split") == "train"]
+  grouping = [r["loss/cng"] for r in train if r["phase"].startswith("grouping")]
   before, after = np.mean(grouping[:2]), np.mean(grouping[-2:])
+  # The attention-pooled parts' cross-entropy, in the phases that weight it: it must leave ln(10) = 2.30, where it
+  # sat when the part features were the grid's mean of M_i * F (1e-3 of F).
+  parts = [r["loss/parts"] for r in train if r["phase"].startswith("classify")]
 
   model = get_scheme("macnn").build(c)
   checkpoint.load_model_weights(str(tmp_path), model, "latest")
@@ -75,6 +78,7 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   hit, hit_r = (np.concatenate([f[1] for f in x]).mean() for x in (found, random))
   on, on_r = (np.mean([f[2] for f in x]) for x in (found, random))
   print(f"joint top-1 {joint:.3f}, object stream {obj:.3f}; L_cng in the grouping phases {before:.2f} -> {after:.2f}; "
+        f"part cross-entropy in the classify phases {parts[0]:.2f} -> {np.mean(parts[-2:]):.2f}; "
         f"per-map consistency {np.round(consistency, 2)} vs {np.round(consistency_r, 2)} for random points; "
         f"nearest parts per image {distinct:.2f} vs {distinct_r:.2f}; peaks on a part {on:.2f} vs {on_r:.2f}; "
         f"distinct parts hit per image {hit:.2f} vs {hit_r:.2f}")
@@ -88,6 +92,7 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   # hit. The bars are what the claim needs: peaks on parts four times as often as random points, more than one
   # part.
   assert after < 0.8 * before
+  assert np.mean(parts[-2:]) < 0.7 * np.log(10) and np.mean(parts[-2:]) < parts[0] - 0.5
   assert on > on_r + 0.3
   assert hit > 1.3
   assert joint > 0.3 and joint >= obj - 0.01  # chance: 0.10

@@ -10,12 +10,20 @@
                        floors, which it lowers most by putting every map on the same sharpest part (on conv3_2
                        of the synthetic model, grouping alone took the deploy maps from 2.26 to 1.88 distinct
                        parts per image, the centred ones from 2.26 to 2.61); centred maps are zero off their part
-    part features      P_i = mean over the grid of M_i * F -> a classifier per part (trains the grouping's maps
-                       to find discriminative parts, with the channel-grouping loss keeping them compact and apart)
+    part features      part_pooling='weighted' (the default): P_i = sum_xy M_i F / sum_xy M_i, the map-weighted mean
+                       of F, at F's scale whatever the maps' scale and the grid's size; 'sum' (the paper): P_i =
+                       sum_xy M_i F, which grows with the grid and the maps' mass. -> a classifier per part (trains
+                       the features under each map to tell the classes apart, the channel-grouping loss keeping
+                       the maps compact and apart). Not the grid's mean: with maps of mean 1e-2 (a channel mean
+                       through a tanh) P_i was 1e-3 of F, the part classifiers stayed at chance and the part loss
+                       at ln(classes)
     part streams       optional: the input cropped around each map's peak (a square, shifted inside the image),
                        resized to the part network's input, a backbone per part; the crop carries no gradient.
                        The square's side is crop_fraction of the image's shorter side (the paper), or of the
                        object's extent (crop_reference='object': parts of a small bird get small crops)
+    object_input       0 (the paper): the object stream sees the image as it comes. Else it sees the image resized
+                       (antialiased) to object_input x object_input while the part and object crops sample the
+                       full-resolution image: details finer than the object stream resolves, seen in the crops
     object crop        optional (the paper's "+ object" for birds, here for any data): the object's box, found
                        from the object stream's last conv activations (SCDA: cells whose channel sum is above
                        its mean; no annotation), cropped, resized to the part input, its own backbone
@@ -31,7 +39,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import crops, localization
+from fgattn_jax.ops import crops, images, localization
 
 
 class GroupTargets(nnx.Variable):
@@ -52,12 +60,15 @@ class MACNN(nnx.Module):
 
   def __init__(self, backbone: Backbone, num_classes: int, num_parts: int, *, feature_stage: int | str = -1,
                part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, crop_reference: str = "image",
-               object_net: Backbone | None = None, part_input: int = 224, part_maps: str = "centred", rngs: nnx.Rngs):
-    if num_parts < 1 or part_input < 1 or not 0 < crop_fraction <= 1:
-      raise ValueError(f"macnn.num_parts and .part_input must be 1 or more and .crop_fraction in (0, 1]; got "
-                       f"{num_parts}, {part_input}, {crop_fraction}")
+               object_net: Backbone | None = None, part_input: int = 224, part_maps: str = "centred",
+               part_pooling: str = "weighted", object_input: int = 0, rngs: nnx.Rngs):
+    if num_parts < 1 or part_input < 1 or object_input < 0 or not 0 < crop_fraction <= 1:
+      raise ValueError(f"macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and "
+                       f".crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}")
     if part_maps not in ("centred", "deploy"):
       raise ValueError(f"macnn.part_maps must be 'centred' or 'deploy', got {part_maps!r}")
+    if part_pooling not in ("weighted", "sum"):
+      raise ValueError(f"macnn.part_pooling must be 'weighted' or 'sum', got {part_pooling!r}")
     if crop_reference not in ("image", "object"):
       raise ValueError(f"macnn.crop_reference must be 'image' or 'object', got {crop_reference!r}")
     if object_net is not None and not part_nets:
@@ -65,7 +76,7 @@ class MACNN(nnx.Module):
     self.stage = backbone.stage_index(feature_stage, "macnn.feature_stage")
     self.backbone, self.num_parts = backbone, num_parts
     self.crop_fraction, self.crop_reference, self.part_input = crop_fraction, crop_reference, part_input
-    self.part_maps = part_maps
+    self.part_maps, self.part_pooling, self.object_input = part_maps, part_pooling, object_input
     dtype = backbone.compute_dtype
     c = output_width(backbone, lambda m, x: m.features(x, stop=self.stage + 1)[0])
     obj = output_width(backbone, lambda m, x: m.head(m.features(x)[0])[0])
@@ -82,7 +93,10 @@ class MACNN(nnx.Module):
     self.joint = nnx.Linear(obj + num_parts * part, num_classes, dtype=dtype, rngs=rngs)
 
   def attend(self, x):
-    """-> (F, maps (B, h, w, N) float32, channel weights d (B, N, C), the backbone's named stages)."""
+    """Images (at full resolution) -> (F, maps (B, h, w, N) float32, channel weights d (B, N, C), the backbone's
+    named stages)."""
+    if self.object_input:
+      x = images.resize_square(x, self.object_input)
     f, feats = self.backbone.features(x, stop=self.stage + 1)
     d = jnp.stack([g(layers.global_avg_pool(f)) for g in self.grouping], axis=1)
     f32 = f.astype(jnp.float32)
@@ -91,6 +105,13 @@ class MACNN(nnx.Module):
     centred = f32 - jnp.mean(f32, axis=(1, 2), keepdims=True)
     maps = jax.nn.relu(jnp.tanh(jnp.einsum("bhwc,bnc->bhwn", centred, d) / f.shape[-1]))
     return f, maps, d, feats
+
+  def pool_parts(self, maps, f):
+    """(B, h, w, N) maps, (B, h, w, C) features -> (B, N, C) part features P_i, float32 (part_pooling)."""
+    total = jnp.einsum("bhwn,bhwc->bnc", maps, f.astype(jnp.float32))
+    if self.part_pooling == "sum":
+      return total
+    return total / jnp.maximum(jnp.sum(maps, axis=(1, 2)), 1e-6)[..., None]
 
   def part_boxes(self, maps, image_hw, object_boxes=None):
     """Square crops around each map's peak in input pixels, side crop_fraction of the shorter image side, or
@@ -115,7 +136,7 @@ class MACNN(nnx.Module):
     if until not in ("parts", "object", "joint"):
       raise ValueError(f"until must be 'parts', 'object' or 'joint', got {until!r}")
     f, maps, d, feats = self.attend(x)
-    part_feats = jnp.einsum("bhwn,bhwc->bnc", maps, f.astype(jnp.float32)) / (f.shape[1] * f.shape[2])
+    part_feats = self.pool_parts(maps, f)
     part_logits = [fc(part_feats[:, i].astype(f.dtype)).astype(jnp.float32) for i, fc in enumerate(self.part_fc)]
     out = {"part_logits": part_logits, "maps": maps, "channel_weights": d, "features": feats}
     if until == "parts":

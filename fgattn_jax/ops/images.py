@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -13,3 +14,10 @@ STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 def normalize(images, dtype):
   return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
+
+
+def resize_square(images, side: int):
+  """(B, H, W, C) -> (B, side, side, C), bilinear with antialiasing (a reduction averages, as PIL's does), in the
+  images' dtype: the coarse view of an image whose zooms or crops sample it at full resolution."""
+  b, _, _, c = images.shape
+  return jax.image.resize(images, (b, side, side, c), "linear", antialias=True).astype(images.dtype)

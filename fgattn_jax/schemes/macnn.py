@@ -43,7 +43,7 @@ class MACNNScheme(Scheme):
     return MACNN(backbone_from_config(config), config.data.num_classes, m.num_parts,
                  feature_stage=m.feature_stage or -1, part_nets=part_nets, crop_fraction=m.crop_fraction,
                  crop_reference=m.crop_reference, object_net=object_net, part_input=m.part_input,
-                 part_maps=m.part_maps,
+                 part_maps=m.part_maps, part_pooling=m.part_pooling, object_input=m.object_input,
                  rngs=nnx.Rngs(config.seed + 1))
 
   def groups(self, model):
