@@ -195,9 +195,9 @@ def test_configs_and_the_alternating_plan():
   groups = {g: nnx.Param for g in ("all", "apn", "convs")}
   c = racnn_config.get_config()
   plan = phases.plan(c, 62, get_scheme("racnn").loss_names, groups)
-  assert [p.name for p in plan] == ["scales", "apn_init", "apn#1", "classify#1", "apn#2", "classify#2"]
-  assert [p.trains for p in plan] == ["convs", "apn", "apn", "convs", "apn", "convs"]
-  assert plan[2].losses == {"rank": 1.0} and plan[1].losses == {"apn_init": 1.0}
+  assert [p.name for p in plan] == ["scales", "apn_init", "classify#1", "apn#1", "classify#2", "apn#2"]
+  assert [p.trains for p in plan] == ["convs", "apn", "convs", "apn", "convs", "apn"]
+  assert plan[3].losses == {"rank": 1.0} and plan[1].losses == {"apn_init": 1.0}
   e2e = racnn_config.get_config("e2e")
   assert set(phases.plan(e2e, 62, get_scheme("racnn").loss_names, groups)[0].losses) == {"cls", "rank", "fused",
                                                                                          "apn_init"}
@@ -210,3 +210,22 @@ def test_configs_and_the_alternating_plan():
   # The paper's plateau rule on the alternating phases of the real presets; off in the short synthetic run.
   assert cub.phases.apn.plateau.patience > 0 and cub.phases.classify.plateau.patience > 0
   assert c.phases.apn.plateau.patience == 0 and cub.phases.scales.plateau.patience == 0
+
+
+def test_alternating_presets_classify_before_apn():
+  """The paper's order in every alternating preset: after the APN pretraining the classifiers first (cross-entropy,
+  APNs fixed), then the APNs (ranking loss, classifiers fixed), alternating `cycles` times."""
+  groups = {g: nnx.Param for g in ("all", "apn", "convs")}
+  alternating = 0
+  for preset in racnn_config.PRESETS:
+    c = racnn_config.get_config(preset or None)
+    if "apn" not in c.phases:  # end to end: one phase
+      continue
+    alternating += 1
+    plan = phases.plan(c, 62, get_scheme("racnn").loss_names, groups)
+    names = [p.name for p in plan]
+    assert names[:2] == ["scales", "apn_init"], preset
+    assert names[2:] == [f"{n}#{k + 1}" for k in range(c.cycles) for n in ("classify", "apn")], preset
+    assert [p.losses for p in plan[2:4]] == [{"cls": 1.0, "fused": 1.0}, {"rank": 1.0}], preset
+    assert [p.trains for p in plan[2:4]] == ["convs", "apn"], preset
+  assert alternating >= 5  # '', closer and the three real-data presets

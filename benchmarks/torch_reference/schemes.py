@@ -6,11 +6,11 @@ benchmarks/throughput.py weighs ours; the pretraining regressions left out on bo
     abn       attention branch (a stride-1 copy of the stage after the branch point -> BN -> 1x1 conv to K -> BN ->
               ReLU; logits: 1x1 conv K -> K, global average pool; map: 1x1 conv K -> 1 -> BN -> sigmoid) and the
               perception branch on g * (1 + M); CE of both (ResNet: branch after layer3; VGG: after the last block)
-    macnn     the 'cub' preset: grouping FCs per part on the last conv stage, centred part maps, part classifiers,
-              Dis + 2 Div, part crops (squares of 128/448 of the side on the maps' peaks) and the object crop (the
+    macnn     the 'cub' preset: grouping FCs per part on the last conv stage, centred part maps, map-weighted part
+              features, part classifiers, Dis + 2 Div, part crops (squares of 128/448 of the side on the maps' peaks) and the object crop (the
               SCDA box) resampled to part_input, one backbone per stream, the joint classifier
     racnn     three backbones; APN (7x7 pool -> FC 1024 -> tanh -> FC 3 -> sigmoid -> the kept-inside square,
-              half side in [1/4, 1/2] of the side); soft box mask (k = 10 per unit of the image) times the image,
+              half side in [1/4, 1/2] of the side); soft box mask (k = 10 per pixel) times the image,
               resampled bilinearly to scale_input; CE per scale, ranking loss on probabilities, fused CE
 """
 
@@ -145,7 +145,9 @@ class MACNN(nn.Module):
     d = torch.stack([g(obj_pre) for g in self.grouping], dim=1)  # (B, N, C)
     centred = f - f.mean(dim=(2, 3), keepdim=True)
     maps = torch.relu(torch.tanh(torch.einsum("bchw,bnc->bnhw", centred, d) / f.shape[1])).float()
-    part_feats = torch.einsum("bnhw,bchw->bnc", maps.to(f.dtype), f) / (f.shape[2] * f.shape[3])
+    # The map-weighted mean of the features (ours: MACNN.pool_parts, part_pooling='weighted')
+    part_feats = (torch.einsum("bnhw,bchw->bnc", maps.to(f.dtype), f)
+                  / maps.sum(dim=(2, 3)).clamp_min(1e-6)[..., None].to(f.dtype))
     loss = F.cross_entropy(obj_logits, y) + channel_grouping_loss(maps)
     loss = loss + sum(F.cross_entropy(fc(part_feats[:, i]), y) for i, fc in enumerate(self.part_fc)) / len(
         self.part_fc)
@@ -165,13 +167,12 @@ class MACNN(nn.Module):
 
 
 def box_mask(boxes, hw, k=10.0):
-  """(B, 4) boxes -> (B, 1, H, W): the product of two pairs of logistic steps of steepness k per unit of the image."""
+  """(B, 4) boxes -> (B, 1, H, W): the product of two pairs of logistic steps of steepness k per pixel."""
   h, w = hw
-  xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) / w
-  ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) / h
-  b = boxes / torch.tensor([w, h, w, h], device=boxes.device, dtype=boxes.dtype)
-  mx = torch.sigmoid(k * (xs - b[:, 0:1])) - torch.sigmoid(k * (xs - b[:, 2:3]))
-  my = torch.sigmoid(k * (ys - b[:, 1:2])) - torch.sigmoid(k * (ys - b[:, 3:4]))
+  xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5
+  ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5
+  mx = torch.sigmoid(k * (xs - boxes[:, 0:1])) - torch.sigmoid(k * (xs - boxes[:, 2:3]))
+  my = torch.sigmoid(k * (ys - boxes[:, 1:2])) - torch.sigmoid(k * (ys - boxes[:, 3:4]))
   return (my[:, :, None] * mx[:, None, :])[:, None]
 
 

@@ -8,9 +8,10 @@ backbone.
                        a fixed grid keeps the layer's width independent of it) -> flatten -> FC apn_hidden -> tanh
                        -> FC 3 -> sigmoid -> (t_x, t_y, t_l) in scale s's input pixels (ops.racnn.apn_box: t_l
                        between min_half_fraction and max_half_fraction of the side, the square kept inside the image)
-    zoom               ops.racnn.attention_crop: X * M(box) (soft box mask, steepness k per unit of the image)
-                       resampled bilinearly from the square to scale_input x scale_input; gradients reach the box
-                       through the mask and the sampling positions (plain autodiff)
+    zoom               ops.racnn.attention_crop: X * M(box) (soft box mask, steepness k per pixel of the image it
+                       masks: scale s's input, or the full-resolution image with scale1_input) resampled bilinearly
+                       from the square to scale_input x scale_input; gradients reach the box through the mask and
+                       the sampling positions (plain autodiff)
     scale1_input       0 (the paper): scale 1 sees the image as it comes and every zoom samples the previous scale's
                        input. Else scale 1 sees the image resized (antialiased) to scale1_input x scale1_input, and
                        every zoom samples the full-resolution image (each box mapped from its scale's frame to the

@@ -5,10 +5,12 @@ Conventions, shared with crops.py: pixel coordinates are continuous, pixel (r, c
 with its centre at (c + 0.5, r + 0.5); boxes are (x0, y0, x1, y1). The attention proposal network (APN) describes
 a square by (t_x, t_y, t_l): its centre and HALF its side, in pixels of the scale it looks at.
 
-The steepness k of the mask's soft step is per unit of the image's extent along each axis (coordinates are
-divided by W for x and by H for y before the sigmoid), as in the paper, which works on a unit image: with k = 10,
-h goes from 0.27 to 0.73 over the fifth of the image around the edge (k z from -1 to 1) whatever the image's size
-in pixels, and k = 1000 is a near-hard edge. Sizes (image_hw, hw, out_hw) are static Python integers under jit.
+The steepness k of the mask's soft step is per pixel of the image the mask is applied to, as in the paper (and
+its reference PyTorch port): the default k = 10 is a near-step, h going from 0.27 to 0.73 within a tenth of a
+pixel either side of the edge, and a pixel centre half a pixel inside the box keeps sigmoid(5) = 0.993 of its
+value, whatever the box's size. (Per unit of the image's side, k = 10 darkened the zoom of a box half the image's
+side to 0.72 at its centre and 0.25 at its corners.) Sizes (image_hw, hw, out_hw) are static Python integers
+under jit.
 
 The zoom is differentiable w.r.t. the box by plain autodiff: the mask is a smooth function of the box, and the
 crop's sampling positions are linear in it (crops.py). Arithmetic runs in at least float32.
@@ -68,8 +70,8 @@ def square_box(txyl):
 def box_mask(boxes, hw, k=10.0):
   """(B, 4) boxes -> (B, H, W) soft masks M = [h(x - x0) - h(x - x1)] * [h(y - y0) - h(y - y1)], h(z) = 1 / (1 + e^-kz).
 
-  Evaluated at pixel centres (c + 0.5, r + 0.5); z is divided by W (x) or H (y), so k is per unit of the image's
-  extent (module docstring). Float32 at least (float64 boxes stay float64).
+  Evaluated at pixel centres (c + 0.5, r + 0.5); z is in pixels, so k is per pixel (module docstring). Float32 at
+  least (float64 boxes stay float64).
   """
   rows, cols = _mask_factors(at_least_float32(boxes), hw, k)
   return rows[:, :, None] * cols[:, None, :]
@@ -78,22 +80,22 @@ def box_mask(boxes, hw, k=10.0):
 def _mask_factors(boxes, hw, k):
   """(B, 4) boxes -> the box mask's two factors, (B, H) along the rows and (B, W) along the columns."""
   h, w = hw
-  x = (jnp.arange(w, dtype=boxes.dtype) + 0.5) / w
-  y = (jnp.arange(h, dtype=boxes.dtype) + 0.5) / h
-  b = boxes / jnp.asarray([w, h, w, h], boxes.dtype)
+  x = jnp.arange(w, dtype=boxes.dtype) + 0.5
+  y = jnp.arange(h, dtype=boxes.dtype) + 0.5
 
   def step(u, lo, hi):  # (n,), (B,), (B,) -> (B, n); jax.nn.sigmoid saturates cleanly for large |k z|
     return jax.nn.sigmoid(k * (u - lo[:, None])) - jax.nn.sigmoid(k * (u - hi[:, None]))
 
-  return step(y, b[:, 1], b[:, 3]), step(x, b[:, 0], b[:, 2])
+  return step(y, boxes[:, 1], boxes[:, 3]), step(x, boxes[:, 0], boxes[:, 2])
 
 
 def attention_crop(images, boxes, out_hw, k=10.0):
   """(B, H, W, C) images and (B, 4) boxes -> (B, oh, ow, C): X * M(box) resampled bilinearly from the box to out_hw.
 
-  The mask is RA-CNN's route for the gradient to the box; the bilinear sampling (crops.crop_resize) adds the
-  second route, through the sampling positions. Computed in at least float32 and returned in the images' float
-  dtype (float32 for integer images). out_hw must be static under jit.
+  k: the mask's steepness per pixel of `images` (module docstring). The mask is RA-CNN's route for the gradient to
+  the box; the bilinear sampling (crops.crop_resize) adds the second route, through the sampling positions.
+  Computed in at least float32 and returned in the images' float dtype (float32 for integer images). out_hw must
+  be static under jit.
   """
   images = jnp.asarray(images)
   out_dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
