@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synthetic.num_test = 500
   c.data.synthetic.num_parts = 4
   c.data.synthetic.resolution = 0  # side of the generated images; 0 = data.resize_size
+  c.data.synthetic.stripe = 0  # width of the parts' stripes in pixels; 0 = resolution / 64
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.flip = True
   c.data.augment.rotation = 0.0  # maximum degrees either way
@@ -145,20 +146,20 @@ def cpu_sized(c: ml_collections.ConfigDict, losses: dict | None = None) -> ml_co
 
 
 # The embedded task on which attention should pay (`:detail` in every scheme's config; benchmarks/accuracy.py): the
-# synthetic birds drawn at 216 pixels, whose classes differ only in their parts' stripes, 3 pixels wide at that
-# size. Every backbone sees 64 pixels of the image: at 64 (the image resized to 72, a random 64 crop) the stripes are
-# 1 pixel wide and the antialiased resize averages them to their parts' flat hues, so the plain network loses the
-# very detail that tells the classes apart; a scheme that crops or zooms into the full-resolution image (the same
-# crop at 216 / 192) can recover it.
-DETAIL_RESOLUTION, DETAIL_SIDE = 216, 64
+# synthetic birds drawn at 288 pixels, whose classes differ only in their parts' stripes, 2 pixels wide. Every
+# backbone sees 64 pixels of the image: the image resized to 72 (4x smaller), a random 64 crop. A 4x antialiased
+# (triangle-filtered) reduction averages a 4-pixel cycle to exactly its mean, so at 64 every part is a flat patch of
+# its hue whatever its pattern, and a plain network cannot tell the classes apart; a scheme that crops or zooms into
+# the full-resolution image (the same crop at 288 / 256) can see the stripes.
+DETAIL_RESOLUTION, DETAIL_STRIPE, DETAIL_SIDE = 288, 2, 64
 
 
 def detail_task(c: ml_collections.ConfigDict, full_resolution: bool, losses: dict | None = None):
-  """cpu_sized() on the detail task. full_resolution: the input is the 192-pixel crop of the 216-pixel image, for
+  """cpu_sized() on the detail task. full_resolution: the input is the 256-pixel crop of the 288-pixel image, for
   a scheme whose first network sees it at DETAIL_SIDE (MA-CNN's object_input, RA-CNN's scale1_input) and whose crops
   sample it at full resolution; else the 64-pixel crop of the image resized to 72, what the backbone sees."""
   cpu_sized(c, losses)
-  c.data.synthetic.resolution = DETAIL_RESOLUTION
+  c.data.synthetic.resolution, c.data.synthetic.stripe = DETAIL_RESOLUTION, DETAIL_STRIPE
   scale = DETAIL_RESOLUTION // 72 if full_resolution else 1
   c.data.image_size, c.data.resize_size = DETAIL_SIDE * scale, 72 * scale
   return c

@@ -40,7 +40,7 @@ def open_source(config, split: str) -> Source:
     s = d.synthetic
     return SyntheticBirds(split, num_examples=s.num_train if split == "train" else s.num_test,
                           resolution=s.resolution or d.resize_size, num_classes=d.num_classes,
-                          num_parts=s.num_parts, seed=config.seed)
+                          num_parts=s.num_parts, seed=config.seed, stripe=s.stripe)
   if d.source == "folder":
     from data_pipelines.sources.folders import open_folder_source
     options = {"level": d.level} if d.name == "aircraft" else {}

@@ -80,3 +80,23 @@ def test_drawn_examples_are_kept_within_the_budget(monkeypatch):
   sent = pickle.dumps(src)  # what a worker process receives: the recipe, not the two kept images
   assert len(sent) < 48 * 48 * 3
   np.testing.assert_array_equal(pickle.loads(sent)[0]["image"], first[0]["image"])
+
+
+def test_detail_task_hides_the_stripes_at_the_backbones_side_and_keeps_them_at_full_resolution():
+  """The detail task (configs/common.py): 2-pixel stripes at 288 pixels. The pipeline's 4x antialiased reduction to
+  64 leaves every part a flat patch, whatever its pattern, while the 256-pixel input keeps the stripes."""
+  from configs import baseline, macnn
+  from data_pipelines import pipeline
+
+  def part_contrast(config, half):
+    config.data.synthetic.num_test = 12
+    batch = next(iter(pipeline.build(config, "test", training=False)))
+    return np.mean([batch["image"][i, int(y) - half:int(y) + half, int(x) - half:int(x) + half].astype(float)
+                    .std(axis=(0, 1)).mean() for i in range(12) for x, y in batch["parts"][i]])
+
+  assert part_contrast(baseline.get_config("detail"), 2) < 0.5  # 4-pixel squares at 64 of 6.5-pixel parts: flat
+  assert part_contrast(macnn.get_config("detail"), 8) > 20  # 16-pixel squares of 26-pixel parts: striped
+  src = SyntheticBirds("test", num_examples=1, resolution=288, stripe=2)
+  assert src.stripe == 2 and SyntheticBirds("test", num_examples=1, resolution=288).stripe == 4
+  with pytest.raises(DataError, match="stripe"):
+    SyntheticBirds("test", stripe=-1)

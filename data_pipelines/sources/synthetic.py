@@ -12,6 +12,8 @@ textures are their own mirror images, so a horizontal flip keeps every class the
 augmentation would turn stripes and is off by default). The patterns have a period of a few pixels:
 downsampled by four they blur to the same flat patch of the part's hue, so a network that looks closely at
 the parts (attention, zoomed crops) does better than one that sees the whole image at low resolution.
+(`stripe` sets the stripes' width in pixels instead: 2-pixel stripes, a 4-pixel cycle, average to exactly their
+mean under a 4x antialiased reduction, the detail task's, configs/common.py.)
 Two distractor patches with grey patterns sit in the background.
 
 Ground truth: the object box (the body's extent with its head) and the part centres, in pixels; and, as
@@ -58,12 +60,15 @@ class SyntheticBirds(Source):
   name = "synthetic"
 
   def __init__(self, split: str = "train", *, num_examples: int = 2000, resolution: int = 112,
-               num_classes: int = 10, num_parts: int = 4, seed: int = 0):
+               num_classes: int = 10, num_parts: int = 4, seed: int = 0, stripe: int = 0):
     if split not in SPLITS:
       raise DataError(f"The synthetic set has no split {split!r}; use one of {', '.join(SPLITS)}.")
     if resolution < 32:
       raise DataError(f"data.synthetic.resolution={resolution} is too small to draw parts; use 32 or more.")
+    if stripe < 0:
+      raise DataError(f"data.synthetic.stripe={stripe} must be 0 (resolution / 64) or a width in pixels.")
     self.split, self.resolution, self.seed = split, resolution, seed
+    self.stripe = stripe or max(1, int(round(resolution / 64)))
     self._n = num_examples
     self.num_classes, self.num_parts = num_classes, num_parts
     self.codes = class_codes(num_classes, num_parts)
@@ -91,7 +96,7 @@ class SyntheticBirds(Source):
     if ex is None:
       rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
       label = index % self.num_classes
-      image, box, parts = render(rng, self.codes[label], self.resolution)
+      image, box, parts = render(rng, self.codes[label], self.resolution, self.stripe)
       for array in (image, box, parts):  # shared by every later draw of the example: no one may write to them
         array.flags.writeable = False
       ex = {"image": image, "label": label, "box": box, "parts": parts, "attributes": self.codes[label]}
@@ -100,8 +105,9 @@ class SyntheticBirds(Source):
     return ex
 
 
-def render(rng: np.random.Generator, code: np.ndarray, res: int):
-  """Draws one image; returns (uint8 image, box (x0, y0, x1, y1), parts (P, 2) as (x, y))."""
+def render(rng: np.random.Generator, code: np.ndarray, res: int, period: int | None = None):
+  """Draws one image, its parts' stripes `period` pixels wide (default res / 64); returns (uint8 image, box (x0, y0,
+  x1, y1), parts (P, 2) as (x, y))."""
   yy, xx = np.mgrid[:res, :res] + 0.5  # pixel centres
   # Background: a random two-colour gradient plus low-frequency waves.
   c0, c1 = rng.uniform(40, 215, (2, 1)) + rng.uniform(-12, 12, (2, 3))
@@ -137,7 +143,7 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int):
   phi = 2 * np.pi * np.arange(len(code)) / len(code)
   u, v = 0.6 * a * np.cos(phi), 0.6 * b * np.sin(phi)
   px, py = cx + u * np.cos(theta) - v * np.sin(theta), cy + u * np.sin(theta) + v * np.cos(theta)
-  period = max(1, int(round(res / 64)))
+  period = period or max(1, int(round(res / 64)))
   for k, (x, y, pattern) in enumerate(zip(px, py, code)):
     hue = PART_HUES[k % len(PART_HUES)]
     _stamp(img, x, y, half, pattern, period, hue * rng.uniform(210, 250), hue * rng.uniform(70, 110))
