@@ -10,6 +10,10 @@ class). For each, over the images with a ground-truth box:
     insertion    area under it as they are put back into a blurred image (higher: better)
 and for part maps with ground-truth parts: 'part_hit' (a map's peak within part_radius of its nearest part) and
 'distinct_parts' (different parts hit per image).
+
+Against chance, for any attention on images with ground-truth parts (benchmarks/accuracy.py): peak_part_hits and
+part_hit_chance (a map's peak near some part; the same for a uniformly random point), parts_inside and
+random_box_holds (the parts a box holds; the same for a box of its size placed uniformly inside the image).
 """
 
 from __future__ import annotations
@@ -131,3 +135,63 @@ def evaluate(scheme, model, pipe, *, layer: str, dtype, steps: int = 16, part_ra
     if max_images is not None and seen >= max_images:
       break
   return acc.result()
+
+
+def peak_part_hits(maps, parts, image_hw, radius: float) -> np.ndarray:
+  """(B, h, w, N) maps, (B, P, 2) ground-truth parts (x, y; NaN rows absent) -> (B, N) booleans: each map's peak
+  lies within `radius` pixels of some present part. A flat map (one value everywhere, e.g. an all-zero CAM) points
+  nowhere: a miss, as in the pointing game."""
+  maps = jnp.asarray(maps)
+  hit = np.asarray(localization.nearest_part_hits(maps, jnp.asarray(parts), image_hw, radius)["hit"])
+  flat = np.asarray(jnp.max(maps, axis=(1, 2)) == jnp.min(maps, axis=(1, 2)))  # (B, N)
+  return hit & ~flat
+
+
+def part_hit_chance(parts, image_hw, radius: float, boxes=None) -> np.ndarray:
+  """(B, P, 2) parts -> (B,) the chance that a uniformly random point of the image lies within `radius` pixels of a
+  present part: peak_part_hits' score for a map peaked anywhere at random. With (B, 4) object boxes, a random point
+  of the object's box instead (a stricter control: a map that finds the object but not its parts). Computed on the
+  image's pixel centres (exact up to the pixel grid); NaN for an image without a present part (or box pixel)."""
+  h, w = image_hw
+  ys, xs = np.mgrid[:h, :w] + 0.5
+  parts = np.asarray(parts, np.float64)
+  out = np.full(parts.shape[0], np.nan)
+  for i, points in enumerate(parts):
+    points = points[np.isfinite(points).all(axis=-1)]
+    where = np.ones((h, w), bool)
+    if boxes is not None:
+      x0, y0, x1, y1 = np.asarray(boxes, np.float64)[i]
+      where = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    if len(points) and where.any():
+      d2 = (xs[..., None] - points[:, 0]) ** 2 + (ys[..., None] - points[:, 1]) ** 2  # (h, w, P)
+      out[i] = float(np.mean((d2.min(axis=-1) <= radius ** 2)[where]))
+  return out
+
+
+def parts_inside(boxes, parts) -> np.ndarray:
+  """(B, 4) boxes (x0, y0, x1, y1), (B, P, 2) parts -> (B, P) booleans: each part lies in its image's box (edges
+  included); absent (NaN) parts never do."""
+  boxes, parts = np.asarray(boxes, np.float64), np.asarray(parts, np.float64)
+  x, y = parts[..., 0], parts[..., 1]
+  with np.errstate(invalid="ignore"):
+    return ((x >= boxes[:, None, 0]) & (x <= boxes[:, None, 2]) & (y >= boxes[:, None, 1]) & (y <= boxes[:, None, 3])
+            & np.isfinite(parts).all(axis=-1))
+
+
+def random_box_holds(boxes, parts, image_hw) -> np.ndarray:
+  """(B, 4) boxes, (B, P, 2) parts -> (B, P) the probability that a box of each box's width and height (at most the
+  image's), placed uniformly at random inside the image, holds each part: parts_inside's chance level, exact. 0 for
+  absent parts; a box as wide as the image holds every part within its width."""
+  boxes, parts = np.asarray(boxes, np.float64), np.asarray(parts, np.float64)
+
+  def along(lo, hi, point, side):  # the chance that [x0, x0 + size], x0 uniform on [0, side - size], holds point
+    size = np.clip(hi - lo, 0.0, side)[:, None]
+    free = side - size
+    covered = np.clip(np.minimum(point, free) - np.maximum(point - size, 0.0), 0.0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      p = np.where(free > 0, covered / np.where(free > 0, free, 1.0), (point >= 0) & (point <= side))
+    return np.nan_to_num(p)
+
+  h, w = image_hw
+  p = along(boxes[:, 0], boxes[:, 2], parts[..., 0], w) * along(boxes[:, 1], boxes[:, 3], parts[..., 1], h)
+  return np.where(np.isfinite(parts).all(axis=-1), p, 0.0)
