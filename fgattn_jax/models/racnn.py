@@ -35,7 +35,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import racnn
+from fgattn_jax.ops import images, racnn
 
 
 class APN(nnx.Module):
@@ -96,8 +96,7 @@ class RACNN(nnx.Module):
     # The current scale's frame in the image's: pixel (u, v) is at offset + scale * (u, v), per axis (x, y).
     offset, scale = jnp.zeros((x.shape[0], 2), jnp.float32), jnp.ones((1, 2), jnp.float32)
     if self.scale1_input:
-      size = (self.scale1_input, self.scale1_input)
-      x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear", antialias=True).astype(dtype)
+      x = images.resize_square(x, self.scale1_input)
       scale = jnp.array([image.shape[2], image.shape[1]], jnp.float32)[None] / self.scale1_input
     for s, net in enumerate(self.nets):
       if proposals_only and s == self.num_scales - 1:
