@@ -28,8 +28,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= len(os.sched_getaffi
 # most tests first) the single-test learning files ran last and left one worker idle at the end: the full suite
 # took 16:55 against 15:53 here (2026-11-30; an earlier measurement, 15:22 against 13:48 on a faster machine
 # and an older suite, had favoured the reordering).
-LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_engine.py", "test_visualize.py",
-              "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
+LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_macnn_e2e_learning.py", "test_engine.py",
+              "test_visualize.py", "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
               "test_backbones.py", "test_benchmarks.py")
 
 

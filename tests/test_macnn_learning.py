@@ -1,6 +1,6 @@
 """MA-CNN learns the synthetic task through its alternating schedule: the channel-grouping loss and the part
 classifiers' loss fall, the part maps' peaks land on ground-truth parts, and on different ones, and the joint
-classifier is at least as good as the object stream; end to end, the maps find several parts."""
+classifier is at least as good as the object stream (end to end: test_macnn_e2e_learning.py)."""
 
 import jax
 import numpy as np
@@ -98,16 +98,3 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   assert on > on_r + 0.3
   assert hit > 1.3
   assert joint > 0.3 and joint >= obj - 0.01  # chance: 0.10
-
-
-def test_macnn_end_to_end_maps_find_several_parts(tmp_path, optimized):
-  """The e2e preset (object stream, channel-grouping initialisation, then every loss in one phase): its maps do not
-  collapse on one part, as they all did when the run was one phase from scratch (1.00 distinct parts hit)."""
-  c = small(macnn_config.get_config("e2e"))
-  results = loop.run(c, str(tmp_path), progress=False)
-  consistency, _, on, on_r, hit, hit_r = map_peaks_on_parts(c, tmp_path)
-  print(f"e2e: joint top-1 {results['logits']['top1']:.3f}, object stream {results['object']['top1']:.3f}; "
-        f"per-map consistency {np.round(consistency, 2)}; peaks on a part {on:.2f} vs {on_r:.2f}; distinct parts hit "
-        f"per image {hit:.2f} vs {hit_r:.2f}")
-  assert hit > 1.3 and on > on_r + 0.3
-  assert results["logits"]["top1"] > 0.3
