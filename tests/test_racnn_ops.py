@@ -27,6 +27,16 @@ def sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
 
 
+def central_differences(f, x, eps):
+  """d f / d x by central differences, one coordinate of the array x at a time."""
+  numeric = np.zeros_like(x)
+  for i in np.ndindex(x.shape):
+    e = np.zeros_like(x)
+    e[i] = eps
+    numeric[i] = (f(jnp.asarray(x + e)) - f(jnp.asarray(x - e))) / (2 * eps)
+  return numeric
+
+
 def reference_mask(box, hw, k):
   """One pixel at a time, at its centre; k per pixel."""
   h, w = hw
@@ -168,12 +178,7 @@ def test_zoom_gradient_to_the_apn_box_matches_finite_differences(x64):
 
   loss = loss_with(lambda im, b: racnn.attention_crop(im, b, (24, 24)))
   grad = np.asarray(jax.grad(loss)(jnp.asarray(t)))
-  eps = 1e-6  # pixels
-  numeric = np.zeros_like(t)
-  for i in np.ndindex(t.shape):
-    e = np.zeros_like(t)
-    e[i] = eps
-    numeric[i] = (loss(jnp.asarray(t + e)) - loss(jnp.asarray(t - e))) / (2 * eps)
+  numeric = central_differences(loss, t, eps=1e-6)  # pixels
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
   assert np.all(np.abs(numeric) > 1e-2)  # every coordinate moves the crop
   plain = np.asarray(jax.grad(loss_with(lambda im, b: racnn.crops.crop_resize(im, b, (24, 24))))(jnp.asarray(t)))
@@ -205,12 +210,7 @@ def test_gradients_match_finite_differences(x64):
     return jnp.sum(racnn.attention_crop(images, box, (8, 8), k=10.0) * weights)
 
   grad = np.asarray(jax.grad(loss)(jnp.asarray(s)))
-  eps = 1e-6  # 1.6e-5 px: no sample crosses a pixel centre
-  numeric = np.zeros_like(s)
-  for i in np.ndindex(s.shape):
-    e = np.zeros_like(s)
-    e[i] = eps
-    numeric[i] = (loss(jnp.asarray(s + e)) - loss(jnp.asarray(s - e))) / (2 * eps)
+  numeric = central_differences(loss, s, eps=1e-6)  # 1.6e-5 px: no sample crosses a pixel centre
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
   assert np.all(np.abs(numeric) > 1e-3)  # every coordinate moves the crop: not vacuous
 
