@@ -1,6 +1,7 @@
 """ABN, the Attention Branch Network (Fukui et al., CVPR 2019).
 
     python -m fgattn_jax.train --config configs/abn.py                        # synthetic data, CPU, minutes
+    python -m fgattn_jax.train --config configs/abn.py:detail                 # the detail task (benchmarks.accuracy)
     python -m fgattn_jax.train --config configs/abn.py:cifar100_resnet110     # the paper's CIFAR-100 schedule
     python -m fgattn_jax.train --config configs/abn.py:cub --config.data.root=/data/CUB_200_2011 \\
         --config.model.pretrained=/weights/resnet50-11ad3fa6.pth

@@ -1,6 +1,7 @@
 """The plain backbone classifier: the baseline every attention scheme is compared with.
 
     python -m fgattn_jax.train --config configs/baseline.py                   # synthetic data, CPU, minutes
+    python -m fgattn_jax.train --config configs/baseline.py:detail            # the detail task (benchmarks.accuracy)
     python -m fgattn_jax.train --config configs/baseline.py:cub --config.data.root=/data/CUB_200_2011 \\
         --config.model.pretrained=/weights/vgg19-dcbb9e9d.pth --workdir workdirs/cub_vgg19
     python -m fgattn_jax.train --config configs/baseline.py:cifar100 --config.model.backbone=resnet110

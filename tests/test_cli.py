@@ -38,7 +38,7 @@ def test_help_outside_the_repository_lists_its_presets(capsys, monkeypatch, tmp_
     (["--config.phases.main.optim.lrr=1"], "Unknown config key 'phases.main.optim.lrr'. Did you mean phases.main.optim.lr"),
     (["--config.data.batch_size=many"], "holds an int"),
     (["--config", "configs/baseline.py:birds"], "no preset 'birds'"),
-    (["--config", "configs/baseline.py:birds"], "Presets: (bare name), cub, aircraft"),
+    (["--config", "configs/baseline.py:birds"], "Presets: (bare name), detail, cub, aircraft"),
     (["--config.data.image_size"], "--config.data.image_size needs a value: --config.data.image_size=VALUE"),
     (["--config.data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
     (["--config.data.num_workers", "-1"], "data.num_workers=-1: must be 0"),
