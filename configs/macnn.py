@@ -17,8 +17,9 @@ L_cng = Dis + lam Div, .part_streams, .crop_fraction (crop side / image side: 12
 stream's activations, so small objects get small crops), .object_crop (a stream on the object's box, found
 the same way, beside the parts: the paper's "+ object" for birds, here an option for any data set),
 .part_input (the part networks' input side), .part_maps ('centred': each channel minus its mean over the grid,
-then relu(tanh(...)), so maps are zero off their part; 'deploy': tanh(...) of the raw features, the released
-model's form; see fgattn_jax/models/macnn.py for why centred is the default), .part_pooling ('weighted': the part
+then relu(tanh(...)), so maps are zero off their part; 'paper': sigmoid of the weighted channel sum, the paper's
+equation; 'deploy': tanh(...) of the raw features, the released model's form; see fgattn_jax/models/macnn.py for why
+centred is the default), .part_pooling ('weighted': the part
 features are the map-weighted mean of the features; 'sum': the paper's sum over the grid, whose scale grows with the
 grid and the maps), .object_input (0: the object stream sees the input as it comes; N: it sees it resized to N while
 the crops sample the full-resolution input).

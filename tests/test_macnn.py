@@ -55,7 +55,8 @@ def test_outputs(built):
 
 def test_part_map_forms(built):
   """'centred': relu(tanh(mean_c d_c (F_c - mean_xy F_c))), zero where the weighted features are below their
-  mean over the grid; 'deploy': tanh(mean_c d_c F_c), the released model's form, never below zero."""
+  mean over the grid; 'deploy': tanh(mean_c d_c F_c), the released model's form, never below zero; 'paper':
+  sigmoid(sum_c d_c F_c), the paper's equation."""
   _, model = built
   f, maps, d, _ = model.attend(X)
   f = np.asarray(f, np.float64)
@@ -69,6 +70,13 @@ def test_part_map_forms(built):
     model.part_maps = "centred"
   np.testing.assert_allclose(deploy, np.tanh(np.einsum("bhwc,bnc->bhwn", f, np.asarray(d)) / f.shape[-1]), atol=1e-6)
   assert float(deploy.min()) >= 0
+  model.part_maps = "paper"
+  try:
+    paper = model.attend(X)[1]
+  finally:
+    model.part_maps = "centred"
+  expected = 1 / (1 + np.exp(-np.einsum("bhwc,bnc->bhwn", f, np.asarray(d))))
+  np.testing.assert_allclose(paper, expected, atol=1e-5)
   with pytest.raises(ValueError, match="part_maps"):
     get_scheme("macnn").build(tiny(part_maps="sigmoid"))
 

@@ -2,7 +2,8 @@
 
     object stream      the backbone on the whole image; F = its feature map at `feature_stage` (conv5_4 for VGG-19)
     channel grouping   per part i: GAP(F) -> FC C -> tanh -> FC C -> sigmoid = channel weights d_i
-    part maps          part_maps='deploy': M_i = tanh(mean_c d_i[c] F[c]), the released deploy file's form (F is
+    part maps          part_maps='paper': M_i = sigmoid(sum_c d_i[c] F[c]), the paper's equation. part_maps='deploy':
+                       M_i = tanh(mean_c d_i[c] F[c]), the released deploy file's form (F is
                        non-negative, after a ReLU, so the paper's sigmoid would never fall below 0.5); the mean
                        keeps the scale independent of the channel count. part_maps='centred' (the default):
                        M_i = relu(tanh(mean_c d_i[c] (F[c] - mean_xy F[c]))), each channel minus its mean over
@@ -65,8 +66,8 @@ class MACNN(nnx.Module):
     if num_parts < 1 or part_input < 1 or object_input < 0 or not 0 < crop_fraction <= 1:
       raise ValueError(f"macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and "
                        f".crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}")
-    if part_maps not in ("centred", "deploy"):
-      raise ValueError(f"macnn.part_maps must be 'centred' or 'deploy', got {part_maps!r}")
+    if part_maps not in ("centred", "deploy", "paper"):
+      raise ValueError(f"macnn.part_maps must be 'centred', 'deploy' or 'paper', got {part_maps!r}")
     if part_pooling not in ("weighted", "sum"):
       raise ValueError(f"macnn.part_pooling must be 'weighted' or 'sum', got {part_pooling!r}")
     if crop_reference not in ("image", "object"):
@@ -100,6 +101,8 @@ class MACNN(nnx.Module):
     f, feats = self.backbone.features(x, stop=self.stage + 1)
     d = jnp.stack([g(layers.global_avg_pool(f)) for g in self.grouping], axis=1)
     f32 = f.astype(jnp.float32)
+    if self.part_maps == "paper":  # the paper's equation: a sigmoid of the weighted channel sum
+      return f, jax.nn.sigmoid(jnp.einsum("bhwc,bnc->bhwn", f32, d)), d, feats
     if self.part_maps == "deploy":
       return f, jnp.tanh(jnp.einsum("bhwc,bnc->bhwn", f32, d) / f.shape[-1]), d, feats
     centred = f32 - jnp.mean(f32, axis=(1, 2), keepdims=True)
