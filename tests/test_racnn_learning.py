@@ -9,15 +9,10 @@ from flax import nnx
 
 from configs import racnn as racnn_config
 from data_pipelines import pipeline as data
+from fgattn_jax.localize import parts_inside
 from fgattn_jax.ops.images import normalize
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint, loop
-
-
-def parts_inside(boxes, parts):
-  """(B, 4) boxes (x0, y0, x1, y1), (B, P, 2) part points -> (B, P) whether each part lies in its image's box."""
-  x, y = parts[..., 0], parts[..., 1]
-  return (x >= boxes[:, None, 0]) & (x <= boxes[:, None, 2]) & (y >= boxes[:, None, 1]) & (y <= boxes[:, None, 3])
 
 
 def test_racnn_scale2_box_finds_the_parts_and_scale2_beats_scale1(tmp_path, optimized):
