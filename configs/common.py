@@ -32,6 +32,10 @@ DATASETS = {
                     augment=dict(pad=4)),
     "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32,
                      augment=dict(pad=4)),
+    # Google Landmarks v2 (its train.csv and train/a/b/c/<id>.jpg), the top_classes landmarks with the most images,
+    # split by landmark_recipe(); evaluated during training on val, at the end with `evaluate --split test`.
+    "landmarks": dict(source="folder", name="landmarks", num_classes=100, image_size=224, resize_size=256,
+                      eval_split="val"),
     # Aligned 178 x 218 faces with 40 boolean attributes; the label is the first attribute (2 classes).
     "celeba": dict(source="tfds", name="celeb_a", num_classes=2, image_size=224, resize_size=224),
 }
@@ -43,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # 'synthetic' (embedded, no files) | 'tfds' | 'folder' (the data set's own layout)
-  c.data.name = "synthetic"  # folder layouts: cub, aircraft, cars, dogs, folder; or a TFDS name (cars196, ...)
+  c.data.name = "synthetic"  # folder layouts: cub, aircraft, cars, dogs, landmarks, folder; or a TFDS name (cars196)
   c.data.root = placeholder(str)  # folder layouts: the data set's folder; TFDS: its data_dir
   c.data.num_classes = 10
   c.data.image_size = 96  # the network's input side
@@ -53,6 +57,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.level = "variant"  # FGVC-Aircraft only: 'variant' (100 classes) | 'family' (70) | 'manufacturer' (30)
+  # The stratified split of a data set that ships without one ('folder' without train/val/test folders, 'landmarks');
+  # fixed for a given seed and set of images; python -m fgattn_jax.write_split writes one out to share it.
+  c.data.split = ml_collections.ConfigDict()
+  c.data.split.val_fraction = 0.1  # of each class
+  c.data.split.test_fraction = 0.1  # of each class; the rest trains
+  c.data.split.seed = 0  # another seed, another split (independent of the run's seed)
+  c.data.top_classes = 0  # 'landmarks' and 'folder' only: keep the N classes with the most images; 0 = all
   c.data.balanced = False  # training: sample every class equally often (for imbalanced data sets)
   c.data.num_workers = 0  # decoding processes per host; 0 = threads in the main process
   c.data.synthetic = ml_collections.ConfigDict()  # the embedded data set (data.source = 'synthetic')
@@ -67,11 +78,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.augment.brightness = 0.0  # maximum relative change
   c.data.augment.colour = 0.0  # maximum relative saturation change
   c.data.augment.pad = 0  # black pixels around the resized image before the random crop (CIFAR: 4)
+  # The training crop: 'resize' (shorter side to resize_size, a random image_size window) | 'random_resized'
+  # (torchvision's RandomResizedCrop: a window of crop_area of the image's area and crop_ratio width / height,
+  # resized to image_size; ImageNet recipes)
+  c.data.augment.crop = "resize"
+  c.data.augment.crop_area = (0.08, 1.0)
+  c.data.augment.crop_ratio = (3 / 4, 4 / 3)
+  c.data.augment.eval_rotation = 0.0  # evaluation: maximum degrees either way, one angle per example, every pass
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "vgg19"  # any name of fgattn_jax.models.BACKBONES
   c.model.width = 1.0  # channel multiplier (tests run tiny networks)
   c.model.head = "gap"  # VGG only: 'gap' (global average pool + linear) | 'classifier' (torchvision's FC-4096)
+  # CIFAR ResNets' blocks: 'basic' (He et al.; '' = basic) | 'bottleneck' | 'auto' (ABN code: bottleneck from depth 44)
+  c.model.block = ""
+  # Dropout rate; unset = the family's default: VGG's 'classifier' head 0.5, else 0. Where: WRN inside every block
+  # (the WRN paper's); VGG's 'classifier' after each FC-4096 (torchvision's); else before the class layer.
+  c.model.dropout = placeholder(float)
   c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; parameters float32
   c.model.pretrained = placeholder(str)  # torchvision .pth or .safetensors you have; nothing is downloaded
   c.model.require_pretrained = False  # refuse to start without model.pretrained (presets that fine-tune)
@@ -162,6 +185,25 @@ def detail_task(c: ml_collections.ConfigDict, full_resolution: bool, losses: dic
   c.data.synthetic.resolution, c.data.synthetic.stripe = DETAIL_RESOLUTION, DETAIL_STRIPE
   scale = DETAIL_RESOLUTION // 72 if full_resolution else 1
   c.data.image_size, c.data.resize_size = DETAIL_SIDE * scale, 72 * scale
+  return c
+
+
+def landmark_recipe(c: ml_collections.ConfigDict, losses: dict | None = None) -> ml_collections.ConfigDict:
+  """The landmark recipe (`:landmarks` in baseline.py and abn.py): Google Landmarks v2's 100 landmarks with the
+  most images, a class-stratified 70/15/15 split, class-balanced sampling; rotation +-45 degrees (evaluation images
+  too), a random 224 crop of the image resized to 256, brightness +-25%, flips; an ImageNet VGG-16 whose features
+  stay frozen under a dropout classifier (torchvision's FC-4096 head, model.pretrained: vgg16-397923af.pth)."""
+  use_dataset(c, "landmarks")
+  c.data.top_classes = 100
+  c.data.num_classes = c.data.get_ref("top_classes")  # one value: overriding either sets both
+  c.data.split.update(val_fraction=0.15, test_fraction=0.15)
+  c.data.balanced = True
+  c.data.augment.update(flip=True, rotation=45.0, brightness=0.25, eval_rotation=45.0)
+  c.data.batch_size, c.data.eval_batch_size = 32, 64
+  c.model.update(backbone="vgg16", head="classifier", require_pretrained=True, freeze_features=True)
+  # The write-up gives no optimiser: this project's fine-tuning one (SGD, the new class layer at 10x).
+  c.phases.main = phase(epochs=30, lr=0.01, losses=losses)
+  c.phases.main.schedule.warmup_epochs = 1.0
   return c
 
 

@@ -36,15 +36,27 @@ log = logging.getLogger(__name__)
 def open_source(config, split: str) -> Source:
   """The data source that config.data names, for one split."""
   d = config.data
+  top = d.top_classes
+  if top:
+    from data_pipelines.sources.folders import folder_source_class
+    if d.source != "folder" or not folder_source_class(d.name).makes_split:
+      what = f"data.name={d.name!r}" if d.source == "folder" else f"data.source={d.source!r}"
+      raise DataError(f"data.top_classes={top}: only the data sets that may ship without a fixed class list and "
+                      f"split (data.source='folder' with data.name='folder' or 'landmarks') keep their largest "
+                      f"classes, not {what}: set --config.data.top_classes=0")
   if d.source == "synthetic":
     s = d.synthetic
     return SyntheticBirds(split, num_examples=s.num_train if split == "train" else s.num_test,
                           resolution=s.resolution or d.resize_size, num_classes=d.num_classes,
                           num_parts=s.num_parts, seed=config.seed, stripe=s.stripe)
   if d.source == "folder":
-    from data_pipelines.sources.folders import open_folder_source
-    options = {"level": d.level} if d.name == "aircraft" else {}
-    return open_folder_source(d.name, d.root, split, **options)
+    from data_pipelines.sources.folders import folder_source_class
+    cls = folder_source_class(d.name)
+    options = {"level": d.level} if cls.name == "aircraft" else {}
+    if cls.makes_split:
+      options.update(val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction, seed=d.split.seed,
+                     top_classes=top)
+    return cls(d.root, split, **options)
   if d.source == "tfds":
     from data_pipelines.sources.tfds_source import TFDSSource
     return TFDSSource(d.name, split, data_dir=d.root)
@@ -85,7 +97,7 @@ class Prepare(grain.transforms.RandomMap):
     if self.training:
       image, box, parts = transforms.train(image, ex["box"], ex["parts"], self.aug, rng)
     else:
-      image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug)
+      image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug, rng)
     return self.finish({"image": image, "label": np.int32(ex["label"]), "index": np.int32(index), "box": box,
                         "parts": parts, "mask": np.bool_(True), "corrupt": np.bool_(False)}, ex.get("attributes"))
 
@@ -155,7 +167,8 @@ def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
   batch = global_batch // process_count
   aug = transforms.Augment(resize=d.resize_size, size=d.image_size, flip=d.augment.flip,
                            rotation=d.augment.rotation, brightness=d.augment.brightness, colour=d.augment.colour,
-                           pad=d.augment.pad)
+                           pad=d.augment.pad, crop=d.augment.crop, crop_area=tuple(d.augment.crop_area),
+                           crop_ratio=tuple(d.augment.crop_ratio), eval_rotation=d.augment.eval_rotation)
   n = len(source)
   if training:
     if d.balanced:  # an endless stream of positions, mapped to class-balanced example indices

@@ -44,8 +44,12 @@ def stratified_split(labels, fractions: dict[str, float], seed: int = 0) -> dict
     raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
   rng = np.random.default_rng(seed)
   parts = {k: [] for k in names}
-  for cls in np.unique(labels):  # sorted, so the random stream is consumed in a fixed order
-    members = rng.permutation(np.flatnonzero(labels == cls))
+  # Each class's indices, ascending (what np.flatnonzero(labels == cls) gave), from one stable sort: a scan of every
+  # label per class costs examples x classes, 4M x 200k on Google Landmarks.
+  order = np.argsort(labels, kind="stable")
+  _, starts = np.unique(labels[order], return_index=True)
+  for members in np.split(order, starts[1:]) if len(order) else []:  # classes ascending: a fixed random stream
+    members = rng.permutation(members)
     bounds = np.cumsum(_class_counts(len(members), frac))[:-1]
     for name, chunk in zip(names, np.split(members, bounds)):
       parts[name].append(chunk)

@@ -1,8 +1,10 @@
 """Image transforms that carry the object box and part points along, deterministic given an rng.
 
 Training: resize the shorter side to `resize`, random `size` x `size` crop (optionally of the resized image
-padded with `pad` black pixels on every side: CIFAR's pad-4 crop), horizontal flip, optional rotation about
-the crop's centre, brightness and colour (saturation) jitter. Evaluation: resize and centre crop. Resize and
+padded with `pad` black pixels on every side: CIFAR's pad-4 crop), or with crop='random_resized' torchvision's
+RandomResizedCrop (a window of random area and aspect ratio, resized to size x size); horizontal flip, optional
+rotation about the crop's centre, brightness and colour (saturation) jitter. Evaluation: resize and centre crop,
+optionally turned by a random angle (eval_rotation: a recipe that rotates its test images). Resize and
 crop are one resampling of the source region (PIL's resize with a box), which costs less than resizing the
 whole image first and gives the same geometry; with a rotation, the crop, the flip and the rotation are one
 affine resampling (see _resample). Everything runs in PIL's C code: the input
@@ -21,6 +23,9 @@ import numpy as np
 from PIL import Image
 
 
+CROPS = ("resize", "random_resized")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
   resize: int  # shorter side before the crop
@@ -30,12 +35,24 @@ class Augment:
   brightness: float = 0.0  # maximum relative change
   colour: float = 0.0  # maximum relative change of saturation
   pad: int = 0  # training: black pixels (at the resized scale) around the resized image before the random crop
+  crop: str = "resize"  # training: 'resize' (shorter side to `resize`, random window) | 'random_resized'
+  crop_area: tuple[float, float] = (0.08, 1.0)  # 'random_resized': the window's fraction of the image's area
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # 'random_resized': its width / height
+  eval_rotation: float = 0.0  # evaluation: maximum degrees either way (drawn per example, the same every pass)
 
   def __post_init__(self):
     if self.resize < self.size:
       raise ValueError(f"data.resize_size={self.resize} must be at least data.image_size={self.size}")
     if self.pad < 0:
       raise ValueError(f"data.augment.pad={self.pad} must be 0 or more")
+    if self.crop not in CROPS:
+      raise ValueError(f"data.augment.crop={self.crop!r}: use one of {', '.join(CROPS)}")
+    if self.crop == "random_resized" and self.pad:
+      raise ValueError("data.augment.pad applies to the 'resize' crop; set it to 0 with crop='random_resized'")
+    (a0, a1), (r0, r1) = self.crop_area, self.crop_ratio
+    if not (0 < a0 <= a1 <= 1 and 0 < r0 <= r1):
+      raise ValueError(f"data.augment.crop_area={self.crop_area} must satisfy 0 < low <= high <= 1 and "
+                       f"data.augment.crop_ratio={self.crop_ratio} 0 < low <= high")
 
 
 def _window(image, resize: int, size: int, offset, pad: int = 0):
@@ -68,25 +85,58 @@ def _resized_shape(image, resize):
   return int(round(h * s)), int(round(w * s))
 
 
-def evaluate(image, box, parts, aug: Augment):
+def evaluate(image, box, parts, aug: Augment, rng: np.random.Generator | None = None):
+  """The centre window; with aug.eval_rotation, turned by an angle drawn from rng."""
   rh, rw = _resized_shape(image, aug.resize)
-  image, box, parts = _crop_resize(image, box, parts, aug.resize, aug.size,
-                                   ((rw - aug.size) / 2, (rh - aug.size) / 2))
-  return image, *_clip(box, parts, aug.size)
+  n, offset = aug.size, ((rw - aug.size) / 2, (rh - aug.size) / 2)
+  if not aug.eval_rotation:
+    image, box, parts = _crop_resize(image, box, parts, aug.resize, n, offset)
+    return image, *_clip(box, parts, n)
+  if rng is None:
+    raise ValueError("data.augment.eval_rotation draws an angle per example: pass the example's rng")
+  degrees = rng.uniform(-aug.eval_rotation, aug.eval_rotation)
+  region = _window(image, aug.resize, n, offset)
+  out = _resample(Image.fromarray(image), region, n, flip=False, degrees=degrees)
+  box, parts = _turn(*_clip(*_move(region, n, box, parts), n), n, degrees)
+  return np.asarray(out), *_clip(box, parts, n)
+
+
+def _random_resized_region(image, area: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator):
+  """torchvision's RandomResizedCrop window (x0, y0, x1, y1) in source pixels: up to 10 draws of an area fraction
+  (uniform) and an aspect ratio (log-uniform) whose window fits, placed uniformly; else the centre window of the
+  image's shape clamped to the ratio range."""
+  h, w = image.shape[:2]
+  for _ in range(10):
+    target = h * w * rng.uniform(*area)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+      return float(x0), float(y0), float(x0 + cw), float(y0 + ch)
+  if w / h < ratio[0]:
+    cw, ch = w, int(round(w / ratio[0]))
+  elif w / h > ratio[1]:
+    cw, ch = int(round(h * ratio[1])), h
+  else:
+    cw, ch = w, h
+  x0, y0 = (w - cw) // 2, (h - ch) // 2
+  return float(x0), float(y0), float(x0 + cw), float(y0 + ch)
 
 
 def train(image, box, parts, aug: Augment, rng: np.random.Generator):
   """The random window, flip, rotation and colour jitter, resampled once where it can be (see _resample)."""
-  rh, rw = _resized_shape(image, aug.resize)
-  p = aug.pad
-  offset = (rng.integers(-p, rw - aug.size + p + 1), rng.integers(-p, rh - aug.size + p + 1))
+  n, p = aug.size, aug.pad
+  if aug.crop == "random_resized":
+    region = _random_resized_region(image, aug.crop_area, aug.crop_ratio, rng)
+  else:
+    rh, rw = _resized_shape(image, aug.resize)
+    offset = (rng.integers(-p, rw - n + p + 1), rng.integers(-p, rh - n + p + 1))
+    region = _window(image, aug.resize, n, offset, p)
   flip = bool(aug.flip and rng.random() < 0.5)
   degrees = rng.uniform(-aug.rotation, aug.rotation) if aug.rotation > 0 else 0.0
   jitter = aug.brightness > 0 or aug.colour > 0
   if jitter:
     brightness, saturation = 1 + rng.uniform(-aug.brightness, aug.brightness), 1 + rng.uniform(-aug.colour, aug.colour)
-  n = aug.size
-  region = _window(image, aug.resize, n, offset, p)
   out = _resample(*_padded(image, region), n, flip, degrees)
   if jitter:
     out = _jitter(out, brightness, saturation)
@@ -122,7 +172,7 @@ def _resample(image: Image.Image, region, n: int, flip: bool, degrees: float) ->
     out = image.resize((n, n), Image.BILINEAR, box=region)
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
   x0, y0, x1, y1 = region
-  if n >= x1 - x0:
+  if n >= max(x1 - x0, y1 - y0):
     left, top = int(np.floor(x0)), int(np.floor(y0))
     image = image.crop((left, top, int(np.ceil(x1)), int(np.ceil(y1))))  # outside the window stays black
     window = np.array([[(x1 - x0) / n, 0, x0 - left], [0, (y1 - y0) / n, y0 - top], [0, 0, 1]])

@@ -118,7 +118,7 @@ def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
   if not isinstance(saved, dict) or not all(k in saved for k in ("scheme", "model", "data")):
     p.error(f"{path} is not a run config (no scheme, model and data): --workdir must be the folder a training run "
             "wrote")
-  cfg = ml_collections.ConfigDict(saved)
+  cfg = ml_collections.ConfigDict(config_lib.backfill(saved))
   cfg.lock()
   for key, text in pairs:
     if key.startswith(FIXED_BY_CHECKPOINT) and key not in FREE_IN_A_RUN and key in config_lib.flat_keys(cfg):

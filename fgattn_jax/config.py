@@ -165,6 +165,34 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
   return pairs, rest
 
 
+# Keys added after runs were already trained, with the value that reproduces how a run saved without them was
+# trained: backfill() gives an older run's config.json these, so that it still evaluates and resumes.
+ADDED_KEYS = {
+    "model.block": "",  # He et al.'s BasicBlock CIFAR ResNets
+    "model.dropout": None,  # each family's default
+    "data.augment.crop": "resize",
+    "data.augment.crop_area": (0.08, 1.0),
+    "data.augment.crop_ratio": (3 / 4, 4 / 3),
+    "data.augment.eval_rotation": 0.0,
+    "data.split": {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0},  # the folder tree's fixed 80/10/10 split
+    "data.top_classes": 0,
+}
+
+
+def backfill(saved: dict) -> dict:
+  """A run config read back from JSON (nested dicts) with every ADDED_KEYS entry it lacks set to its value."""
+  for key, value in ADDED_KEYS.items():
+    *groups, name = key.split(".")
+    node = saved
+    for g in groups:
+      node = node.setdefault(g, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      node.setdefault(name, value)
+  return saved
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Refuses values of the right type that cannot work, before anything is built: otherwise they surface as a
   division by zero or an error inside a data thread, far from the key that caused them."""
@@ -179,6 +207,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   check("data.resize_size", d.resize_size >= d.image_size,
         f"must be at least data.image_size={d.image_size} (the crop is taken from the resized image)")
   check("data.augment.pad", d.augment.pad >= 0, "must be 0 or more")
+  check("data.augment.crop", d.augment.crop in ("resize", "random_resized"), "use 'resize' or 'random_resized'")
+  check("data.augment.eval_rotation", d.augment.eval_rotation >= 0, "must be 0 or more (degrees either way)")
+  check("data.top_classes", d.top_classes >= 0, "must be 0 (every class) or more")
+  fractions = (d.split.val_fraction, d.split.test_fraction)
+  check("data.split.val_fraction", min(fractions) >= 0 and sum(fractions) < 1,
+        f"must be 0 or more and leave, with data.split.test_fraction={d.split.test_fraction}, some of each class "
+        "to train on")
+  check("model.block", cfg.model.block in ("", "basic", "bottleneck", "auto"),
+        "use 'basic', 'bottleneck' or 'auto' (CIFAR ResNets), or '' for the backbone's own")
   check("data.num_workers", d.num_workers >= 0,
         "must be 0 (decode in threads of the main process) or more (decoding processes per host)")
   for name in cfg.phase_order:

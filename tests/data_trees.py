@@ -4,7 +4,7 @@ Every writer takes the folder to write into (and a few options), writes real JPE
 Aircraft 52 high, of which the bottom 20 rows are the banner) with the annotation files of that layout, and
 returns one dict per image it wrote:
 
-    {"path": Path of the image file, "split": "train" | "val" | "test" (None for an unsplit ImageFolder),
+    {"path": Path of the image file, "split": "train" | "val" | "test" (None: unsplit ImageFolder, Landmarks),
      "label": int (0-based), "class_name": str,
      "box": (x0, y0, x1, y1) in continuous pixels as the source should give it, or None (unknown),
      "parts": (num_parts, 2) float array with NaN rows for invisible parts, or None}
@@ -228,4 +228,51 @@ def write_image_folder(root, counts: dict[str, int] | None = None, splits=None) 
         written.append({"path": path, "split": split, "label": k, "class_name": name, "box": None, "parts": None})
       (base / name / "notes.txt").write_text("not an image")
       (base / name / "._img000.jpg").write_bytes(b"AppleDouble junk")
+  return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def landmark_category(landmark_id: int) -> str:
+  """The category name write_landmarks gives a landmark. Sorted, these names are not in landmark_id order (an even
+  id's comes before every odd one's); their URLs percent-encode some characters, as the real file's do."""
+  return f"{'Église' if landmark_id % 2 else 'Abbaye'}_{landmark_id}_(view)"
+
+
+def landmark_image_id(landmark_id: int, j: int) -> str:
+  """A 16-hex-digit image id, as the real data set's, the same on every call."""
+  import hashlib
+  return hashlib.md5(f"{landmark_id}-{j}".encode()).hexdigest()[:16]
+
+
+def write_landmarks(root, counts: dict[int, int], present: dict[int, int] | None = None,
+                    categories: bool = True) -> list[dict]:
+  """Google Landmarks v2's train set: root/train.csv (id,url,landmark_id) listing counts[landmark_id] images of
+  each landmark, its rows shuffled as in the real file, and the images at root/train/<a>/<b>/<c>/<id>.jpg.
+  present: {landmark_id: how many of its listed images are written} (the rest are listed but absent, as after
+  downloading only some of the tars); None: all. categories: also write train_label_to_category.csv (class names
+  landmark_category(id), else the landmark_id). The data set's root is root. Labels number the landmarks with a
+  written image in ascending landmark_id order; every dict has split None and also "id" and "landmark_id"."""
+  from urllib.parse import quote
+
+  root = Path(root)
+  present = counts if present is None else present
+  classes = sorted(k for k in counts if min(present.get(k, 0), counts[k]) > 0)
+  written, rows = [], []
+  for landmark_id in sorted(counts):
+    for j in range(counts[landmark_id]):
+      image_id = landmark_image_id(landmark_id, j)
+      rows.append(f"{image_id},https://upload.wikimedia.org/x/{image_id}.jpg,{landmark_id}")
+      if j < present.get(landmark_id, 0):
+        path = write_jpeg(root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg",
+                          seed=landmark_id * 7 + j)
+        name = landmark_category(landmark_id) if categories else str(landmark_id)
+        written.append({"path": path, "split": None, "label": classes.index(landmark_id), "class_name": name,
+                        "box": None, "parts": None, "id": image_id, "landmark_id": landmark_id})
+  order = np.random.default_rng(0).permutation(len(rows))
+  _lines(root / "train.csv", ["id,url,landmark_id"] + [rows[i] for i in order])
+  if categories:
+    _lines(root / "train_label_to_category.csv", ["landmark_id,category"] + [
+        f"{k},http://commons.wikimedia.org/wiki/Category:{quote(landmark_category(k))}" for k in sorted(counts)])
   return written

@@ -196,6 +196,22 @@ def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
   assert cli.checkpoint_arg("best") == "best" and cli.checkpoint_arg("1200") == "1200"
 
 
+def test_a_run_saved_before_keys_were_added_reads_with_the_values_it_was_trained_with(run_dir):
+  """config.ADDED_KEYS: a run trained before a key existed opens with the value that reproduces its training."""
+  from fgattn_jax.config import ADDED_KEYS
+  cfg = json.loads((run_dir / "config.json").read_text())
+  for key in ADDED_KEYS:
+    *groups, name = key.split(".")
+    node = cfg
+    for g in groups:
+      node = node[g]
+    del node[name]
+  (run_dir / "config.json").write_text(json.dumps(cfg))
+  run = cli.run_config(cli.parser("test", "", []), str(run_dir), [])
+  assert (run.model.block, run.model.dropout, run.data.augment.crop, run.data.top_classes) == ("", None, "resize", 0)
+  assert (run.data.split.val_fraction, run.data.split.test_fraction, run.data.augment.eval_rotation) == (0.1, 0.1, 0)
+
+
 @pytest.mark.parametrize("scheme, key, stage", [("abn", "abn.branch", "conv4_2"),
                                                 ("macnn", "macnn.feature_stage", "conv3_2")])
 def test_a_vgg_stage_left_in_a_config_switched_to_resnet_names_its_key(capsys, monkeypatch, tmp_path, scheme, key,

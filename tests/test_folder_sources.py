@@ -338,7 +338,7 @@ def test_malformed_annotation(tmp_path):
 
 def test_registry(tmp_path):
   trees.write_cub(tmp_path)
-  assert set(FOLDER_SOURCES) == {"cub", "aircraft", "cars", "dogs", "folder"}
+  assert set(FOLDER_SOURCES) == {"cub", "aircraft", "cars", "dogs", "folder", "landmarks"}
   assert set(ALIASES.values()) <= set(FOLDER_SOURCES)
   assert len(open_folder_source("cub", tmp_path, "test")) == 3
   assert len(open_folder_source("cub200", tmp_path, "train")) == 6

@@ -154,3 +154,63 @@ def test_a_crop_at_the_far_edge_survives_the_rounded_resize():
                              (683 - 448, 0))
   assert out.shape == (448, 448, 3)
   assert 444 < p[0, 0] < 448 and out[int(p[0, 1]), int(p[0, 0]), 1] > 150
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_resized_crop_keeps_points_and_box_on_their_pixels(seed):
+  img, box, parts = planted()
+  aug = T.Augment(resize=128, size=112, flip=True, crop="random_resized", crop_area=(0.3, 1.0))
+  out, b, p = T.train(img, box, parts, aug, np.random.default_rng(seed))
+  assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+  for x, y in p:
+    if not np.isnan(x) and min(x, y, 112 - x, 112 - y) >= 4:
+      assert out[int(y), int(x), 1] > 150 and out[int(y), int(x), 0] < 100, (x, y)
+  red = (out[..., 0] > 128) & (out[..., 1] < 100)
+  if red.sum() > 20:  # the box is in the window: it is tight around its red pixels
+    rows, cols = np.nonzero(red)
+    for edge, seen in zip(b, (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)):
+      assert abs(edge - seen) < 3 or edge in (0, 112)
+
+
+def test_random_resized_crop_draws_torchvisions_window():
+  """The window's area fraction is uniform on crop_area and its aspect ratio log-uniform on crop_ratio (torchvision's
+  RandomResizedCrop), anywhere in the image; an impossible draw falls back to the centre window."""
+  img = np.zeros((300, 400, 3), np.uint8)
+  windows = np.array([T._random_resized_region(img, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(s))
+                      for s in range(2000)])
+  w, h = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
+  area, aspect = w * h / (300 * 400), w / h
+  assert (windows[:, :2] >= 0).all() and (windows[:, 2] <= 400).all() and (windows[:, 3] <= 300).all()
+  assert area.min() < 0.1 and area.max() > 0.9 and 0.4 < np.median(area) < 0.6  # not the resize crop's fixed area
+  assert np.all((aspect > 3 / 4 - 0.02) & (aspect < 4 / 3 + 0.02))
+  assert windows[:, 0].std() > 30 and windows[:, 1].std() > 20  # placed anywhere
+  # A 1000 x 10 strip admits no window of ratio 3/4..4/3 and area >= 0.9: the centre 13 x 10 window.
+  strip = np.zeros((10, 1000, 3), np.uint8)
+  x0, y0, x1, y1 = T._random_resized_region(strip, (0.9, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
+  assert (x1 - x0, y1 - y0) == (13, 10) and x0 == (1000 - 13) // 2
+  with pytest.raises(ValueError, match="crop='random_resized'"):
+    T.Augment(resize=128, size=112, crop="random_resized", pad=4)
+  with pytest.raises(ValueError, match="data.augment.crop='random'"):
+    T.Augment(resize=128, size=112, crop="random")
+
+
+def test_evaluation_rotation_turns_the_centre_crop_with_its_coordinates():
+  img, box, parts = planted()
+  plain = T.Augment(resize=112, size=112)
+  turned = T.Augment(resize=112, size=112, eval_rotation=45)
+  ref = T.evaluate(img, box, parts, plain)
+  angles = set()
+  for seed in range(6):
+    out, b, p = T.evaluate(img, box, parts, turned, np.random.default_rng(seed))
+    again = T.evaluate(img, box, parts, turned, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out, again[0])  # the same example's angle every pass
+    assert not np.array_equal(out, ref[0])
+    for x, y in p[:2]:
+      assert out[int(y), int(x), 1] > 150 and out[int(y), int(x), 0] < 100, (x, y)  # the dots turned with them
+    # The turned point lies at the reference point's distance from the centre.
+    np.testing.assert_allclose(np.linalg.norm(p[:2] - 56, axis=1), np.linalg.norm(ref[2][:2] - 56, axis=1),
+                               rtol=1e-4)
+    angles.add(round(float(np.degrees(np.arctan2(*(p[0] - 56)[::-1]) - np.arctan2(*(ref[2][0] - 56)[::-1]))), 1))
+  assert len(angles) == 6
+  with pytest.raises(ValueError, match="eval_rotation"):
+    T.evaluate(img, box, parts, turned)

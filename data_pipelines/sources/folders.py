@@ -1,5 +1,5 @@
 """Data sets read from their own folder layouts, as downloaded and extracted: CUB-200-2011, FGVC-Aircraft,
-Stanford Cars, Stanford Dogs, and a generic tree of one folder per class.
+Stanford Cars, Stanford Dogs, Google Landmarks v2, and a generic tree of one folder per class.
 
 Each is a grain random-access source (see base.py), made as `Cls(root, split, **options)`. Annotation files are
 parsed once in __init__; __getitem__ only reads an image's bytes and `load_image` decodes them, so a corrupt
@@ -12,8 +12,11 @@ its part points are used as they are.
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import numpy as np
 
 from data_pipelines.sources.base import DataError, Source, check_nonempty, decode_image
 from data_pipelines.splits import stratified_split
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Folders that are never classes: hidden ones, and what unpacking a macOS archive leaves beside the data.
@@ -157,12 +162,47 @@ def _check_classes_have_images(root: Path, class_names: list[str], folders: list
                     f" {shown}. Add their images or remove the folders: each folder is a class.")
 
 
+def _check_fractions(title: str, val_fraction: float, test_fraction: float) -> None:
+  """The split of a data set that ships without one (configs/common.py: data.split)."""
+  if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    raise DataError(f"{title}: val_fraction {val_fraction} and test_fraction {test_fraction} must be non-negative and "
+                    "leave some of each class for training: set --config.data.split.val_fraction and "
+                    "--config.data.split.test_fraction (e.g. 0.1 each)")
+
+
+def _check_top_classes(title: str, top_classes: int) -> None:
+  if isinstance(top_classes, bool) or not isinstance(top_classes, (int, np.integer)) or top_classes < 0:
+    raise DataError(f"{title}: top_classes={top_classes!r} must be a whole number, 0 (every class) or more: set "
+                    "--config.data.top_classes")
+
+
+def _top_classes(counts, top_classes: int) -> list[int]:
+  """Indices (ascending) of the `top_classes` entries with the largest counts, ties to the earlier entry; all if
+  top_classes is 0 or not below their number."""
+  if not top_classes or top_classes >= len(counts):
+    return list(range(len(counts)))
+  return sorted(sorted(range(len(counts)), key=lambda k: (-counts[k], k))[:top_classes])
+
+
+def _stratified_pick(labels, split: str, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+  """The sorted indices of `split` ('train', 'val', 'test' or 'trainval' = train + val) in the class-stratified split
+  of `labels`: the same for every process and call given the same labels, fractions and seed."""
+  parts = stratified_split(labels, {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
+                                    "test": test_fraction}, seed)
+  return np.sort(np.concatenate([parts["train"], parts["val"]])) if split == "trainval" else parts[split]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The common source: a list of image files with labels and, where known, boxes and parts.
 
 
 class _FileSource(Source):
   """Subclasses parse their annotations and call _set(); examples are then read from the file list."""
+
+  # True for the data sets that may ship without a split: they take val_fraction, test_fraction, seed and top_classes
+  # (pipeline.open_source passes config.data.split and config.data.top_classes to them, and refuses top_classes for
+  # the others, whose classes and splits are fixed by their annotations).
+  makes_split = False
 
   def _set(self, split, location, paths, labels, class_names, boxes=None, parts=None):
     self.split, self.location = split, str(location)
@@ -193,6 +233,10 @@ class _FileSource(Source):
     return self._labels
 
   def describe(self, index: int) -> str:
+    return self._paths[index]
+
+  def path(self, index: int) -> str:
+    """The image file of example `index` (fgattn_jax.write_split links or copies it)."""
     return self._paths[index]
 
   def _example(self, index: int) -> dict:
@@ -413,23 +457,31 @@ class ImageFolder(_FileSource):
   images is refused, __MACOSX and hidden folders are not classes). If root has
   train/, val/ or test/ folders, each holds its own <class>/<image> tree (labels follow the union of their
   class folders, so they agree across splits). Otherwise the whole root/<class>/<image> tree is split per class
-  with `stratified_split`: test_fraction and val_fraction of each class, the rest train."""
+  with `stratified_split`: test_fraction and val_fraction of each class, the rest train.
+  top_classes > 0 keeps the classes with the most images (over every split folder; ties to the earlier name)."""
 
   name = "folder"
   SPLIT_DIRS = ("train", "val", "test")
+  makes_split = True
 
-  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
+  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+               top_classes: int = 0):
     root = _root(root, "image folder")
     layout = ("one folder per class holding its images, root/<class>/<image>.jpg, or root/<split>/<class>/<image> "
               f"with split in {', '.join(self.SPLIT_DIRS)}; set --config.data.root=/path/to/root")
     if not root.is_dir():
       raise DataError(f"image folder: {root} does not exist. Expected {layout}")
+    _check_top_classes("image folder", top_classes)
     present = [s for s in self.SPLIT_DIRS if (root / s).is_dir()]
     if present:
       valid = present + (["trainval"] if {"train", "val"} <= set(present) else [])
       _check_split(self, split, valid)
       class_names = sorted(set().union(*(_subfolders(root / s) for s in present)))
       _check_classes_have_images(root, class_names, [root / s for s in present])
+      if top_classes:  # counted over every split folder, so that each split keeps the same classes
+        counts = [sum(sum(1 for _ in _walk_images(root / s / c)) for s in present if (root / s / c).is_dir())
+                  for c in class_names]
+        class_names = [class_names[k] for k in _top_classes(counts, top_classes)]
       paths, labels = [], []
       for s in (["train", "val"] if split == "trainval" else [split]):
         for k, c in enumerate(class_names):
@@ -438,36 +490,158 @@ class ImageFolder(_FileSource):
           labels += [k] * len(files)
     else:
       _check_split(self, split, self.SPLIT_DIRS + ("trainval",))
-      if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise DataError(f"image folder: val_fraction {val_fraction} and test_fraction {test_fraction} must be "
-                        "non-negative and leave some of each class for training")
+      _check_fractions("image folder", val_fraction, test_fraction)  # (the split folders' own split needs none)
       class_names = _subfolders(root)
       if not class_names:
         raise DataError(f"image folder: no class folders in {root}. Expected {layout}")
       _check_classes_have_images(root, class_names, [root])
-      paths, labels = [], []
-      for k, c in enumerate(class_names):
-        files = _image_files(root / c)
-        paths += files
-        labels += [k] * len(files)
-      parts = stratified_split(labels, {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
-                                        "test": test_fraction}, seed)
-      keep = np.sort(np.concatenate([parts["train"], parts["val"]])) if split == "trainval" else parts[split]
+      files = [_image_files(root / c) for c in class_names]
+      kept = _top_classes([len(f) for f in files], top_classes)
+      class_names, files = [class_names[k] for k in kept], [files[k] for k in kept]
+      paths = [p for f in files for p in f]
+      labels = [k for k, f in enumerate(files) for _ in f]
+      keep = _stratified_pick(labels, split, val_fraction, test_fraction, seed)
       paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     self._set(split, root, paths, labels, class_names)
 
 
+GLDV2_URL = "https://github.com/cvdfoundation/google-landmark"
+
+
+class Landmarks(_FileSource):
+  """Google Landmarks v2 (the train set): root holds train.csv (id,url,landmark_id; the urls are never fetched) and
+  the images, train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg, as the release's images_NNN.tar extract inside train/. Often
+  only some of the 500 tars are there: the examples are the listed images that are present (found by one walk of
+  train/, not 4M file checks). It ships no labelled val or test split: the present images are split per class with
+  `stratified_split` (like ImageFolder's unsplit tree), in the order of their sorted paths, so the split does not
+  depend on train.csv's row order. top_classes > 0 keeps the landmarks with the most present images (ties to the
+  smaller landmark_id). Labels follow ascending landmark_id; class names are the last part of the category in
+  train_label_to_category.csv where it is there ('http://commons.wikimedia.org/wiki/Category:Foo_Bar' -> 'Foo_Bar'),
+  else the landmark_id. An id listed twice counts once (its first row)."""
+
+  name = "landmarks"
+  SPLITS = ("train", "val", "test", "trainval")
+  makes_split = True
+  TITLE = "Google Landmarks v2"
+  LAYOUT = ("train.csv (header id,url,landmark_id) and the images at train/<a>/<b>/<c>/<id>.jpg, a, b and c being "
+            "the id's first three characters (each images_NNN.tar extracted inside train/)")
+
+  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+               top_classes: int = 0):
+    _check_split(self, split, self.SPLITS)
+    base = _root(root, self.TITLE, GLDV2_URL)
+    _check_fractions(self.TITLE, val_fraction, test_fraction)
+    _check_top_classes(self.TITLE, top_classes)
+    listing = base / "train.csv"
+    if not listing.is_file():
+      problem = f"{base} does not exist" if not base.is_dir() else f"{base} has no train.csv"
+      raise DataError(f"{self.TITLE} not found: {problem}. Expected in the data root: {self.LAYOUT}. Download "
+                      f"train.csv and some or all of the image tars from {GLDV2_URL}, extract the tars inside "
+                      "root/train/ and point the config at the root: --config.data.root=/path/to/gldv2")
+    present = self._present(base / "train")
+    landmark_of, absent, again = self._listing(listing, present)
+    ids = [i for i in present if i in landmark_of]  # sorted path order: the walk's, not the csv's
+    if not ids:
+      raise DataError(f"{self.TITLE}: none of the images {listing} lists is in {base / 'train'} (found "
+                      f"{len(present)} .jpg files there). Expected {self.LAYOUT}. Download the image tars from "
+                      f"{GLDV2_URL}, extract them inside {base / 'train'}, and point the config at the folder holding "
+                      "train.csv and train/: --config.data.root=/path/to/gldv2")
+    log.info("%s: %d of the %d images listed in %s are present; %d are absent (not under %s)%s%s", self.TITLE,
+             len(ids), len(ids) + absent, listing, absent, base / "train",
+             f"; {again} rows list an image again (its first row counts)" if again else "",
+             f"; {len(present) - len(ids)} .jpg files there are not listed (ignored)" if len(present) > len(ids)
+             else "")
+    landmark = np.fromiter((landmark_of[i] for i in ids), np.int64, len(ids))
+    classes, counts = np.unique(landmark, return_counts=True)  # ascending landmark_id
+    classes = classes[_top_classes(counts.tolist(), top_classes)]
+    if len(classes) < len(counts):
+      keep = np.flatnonzero(np.isin(landmark, classes))
+      ids, landmark = [ids[i] for i in keep], landmark[keep]
+    labels = np.searchsorted(classes, landmark)
+    keep = _stratified_pick(labels, split, val_fraction, test_fraction, seed)
+    names = self._class_names(base / "train_label_to_category.csv", classes)
+    self.landmark_ids = classes.tolist()  # label k is landmark_ids[k]
+    self.absent = absent  # images train.csv lists that are not there
+    self._set(split, base, [os.path.join(present[ids[i]], ids[i] + ".jpg") for i in keep], labels[keep], names)
+
+  @staticmethod
+  def _present(folder: Path) -> dict[str, str]:
+    """{image id: the folder holding <id>.jpg} under folder, in sorted path order (one walk; the first of an id
+    found twice)."""
+    present = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+      dirnames[:] = sorted(d for d in dirnames if not _leftover(d))
+      for f in sorted(filenames):
+        if f.endswith(".jpg") and not f.startswith("."):
+          present.setdefault(f[:-4], dirpath)
+    return present
+
+  @classmethod
+  def _listing(cls, path: Path, present: dict) -> tuple[dict[str, int], int, int]:
+    """train.csv -> ({present id: landmark_id}, rows of absent images, rows repeating a present id)."""
+    landmark_of, absent, again = {}, 0, 0
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.reader(f)
+      header = [h.strip() for h in next(reader, [])]
+      if "id" not in header or "landmark_id" not in header:
+        raise DataError(f"{path}: the header is {','.join(header)!r}, not id,url,landmark_id: expected the v2 "
+                        f"release's train.csv ({GLDV2_URL}; train_clean.csv has another layout)")
+      i, j = header.index("id"), header.index("landmark_id")
+      width = max(i, j) + 1
+      for row in reader:
+        if not row:
+          continue
+        if len(row) < width:
+          raise DataError(f"{path}, line {reader.line_num}: expected {len(header)} fields ({','.join(header)}), got "
+                          f"{','.join(row)!r}")
+        image_id = row[i]
+        if image_id not in present:
+          absent += 1
+        elif image_id in landmark_of:
+          again += 1
+        else:
+          try:
+            landmark_of[image_id] = int(row[j])
+          except ValueError:
+            raise DataError(f"{path}, line {reader.line_num}: landmark_id {row[j]!r} is not a number") from None
+    return landmark_of, absent, again
+
+  @staticmethod
+  def _class_names(path: Path, classes: np.ndarray) -> list[str]:
+    """Each landmark's category name from train_label_to_category.csv, or its id (no file, or no row for it)."""
+    names = {}
+    if path.is_file():
+      with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if "landmark_id" not in header or "category" not in header:
+          raise DataError(f"{path}: the header is {','.join(header)!r}, not landmark_id,category: restore the "
+                          f"release's file ({GLDV2_URL}) or remove it (classes are then named by landmark_id)")
+        i, j = header.index("landmark_id"), header.index("category")
+        for row in reader:
+          if len(row) > max(i, j) and row[i].strip().lstrip("-").isdigit():
+            last = urllib.parse.unquote(row[j].strip().rstrip("/").rsplit("/", 1)[-1])
+            names.setdefault(int(row[i]), re.sub(r"^Category:", "", last) or row[i].strip())
+    return [names.get(int(k), str(int(k))) for k in classes]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
-FOLDER_SOURCES = {"cub": CUB, "aircraft": Aircraft, "cars": Cars, "dogs": Dogs, "folder": ImageFolder}
+FOLDER_SOURCES = {"cub": CUB, "aircraft": Aircraft, "cars": Cars, "dogs": Dogs, "folder": ImageFolder,
+                  "landmarks": Landmarks}
 # The names configs/common.py gives the layouts (c.data.name) open the same sources.
 ALIASES = {"cub200": "cub", "fgvc_aircraft": "aircraft", "stanford_cars": "cars", "stanford_dogs": "dogs",
-           "imagefolder": "folder"}
+           "imagefolder": "folder", "gldv2": "landmarks", "google_landmarks": "landmarks"}
+
+
+def folder_source_class(name: str) -> type:
+  """The source class of layout `name` (a key of FOLDER_SOURCES or ALIASES)."""
+  key = ALIASES.get(name, name)
+  if key not in FOLDER_SOURCES:
+    raise DataError(f"unknown folder layout {name!r}; known: {', '.join(FOLDER_SOURCES)}")
+  return FOLDER_SOURCES[key]
 
 
 def open_folder_source(name: str, root, split: str, **options) -> Source:
   """The source of layout `name` (a key of FOLDER_SOURCES or ALIASES) for one split."""
-  key = ALIASES.get(name, name)
-  if key not in FOLDER_SOURCES:
-    raise DataError(f"unknown folder layout {name!r}; known: {', '.join(FOLDER_SOURCES)}")
-  return FOLDER_SOURCES[key](root, split, **options)
+  return folder_source_class(name)(root, split, **options)

@@ -94,8 +94,8 @@ class _Stop:
 
 # The settings that make a run's checkpoints what they are: a run resumed with other values of these could not
 # load them, or would continue another plan. Everything else (data paths, learning rates, logging) may change.
-FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "data.num_classes", "phase_order",
-                   "cycles", "abn", "macnn", "racnn")
+FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "model.block", "data.num_classes",
+                   "phase_order", "cycles", "abn", "macnn", "racnn")
 
 
 def check_resumable(config, workdir: str) -> list[str]:
@@ -111,7 +111,7 @@ def check_resumable(config, workdir: str) -> list[str]:
     return {k: config_lib.lookup(cfg, k) for k in config_lib.flat_keys(cfg)}
   try:
     with open(path) as f:
-      old = flat(ml_collections.ConfigDict(json.load(f)))
+      old = flat(ml_collections.ConfigDict(config_lib.backfill(json.load(f))))
   except ValueError as e:
     raise ConfigError(f"{path} is not readable ({e}), so whether this config fits the checkpoints beside it cannot be "
                       "checked: restore it (or delete it if this command's settings are the run's own).") from None
