@@ -5,6 +5,9 @@
     python -m fgattn_jax.train --config configs/baseline.py:cub --config.data.root=/data/CUB_200_2011 \\
         --config.model.pretrained=/weights/vgg19-dcbb9e9d.pth --workdir workdirs/cub_vgg19
     python -m fgattn_jax.train --config configs/baseline.py:cifar100 --config.model.backbone=resnet110
+    python -m fgattn_jax.train --config configs/baseline.py:landmarks --config.data.root=/data/gldv2 \
+        --config.model.pretrained=/weights/vgg16-397923af.pth --workdir workdirs/landmarks_vgg16
+    python -m fgattn_jax.evaluate --workdir workdirs/landmarks_vgg16 --split test --checkpoint best
 
 The fine-grained presets fine-tune VGG-19 at 448 from ImageNet weights (model.pretrained: a torchvision
 file you have), new layers at 10x the learning rate, after a short classifier-only warm-up.
@@ -21,6 +24,8 @@ PRESETS = {
     "dogs": "Stanford Dogs at 448, VGG-19 from ImageNet weights",
     "cifar10": "CIFAR-10 at 32, CIFAR ResNet-56 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
     "cifar100": "CIFAR-100 at 32, CIFAR ResNet-110 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
+    "landmarks": "the landmark recipe: Google Landmarks v2's 100 largest classes split 70/15/15, ImageNet VGG-16 "
+                 "with frozen features and a dropout classifier (common.landmark_recipe)",
 }
 
 
@@ -31,6 +36,8 @@ def get_config(arg=None):
     return common.cpu_sized(c)
   if arg == "detail":
     return common.detail_task(c, full_resolution=False)
+  if arg == "landmarks":
+    return common.landmark_recipe(c)
   common.use_dataset(c, arg)
   if arg in ("cifar10", "cifar100"):
     c.model.backbone = "resnet56" if arg == "cifar10" else "resnet110"

@@ -1,6 +1,7 @@
 """Attention Branch Network (Fukui et al., CVPR 2019) on any registry backbone.
 
-    g(x)   the backbone's stages up to and including the branch stage (the feature extractor)
+    g(x)   the backbone's stages up to and including the branch stage (the feature extractor); for a VGG, branch
+           'pool5' is the last block followed by its 2x2 max pool (pool5: the 7x7 map at 224)
     attention branch   a copy of the next stage with stride 1 (none when the branch is the last stage)
                        -> BN -> 1x1 conv to K -> BN -> ReLU, then
                           logits: 1x1 conv K -> K -> global average pool
@@ -28,6 +29,7 @@ from fgattn_jax.models.backbone import Backbone, output_width
 
 # The branch point by family: the stage after which the attention branch starts.
 DEFAULT_BRANCH = {"vgg": -1, "resnet": 3, "cifar": 2}  # VGG: the last conv block; ResNet: layer3; CIFAR: layer2
+AFTER_POOL = "pool5"  # a VGG's branch after its last pooling: the perception branch is then the head alone
 
 
 def default_branch(backbone_name: str) -> int:
@@ -37,7 +39,11 @@ def default_branch(backbone_name: str) -> int:
 
 
 def stride_one(stage: nnx.Module) -> nnx.Module:
-  """A stage's copy that keeps its input's resolution: every strided conv at stride 1, no VGG pooling."""
+  """A stage's copy that keeps its input's resolution: every strided conv at stride 1, no VGG pooling. A WRN's
+  closing BN-ReLU (which belongs to the network's end, before its pool: wideresnet.py) is left out: the branch's
+  own BN follows the blocks (as in ABN's code)."""
+  if getattr(stage, "final_bn", None) is not None:
+    stage.final_bn = None
   for _, node in nnx.iter_graph(stage):
     if isinstance(node, nnx.Conv) and tuple(node.strides) != (1, 1):
       node.strides = (1, 1)
@@ -52,7 +58,10 @@ class ABN(nnx.Module):
                map_kernel: int = 1, residual: bool = True, freeze_extractor: bool = False, rngs: nnx.Rngs):
     if map_kernel not in (1, 3):
       raise ValueError(f"abn.map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
-    self.branch = backbone.stage_index(branch, "abn.branch")
+    self.after_pool = branch == AFTER_POOL
+    if self.after_pool and not isinstance(backbone, vgg.VGG):
+      raise ValueError(f"abn.branch {AFTER_POOL!r} is a VGG's last pooling; {type(backbone).__name__} has none")
+    self.branch = len(backbone.stages) - 1 if self.after_pool else backbone.stage_index(branch, "abn.branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)
     dtype = backbone.compute_dtype
@@ -66,7 +75,7 @@ class ABN(nnx.Module):
     nxt = self.branch + 1
     self.att_stage = stride_one(nnx.clone(backbone.stages[nxt])) if nxt < len(backbone.stages) else None
     self.copy_attention_stage()
-    channels = output_width(self, lambda m, x: m._attention_input(m.backbone.features(x, stop=nxt)[0]))
+    channels = output_width(self, lambda m, x: m._attention_input(m._extract(x)[0]))
     k, t = sum(self.tasks), len(self.tasks)
     norm = lambda c: layers.BatchNorm(c, dtype=dtype, rngs=rngs)  # noqa: E731
     self.bn_att = norm(channels)
@@ -81,6 +90,11 @@ class ABN(nnx.Module):
     else:
       self.task_heads = None
 
+  def _extract(self, x):
+    """g(x) and the backbone's stage outputs up to it."""
+    g, feats = self.backbone.features(x, stop=self.branch + 1)
+    return (layers.max_pool(g, 2, 2) if self.after_pool else g), feats
+
   def _attention_input(self, g):
     return g if self.att_stage is None else self.att_stage(g)
 
@@ -88,7 +102,7 @@ class ABN(nnx.Module):
     """-> {'logits': perception logits, 'attention_logits': attention-branch logits, 'attention': maps (B, h, w, T)
     in [0, 1] at the branch stage's resolution, 'features': the backbone's named stages}. In multi-task mode
     both logits are lists, one (B, K_t) array per task."""
-    g, feats = self.backbone.features(x, stop=self.branch + 1)
+    g, feats = self._extract(x)
     a = layers.relu(self.bn_att2(self.att_conv(self.bn_att(self._attention_input(g)))))
     att_logits = layers.global_avg_pool(self.att_logits(a)).astype(jnp.float32)
     maps = jax.nn.sigmoid(self.bn_att3(self.att_map(a)).astype(jnp.float32))
@@ -97,7 +111,7 @@ class ABN(nnx.Module):
     h = (g * (1 + m) if self.residual else g * m).reshape(t * b, *g.shape[1:])
     h, rest = self.backbone.features(h, start=self.branch + 1)
     feats.update({k: v[:b] for k, v in rest.items()})
-    pre_logits, logits = self.backbone.head(h)
+    pre_logits, logits = self.backbone.head(h, pooled=True) if self.after_pool else self.backbone.head(h)
     feats["pre_logits"] = pre_logits[:b]
     out = {"attention": maps, "features": feats}
     if self.task_heads is None:
@@ -116,4 +130,6 @@ class ABN(nnx.Module):
     """Re-initialises the attention stage from the backbone stage it copies (after loading pretrained weights)."""
     if self.att_stage is not None:
       # Copies of the arrays: two variables on one buffer would make the donated train step fail.
-      nnx.update(self.att_stage, jax.tree.map(jnp.copy, nnx.state(self.backbone.stages[self.branch + 1])))
+      source = nnx.to_flat_state(nnx.state(self.backbone.stages[self.branch + 1]))
+      mine = {path for path, _ in nnx.to_flat_state(nnx.state(self.att_stage))}  # without what stride_one left out
+      nnx.update(self.att_stage, jax.tree.map(jnp.copy, nnx.from_flat_state([(p, v) for p, v in source if p in mine])))

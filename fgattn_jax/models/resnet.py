@@ -1,6 +1,11 @@
 """ResNets: torchvision's ImageNet ResNet-18..152 (v1.5: stride on the 3x3 convolution) and the CIFAR
 ResNet-20..110 of He et al. 2016 (3x3 stem, three stages of 16/32/64 channels, projection shortcuts).
 
+A CIFAR ResNet-d has n = (d - 2) / 6 blocks per stage. `block` picks them: 'basic' (He et al.: two 3x3 convs,
+final width 64), 'bottleneck' (1x1, 3x3, 1x1 convs, 4x wider out: final width 256 and 9n + 2 weighted layers, so
+ABN's code's ResNet-110 is He et al.'s 164-layer network), or 'auto', the rule of ABN's (and its base,
+pytorch-classification's) code: Bottleneck from depth 44 up. Both ResNet-110s have about 1.7M parameters.
+
 Named features: 'stem' (after the stem's pooling for ImageNet ResNets), 'layer1'..'layer4' (or
 'layer3' for CIFAR), each the output of its stage; 'pre_logits' the pooled vector.
 """
@@ -19,6 +24,7 @@ IMAGENET_DEPTHS = {  # (block kind, blocks per stage)
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
 CIFAR_DEPTHS = {f"resnet{d}": (d - 2) // 6 for d in (20, 32, 44, 56, 110)}
+CIFAR_BLOCKS = ("basic", "bottleneck", "auto")  # 'auto': ABN's code, Bottleneck from depth 44
 
 
 class Downsample(nnx.Module):
@@ -111,14 +117,24 @@ class LinearHead(nnx.Module):
 
 class ResNet(Backbone):
 
-  def __init__(self, depth_name: str, num_classes: int, *, width: float = 1.0, frozen_bn: bool = False,
-               freeze_features: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, depth_name: str, num_classes: int, *, width: float = 1.0, block: str = "",
+               dropout: float | None = None, frozen_bn: bool = False, freeze_features: bool = False,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    """block: CIFAR ResNets only, one of CIFAR_BLOCKS ('' = 'basic'); dropout: before the class layer."""
     imagenet = depth_name in IMAGENET_DEPTHS
     if imagenet:
+      if block:
+        raise ValueError(f"{depth_name}'s blocks are fixed (torchvision's); a block choice ({block!r}) applies to "
+                         f"the CIFAR ResNets ({', '.join(CIFAR_DEPTHS)}) only: leave it empty")
       kind, counts = IMAGENET_DEPTHS[depth_name]
       block, planes = (BasicBlock if kind == "basic" else Bottleneck), (64, 128, 256, 512)
     else:
-      block, counts, planes = BasicBlock, (CIFAR_DEPTHS[depth_name],) * 3, (16, 32, 64)
+      block = block or "basic"
+      if block not in CIFAR_BLOCKS:
+        raise ValueError(f"CIFAR ResNet block {block!r}: use one of {', '.join(CIFAR_BLOCKS)}")
+      n = CIFAR_DEPTHS[depth_name]
+      bottleneck = block == "bottleneck" or (block == "auto" and 6 * n + 2 >= 44)
+      block, counts, planes = (Bottleneck if bottleneck else BasicBlock), (n,) * 3, (16, 32, 64)
     planes = [layers.scaled(p, width) for p in planes]
     self.freeze_features = freeze_features
     frozen = frozen_bn or freeze_features
@@ -130,7 +146,7 @@ class ResNet(Backbone):
       cin = p * block.expansion
     self.stages = nnx.List(stages)
     self.imagenet = imagenet
-    self.head = LinearHead(cin, num_classes, dtype=dtype, rngs=rngs)
+    self.head = LinearHead(cin, num_classes, dropout=dropout or 0.0, dtype=dtype, rngs=rngs)
 
   def torchvision_modules(self):
     if not self.imagenet:

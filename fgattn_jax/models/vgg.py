@@ -61,8 +61,9 @@ class ClassifierHead(nnx.Module):
     self.drop1 = nnx.Dropout(dropout, rngs=rngs)
     self.drop2 = nnx.Dropout(dropout, rngs=rngs)
 
-  def __call__(self, x):
-    x = layers.adaptive_avg_pool(layers.max_pool(x, 2, 2), (7, 7))
+  def __call__(self, x, pooled: bool = False):
+    """pooled: x is already pool5's output (ABN's branch after pool5)."""
+    x = layers.adaptive_avg_pool(x if pooled else layers.max_pool(x, 2, 2), (7, 7))
     x = x.reshape(x.shape[0], -1)  # (h, w, c) order; the import permutes torchvision's (c, h, w)
     x = self.drop1(layers.relu(self.fc1(x), after_conv=True))
     x = self.drop2(layers.relu(self.fc2(x), after_conv=True))
@@ -77,7 +78,7 @@ class GAPHead(nnx.Module):
     self.fc = nnx.Linear(cin, num_classes, dtype=dtype, param_dtype=jnp.float32,
                          kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
 
-  def __call__(self, x):
+  def __call__(self, x, pooled: bool = False):  # noqa: ARG002 - averages the map it gets, pool5's or the last block's
     x = layers.global_avg_pool(x)
     return x, self.fc(self.drop(x))
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fgattn_jax.config import ConfigError
-from fgattn_jax.models.abn import ABN, default_branch
+from fgattn_jax.models.abn import ABN, AFTER_POOL, default_branch
 from fgattn_jax.ops import losses
 from fgattn_jax.schemes.base import Scheme, load_into
 from fgattn_jax.schemes.baseline import backbone_from_config
@@ -30,6 +30,10 @@ class ABNScheme(Scheme):
     # model.freeze_features freezes ABN's feature extractor only; the perception stages keep training.
     backbone = backbone_from_config(config, freeze_features=False)
     branch = config.abn.branch or default_branch(config.model.backbone)
+    if branch == AFTER_POOL and not config.model.backbone.startswith("vgg"):
+      raise ConfigError(f"abn.branch={AFTER_POOL!r} (after a VGG's last pooling) needs a VGG backbone, not "
+                        f"{config.model.backbone!r}: set --config.abn.branch to one of its stages, or '' for its "
+                        "default")
     return ABN(backbone, tasks or config.data.num_classes, branch=branch, map_kernel=config.abn.map_kernel,
                residual=config.abn.residual, freeze_extractor=config.model.freeze_features,
                rngs=nnx.Rngs(config.seed + 1))
