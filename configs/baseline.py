@@ -10,7 +10,9 @@
     python -m fgattn_jax.evaluate --workdir workdirs/landmarks_vgg16 --split test --checkpoint best
 
 The fine-grained presets fine-tune VGG-19 at 448 from ImageNet weights (model.pretrained: a torchvision
-file you have), new layers at 10x the learning rate, after a short classifier-only warm-up.
+file you have), new layers at 10x the learning rate, after a short classifier-only warm-up. The CIFAR presets are
+He et al.'s BasicBlock networks; ABN's baselines are its code's (Bottleneck from depth 44): add
+--config.model.block=auto to compare with configs/abn.py:cifar100_resnet110.
 """
 
 from configs import common
