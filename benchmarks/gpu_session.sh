@@ -22,10 +22,13 @@ export PYTHONUNBUFFERED=1
 # table 277 s, torch.compile's 280 s for 5 of its 8 rows): a stage may run until only the nominal time of the stages
 # after it is left, and at least its own nominal time while there is any, so that when more is asked for than the
 # budget holds, the first stages run and the last ones are skipped.
-STAGES=${STAGES:-jax_train torch_eager torch_compile jax_passes pool_ab graphs_ab crop_ab profile input_pipeline phases
-  largest}
-declare -A nominal=([jax_train]=280 [torch_eager]=90 [torch_compile]=420 [jax_passes]=60 [pool_ab]=60 [graphs_ab]=120
-                    [crop_ab]=80 [profile]=140 [input_pipeline]=35 [phases]=60 [largest]=300)
+# torch_graphs: torch.compile with CUDA graphs (reduce-overhead), the like-for-like PyTorch mode (issue #31); for
+# repeats in one run use `python -m benchmarks.compare --all` instead of these stages.
+STAGES=${STAGES:-jax_train torch_eager torch_compile torch_graphs jax_passes pool_ab graphs_ab crop_ab profile
+  input_pipeline phases largest}
+declare -A nominal=([jax_train]=280 [torch_eager]=90 [torch_compile]=420 [torch_graphs]=420 [jax_passes]=60
+                    [pool_ab]=60 [graphs_ab]=120 [crop_ab]=80 [profile]=140 [input_pipeline]=35 [phases]=60
+                    [largest]=300)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -119,6 +122,8 @@ for stage in $STAGES; do
       --json "$work/torch.jsonl" ;;
     torch_compile) ((${#compile[@]})) && run torch_compile python3 -m benchmarks.torch_reference.run --all \
       "${compile[@]}" "${torch_size[@]}" --json "$work/torch.jsonl" ;;
+    torch_graphs) ((${#compile[@]})) && run torch_graphs python3 -m benchmarks.torch_reference.run --all \
+      --mode graphs "${torch_size[@]}" --json "$work/torch.jsonl" ;;
     jax_passes) run jax_passes python3 -m benchmarks.throughput --all --passes "${size[@]}" --json "$work/passes.jsonl" ;;
     pool_ab)  # XLA's pooling (select-and-scatter gradient) against ours, same process kind, back to back
       for p in reduce_window slices; do

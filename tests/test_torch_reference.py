@@ -35,6 +35,25 @@ def test_crop_and_mask_match_ours():
                              np.asarray(racnn.box_mask(boxes, (20, 24), 10.0)), atol=1e-6)
 
 
+def test_many_crops_in_one_call_equal_one_call_each():
+  rng = np.random.default_rng(1)
+  images = torch.from_numpy(rng.normal(size=(2, 3, 20, 24)).astype(np.float32))
+  boxes = torch.from_numpy(np.array([[[2.3, 1.7, 15.1, 13.9], [0, 0, 24, 20], [5, 6, 9, 10]],
+                                     [[-3.0, 4.0, 20.0, 27.0], [1, 2, 3, 4], [10, 0, 24, 14]]], np.float32))
+  many = schemes.crop_resize_many(images, boxes, 9)
+  assert many.shape == (3, 2, 3, 9, 9)
+  for i in range(3):
+    np.testing.assert_allclose(many[i].numpy(), schemes.crop_resize(images, boxes[:, i], 9).numpy(), atol=1e-6)
+
+
+def test_pytorch_at_its_best():
+  """Each compiled mode asks torch.compile for its mode (CUDA graphs: 'reduce-overhead'); SGD is fused on CUDA."""
+  assert run.MODES == {"eager": None, "compile": "default", "graphs": "reduce-overhead", "autotune": "max-autotune"}
+  assert run.sgd_options("cuda") == {"fused": True}
+  r = run.measure("baseline", "vgg11_bn", 32, 2, steps=2, warmup=1, device="cpu", width=1 / 16)
+  assert (r["steps"], r["warmup"], r["optimizer"], r["compile_s"]) == (2, 1, "sgd foreach", None)
+
+
 LEARNS = {"baseline": ["net.stages.0"], "abn": ["net.stages.0", "att_conv", "att_map", "att_stage"],
           "macnn": ["net.stages.0", "grouping.0", "part_nets.3.stages.0", "object_net.stages.0", "joint"],
           "racnn": ["nets.0.stages.0", "nets.2.stages.0", "apns.0", "apns.1", "fused"]}

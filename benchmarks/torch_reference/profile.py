@@ -25,7 +25,7 @@ import time
 import torch
 
 from benchmarks.profile import profile_arguments, summarise
-from benchmarks.torch_reference.run import _sync, setup
+from benchmarks.torch_reference.run import MODES, _sync, setup
 
 DEVICE_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")  # the categories of a CUDA trace's device-side events
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.profile", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   profile_arguments(p)
-  p.add_argument("--mode", default="eager", choices=("eager", "compile"))
+  p.add_argument("--mode", default="eager", choices=tuple(MODES))
   p.add_argument("--cpu", action="store_true", help="toy sizes on the CPU (width 1/16, 32 px, batch 2, float32)")
   args = p.parse_args(argv)
   device, width = ("cuda", 1.0) if torch.cuda.is_available() else ("cpu", 1.0)

@@ -1,13 +1,17 @@
 """One PyTorch scheme's training (and evaluation) step time, as benchmarks/throughput.py measures ours:
 
-    python -m benchmarks.torch_reference.run --scheme racnn --backbone vgg19 --res 448 --batch 16 [--mode compile]
+    python -m benchmarks.torch_reference.run --scheme racnn --backbone vgg19 --res 448 --batch 16 [--mode graphs]
 
     python -m benchmarks.torch_reference.run --all --mode eager --json torch.jsonl   # the standard table
 
-SGD momentum 0.9; on CUDA bf16 autocast, channels_last (model and inputs) and cuDNN's autotuner
-(cudnn.benchmark: what a tuned PyTorch run uses), on the CPU float32. Random images and
-labels made once on the device; each step timed to completion (torch.cuda.synchronize) after --warmup steps (for
-'compile', the warm-up includes the compilation: reported as compile_s); the median. Prints one JSON line.
+PyTorch as a user tuning it would run it. Modes (MODES): 'eager'; 'compile', torch.compile's default; 'graphs',
+torch.compile(mode='reduce-overhead'), whose compiled forward and backward replay as CUDA graphs (XLA replays its
+fused kernels as CUDA graphs by default, so this is the like-for-like mode on launch-bound steps); 'autotune',
+mode='max-autotune' (CUDA graphs and Triton's autotuned matrix products). SGD momentum 0.9, fused (one kernel for
+all parameters) on CUDA, foreach on the CPU; on CUDA bf16 autocast, channels_last (model and inputs) and cuDNN's
+autotuner (cudnn.benchmark). Random images and labels made once on the device; each step timed to completion
+(torch.cuda.synchronize) after --warmup steps (for the compiled modes the warm-up includes the compilation:
+reported as compile_s); the median. Prints one JSON line, with the steps and warm-up it used.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import torch
 
 from benchmarks.throughput import CPU, LARGEST_BATCH, standard  # no JAX import: the table's sizes only
 from benchmarks.torch_reference.schemes import build
+
+
+# --mode -> torch.compile's mode (None: eager, no compilation).
+MODES = {"eager": None, "compile": "default", "graphs": "reduce-overhead", "autotune": "max-autotune"}
 
 
 def _sync(device):
@@ -41,11 +49,16 @@ def setup(scheme, backbone, res, batch, *, mode="eager", device="cuda", width=1.
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     torch.cuda.reset_peak_memory_stats()
   autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  forward = torch.compile(model) if mode == "compile" else model
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **sgd_options(device))
+  forward = model if MODES[mode] is None else torch.compile(model, mode=MODES[mode])
   model.train(train)
+  # CUDA graphs keep their outputs in a static pool: a new step must say so, or the next replay overwrites them.
+  mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None) if device == "cuda" and mode in (
+      "graphs", "autotune") else None
 
   def step():
+    if mark is not None:
+      mark()
     if not train:
       with torch.no_grad(), autocast:
         return forward(x, y)
@@ -57,6 +70,11 @@ def setup(scheme, backbone, res, batch, *, mode="eager", device="cuda", width=1.
     return loss
 
   return step
+
+
+def sgd_options(device: str) -> dict:
+  """The fastest SGD update PyTorch has on the device: fused (one kernel for every parameter) on CUDA."""
+  return {"fused": True} if device == "cuda" else {"foreach": True}
 
 
 def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", device="cuda", width=1.0,
@@ -78,7 +96,8 @@ def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", d
   return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "mode": mode, "device": device,
           "train": train, "step_ms_median": 1e3 * median, "images_per_s": batch / median,
           "peak_mem_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
-          "compile_s": warm_s if mode == "compile" else None, "torch": torch.__version__}
+          "compile_s": warm_s if MODES[mode] else None, "steps": steps, "warmup": warmup,
+          "optimizer": "sgd " + next(iter(sgd_options(device))), "torch": torch.__version__}
 
 
 def measure_eval(*args, **kwargs) -> dict:
@@ -98,7 +117,9 @@ def main(argv=None) -> int:
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--mode", default="eager", choices=("eager", "compile"))
+  p.add_argument("--mode", default="eager", choices=tuple(MODES),
+                 help="eager, or torch.compile: 'compile' (default mode), 'graphs' (reduce-overhead: CUDA graphs), "
+                      "'autotune' (max-autotune)")
   p.add_argument("--steps", type=int, help="timed steps (default 50; --cpu: 3)")
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--width", type=float, default=1.0)

@@ -36,6 +36,20 @@ def crop_resize(images, boxes, size: int):
   return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def crop_resize_many(images, boxes, size: int):
+  """(B, C, H, W) images, (B, N, 4) boxes -> (N, B, C, size, size): every box's crop_resize in one grid_sample (the
+  N grids stacked along the output's rows), not N calls."""
+  b, n = boxes.shape[:2]
+  _, _, h, w = images.shape
+  t = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size
+  xs = boxes[..., 0:1] + t * (boxes[..., 2:3] - boxes[..., 0:1])  # (B, N, size)
+  ys = boxes[..., 1:2] + t * (boxes[..., 3:4] - boxes[..., 1:2])
+  grid = torch.stack(torch.broadcast_tensors(xs[:, :, None, :] / w * 2 - 1, ys[:, :, :, None] / h * 2 - 1), dim=-1)
+  out = F.grid_sample(images, grid.reshape(b, n * size, size, 2), mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
+  return out.reshape(b, -1, n, size, size).permute(2, 0, 1, 3, 4)
+
+
 class Baseline(nn.Module):
   def __init__(self, name, num_classes, width):
     super().__init__()
@@ -154,11 +168,11 @@ class MACNN(nn.Module):
     with torch.no_grad():
       boxes = _squares(_peaks(maps, hw), self.crop_fraction * min(hw) / 2, hw)  # (B, N, 4)
     pre, stream_losses = [obj_pre], []
-    crops = [crop_resize(x, boxes[:, i], self.part_input) for i in range(len(self.part_nets))]
     nets = list(self.part_nets)
     if self.object_net is not None:
-      crops.insert(0, crop_resize(x, _object_boxes(f.detach(), hw).to(x.dtype), self.part_input))
+      boxes = torch.cat([_object_boxes(f.detach(), hw).to(boxes.dtype)[:, None], boxes], dim=1)
       nets.insert(0, self.object_net)
+    crops = crop_resize_many(x, boxes.to(x.dtype), self.part_input)  # every stream's crop in one call
     for net, crop in zip(nets, crops):
       p, logits = net.head(net.features(crop))
       pre.append(p)
@@ -224,4 +238,4 @@ def build(scheme: str, name: str, num_classes: int, res: int, width: float = 1.0
   raise ValueError(f"unknown scheme {scheme!r}: baseline, abn, macnn or racnn")
 
 
-__all__ = ["Net", "build", "crop_resize", "box_mask"]
+__all__ = ["Net", "build", "crop_resize", "crop_resize_many", "box_mask"]
