@@ -1,4 +1,4 @@
-"""The standard table as a bar chart: JAX beside PyTorch (eager, torch.compile) for every configuration.
+"""The standard table as a bar chart: JAX beside PyTorch (eager and each torch.compile mode) for every configuration.
 
     python -m benchmarks.chart --json benchmarks/results.jsonl --out benchmarks/throughput.png
 
@@ -29,9 +29,13 @@ def draw(rows: list[dict], out: str) -> str:
   from matplotlib.figure import Figure
 
   series = [("jax_img_s", "JAX (ours)", "#1f77b4"), ("torch_eager_img_s", "PyTorch eager", "#ff7f0e"),
-            ("torch_compile_img_s", "torch.compile", "#2ca02c")]
+            ("torch_compile_img_s", "torch.compile", "#2ca02c"),
+            ("torch_graphs_img_s", "torch.compile, CUDA graphs", "#9467bd"),
+            ("torch_autotune_img_s", "torch.compile, max-autotune", "#8c564b")]
   series = [s for s in series if any(r.get(s[0]) is not None for r in rows)]
-  labels = [f"{r['scheme']}\n{r['backbone']} {r['res']}\nbatch {r['batch']}" for r in rows]
+  # A row PyTorch ran eager only is compared with eager only: the label says so.
+  labels = [f"{r['scheme']}\n{r['backbone']} {r['res']}\nbatch {r['batch']}"
+            + ("\n(PyTorch eager only)" if r.get("vs_eager_only") else "") for r in rows]
   x = np.arange(len(rows))
   width = 0.8 / len(series)
   fig = Figure(figsize=(max(6.0, 1.3 * len(rows)), 4.5), dpi=120)
@@ -39,7 +43,10 @@ def draw(rows: list[dict], out: str) -> str:
   ax = fig.add_subplot()
   for i, (key, name, colour) in enumerate(series):
     values = [r.get(key) or 0.0 for r in rows]
-    ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colour)
+    ranges = [r.get(f"{key}_range") for r in rows]  # the spread over repeats, where there were several
+    err = (np.array([[v - rg[0] if rg else 0.0 for v, rg in zip(values, ranges)],
+                     [rg[1] - v if rg else 0.0 for v, rg in zip(values, ranges)]]) if any(ranges) else None)
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colour, yerr=err, capsize=2)
   ax.set_xticks(x, labels, fontsize=7)
   ax.set_ylabel("training images/s")
   ax.set_title(f"training throughput, {rows[0]['device'] if rows else ''}")

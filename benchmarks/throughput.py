@@ -247,7 +247,7 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
             "dtype": dtype, "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
             "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
-            "trace_s": trace_s, "compile_s": compile_s,
+            "trace_s": trace_s, "compile_s": compile_s, "steps": steps, "warmup": warmup,
             "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
             "pool": layers.pooling(), "crop": crops.formulation(),
             "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other")}

@@ -56,11 +56,16 @@ def test_throughput_measures_every_scheme(scheme, backbone):
 def test_compare_runs_both_frameworks_and_the_chart_draws_them(tmp_path, capsys):
   results = tmp_path / "results.jsonl"
   assert compare.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--res", "32", "--batch", "2",
-                       "--json", str(results)]) == 0
+                       "--repeats", "2", "--json", str(results)]) == 0
   out = capsys.readouterr().out
-  assert "| baseline | vgg11_bn | 32 | 2 |" in out
+  assert "| baseline | vgg11_bn | 32 | 2 |" in out and " vs eager |" in out  # the CPU has no compiled mode here
   (row,) = [json.loads(line) for line in results.read_text().splitlines()]
   assert row["jax_img_s"] > 0 and row["torch_eager_img_s"] > 0 and row["ratio"] > 0
+  # Two measurements of each side, each in its own process, with the steps and warm-up they used.
+  assert row["jax_repeats"] == row["torch_eager_repeats"] == 2 and row["torch_best_mode"] == "eager"
+  assert row["jax_img_s_range"][0] <= row["jax_img_s"] <= row["jax_img_s_range"][1]
+  assert row["jax_steps"] == row["torch_eager_steps"] == [[3, 1]]
+  assert row["vs_eager_only"] and row["ratio_range"][0] <= row["ratio"] <= row["ratio_range"][1]
   png = tmp_path / "chart.png"
   assert chart.main(["--json", str(results), "--out", str(png)]) == 0
   assert Image.open(png).size[0] >= 600
@@ -247,7 +252,25 @@ def test_collect_joins_separate_runs_into_ratios_and_overheads():
   assert rows[("macnn", 16)]["jax_img_s"] is None and rows[("macnn", 16)]["ratio"] is None  # failed: shown empty
   assert rows[("abn", 32)]["torch_eager_img_s"] == 9.0  # a configuration only PyTorch ran is kept
   table = compare.table(list(rows.values()), ["eager", "compile"])
-  assert "| racnn | vgg19 | 448 | 16 | 485.0 | 250.0 | 388.0 | 1.25 | 1.10 | 1.10 |" in table
+  assert "| racnn | vgg19 | 448 | 16 | 485.0 | 250.0 | 388.0 | compile | 1.25 | 1.10 | 1.10 |" in table
+
+
+def test_repeats_give_medians_ranges_and_the_fastest_mode_by_name():
+  row = lambda **kw: {"scheme": "abn", "backbone": "resnet50", "res": 448, "batch": 32, **kw}  # noqa: E731
+  jax_rows = [row(train_ms=1.0, train_img_s=v, steps=30, warmup=5) for v in (100.0, 120.0, 110.0)]
+  torch_rows = [row(mode=m, images_per_s=v, steps=30, warmup=5)
+                for m, values in (("eager", (60.0, 62.0, 61.0)), ("compile", (80.0, 70.0, 75.0)),
+                                  ("graphs", (90.0, 95.0, 100.0))) for v in values]
+  (r,) = compare.joined(jax_rows, torch_rows, ["eager", "compile", "graphs"])
+  assert (r["jax_img_s"], r["jax_img_s_range"], r["jax_repeats"]) == (110.0, [100.0, 120.0], 3)
+  assert r["torch_best_mode"] == "graphs" and r["ratio"] == pytest.approx(110 / 95)
+  assert r["ratio_range"] == pytest.approx([100 / 100, 120 / 90]) and not r["vs_eager_only"]
+  assert "| 110.0 (100.0-120.0) |" in compare.table([r], ["eager", "compile", "graphs"])
+  assert "| graphs | 1.16 (1.00-1.33) |" in compare.table([r], ["eager", "compile", "graphs"])
+  # Without a compiled mode the ratio is against eager, and says so.
+  (e,) = compare.joined(jax_rows, torch_rows[:3], ["eager", "compile"])
+  assert e["vs_eager_only"] and e["torch_best_mode"] == "eager"
+  assert "| eager | 1.80 (1.61-2.00) vs eager |" in compare.table([e], ["eager", "compile"])
 
 
 def test_dispatch_times_the_hosts_share_of_the_engines_step():
