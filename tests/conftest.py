@@ -30,7 +30,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= len(os.sched_getaffi
 # and an older suite, had favoured the reordering).
 LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_macnn_e2e_learning.py", "test_engine.py",
               "test_visualize.py", "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
-              "test_backbones.py", "test_benchmarks.py", "test_abn_recipes.py", "test_landmarks_recipe.py")
+              "test_backbones.py", "test_benchmarks.py", "test_abn_recipes.py", "test_landmarks_recipe.py",
+              "test_same_work.py")
 
 
 def pytest_collection_modifyitems(items):
