@@ -28,14 +28,20 @@ def draw(rows: list[dict], out: str) -> str:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  series = [("jax_img_s", "JAX (ours)", "#1f77b4"), ("torch_eager_img_s", "PyTorch eager", "#ff7f0e"),
-            ("torch_compile_img_s", "torch.compile", "#2ca02c"),
-            ("torch_graphs_img_s", "torch.compile, CUDA graphs", "#9467bd"),
-            ("torch_autotune_img_s", "torch.compile, max-autotune", "#8c564b")]
+  series = [
+    ("jax_img_s", "JAX (ours)", "#1f77b4"),
+    ("torch_eager_img_s", "PyTorch eager", "#ff7f0e"),
+    ("torch_compile_img_s", "torch.compile", "#2ca02c"),
+    ("torch_graphs_img_s", "torch.compile, CUDA graphs", "#9467bd"),
+    ("torch_autotune_img_s", "torch.compile, max-autotune", "#8c564b"),
+  ]
   series = [s for s in series if any(r.get(s[0]) is not None for r in rows)]
   # A row PyTorch ran eager only is compared with eager only: the label says so.
-  labels = [f"{r['scheme']}\n{r['backbone']} {r['res']}\nbatch {r['batch']}"
-            + ("\n(PyTorch eager only)" if r.get("vs_eager_only") else "") for r in rows]
+  labels = [
+    f"{r['scheme']}\n{r['backbone']} {r['res']}\nbatch {r['batch']}"
+    + ("\n(PyTorch eager only)" if r.get("vs_eager_only") else "")
+    for r in rows
+  ]
   x = np.arange(len(rows))
   width = 0.8 / len(series)
   fig = Figure(figsize=(max(6.0, 1.3 * len(rows)), 4.5), dpi=120)
@@ -44,8 +50,16 @@ def draw(rows: list[dict], out: str) -> str:
   for i, (key, name, colour) in enumerate(series):
     values = [r.get(key) or 0.0 for r in rows]
     ranges = [r.get(f"{key}_range") for r in rows]  # the spread over repeats, where there were several
-    err = (np.array([[v - rg[0] if rg else 0.0 for v, rg in zip(values, ranges)],
-                     [rg[1] - v if rg else 0.0 for v, rg in zip(values, ranges)]]) if any(ranges) else None)
+    err = (
+      np.array(
+        [
+          [v - rg[0] if rg else 0.0 for v, rg in zip(values, ranges)],
+          [rg[1] - v if rg else 0.0 for v, rg in zip(values, ranges)],
+        ]
+      )
+      if any(ranges)
+      else None
+    )
     ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colour, yerr=err, capsize=2)
   ax.set_xticks(x, labels, fontsize=7)
   ax.set_ylabel("training images/s")
@@ -57,16 +71,19 @@ def draw(rows: list[dict], out: str) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.chart", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.chart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--json", required=True, help="the file benchmarks.compare --json wrote")
   p.add_argument("--out", default="benchmarks/throughput.png")
   args = p.parse_args(argv)
   try:
     rows = load(args.json)
   except (OSError, ValueError, KeyError) as e:
-    p.error(f"--json {args.json}: {type(e).__name__}: {e}: give the file benchmarks.compare --json wrote (e.g. "
-            "benchmarks/results/2026-11-30-h200/results.jsonl)")
+    p.error(
+      f"--json {args.json}: {type(e).__name__}: {e}: give the file benchmarks.compare --json wrote (e.g. "
+      "benchmarks/results/2026-11-30-h200/results.jsonl)"
+    )
   if not rows:
     p.error(f"{args.json} holds no results")
   print(draw(rows, args.out))

@@ -37,13 +37,34 @@ COMPILED = ("compile", "graphs", "autotune")
 
 
 def torch_run(scheme, backbone, res, batch, mode, steps, warmup, width, device) -> dict | None:
-  cmd = [sys.executable, "-m", "benchmarks.torch_reference.run", "--scheme", scheme, "--backbone", backbone,
-         "--res", str(res), "--batch", str(batch), "--mode", mode, "--steps", str(steps), "--warmup", str(warmup),
-         "--width", str(width), "--device", device]
+  cmd = [
+    sys.executable,
+    "-m",
+    "benchmarks.torch_reference.run",
+    "--scheme",
+    scheme,
+    "--backbone",
+    backbone,
+    "--res",
+    str(res),
+    "--batch",
+    str(batch),
+    "--mode",
+    mode,
+    "--steps",
+    str(steps),
+    "--warmup",
+    str(warmup),
+    "--width",
+    str(width),
+    "--device",
+    device,
+  ]
   done = subprocess.run(cmd, capture_output=True, text=True)
   if done.returncode != 0:  # e.g. out of memory at this batch, or torch.compile missing a compiler: say so, go on
-    print(f"# PyTorch {mode} failed for {scheme}/{backbone}/{res}/{batch}: {done.stderr.strip()[-400:]}",
-          file=sys.stderr)
+    print(
+      f"# PyTorch {mode} failed for {scheme}/{backbone}/{res}/{batch}: {done.stderr.strip()[-400:]}", file=sys.stderr
+    )
     return None
   return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -52,8 +73,25 @@ def jax_run(scheme, backbone, res, batch, steps, warmup, cpu: bool, cache: str) 
   """benchmarks.throughput for one row in its own process (the compilation cache shared between repeats)."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "row.jsonl")
-    cmd = [sys.executable, "-m", "benchmarks.throughput", "--scheme", scheme, "--backbone", backbone, "--res",
-           str(res), "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--json", out]
+    cmd = [
+      sys.executable,
+      "-m",
+      "benchmarks.throughput",
+      "--scheme",
+      scheme,
+      "--backbone",
+      backbone,
+      "--res",
+      str(res),
+      "--batch",
+      str(batch),
+      "--steps",
+      str(steps),
+      "--warmup",
+      str(warmup),
+      "--json",
+      out,
+    ]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", cache))
     done = subprocess.run(cmd + (["--cpu"] if cpu else []), capture_output=True, text=True, env=env)
     rows = throughput.read_json_lines(out) if os.path.exists(out) else []
@@ -93,11 +131,17 @@ def joined(jax_rows: list[dict], torch_rows: list[dict], modes, pass_rows: list[
   for key, runs in configs.items():
     ok = [j for j in runs if "error" not in j and j.get("train_img_s")]
     jax_img_s, jax_range = _spread([j["train_img_s"] for j in ok])
-    row = dict(zip(("scheme", "backbone", "res", "batch"), key), device=next((j.get("device") for j in runs), None),
-               jax_img_s=jax_img_s, jax_img_s_range=jax_range, jax_repeats=len(ok),
-               jax_peak_fraction=statistics.median([j["peak_fraction"] for j in ok if j.get("peak_fraction")])
-               if any(j.get("peak_fraction") for j in ok) else None,
-               jax_steps=sorted({(j.get("steps"), j.get("warmup")) for j in ok if j.get("steps")}) or None)
+    row = dict(
+      zip(("scheme", "backbone", "res", "batch"), key),
+      device=next((j.get("device") for j in runs), None),
+      jax_img_s=jax_img_s,
+      jax_img_s_range=jax_range,
+      jax_repeats=len(ok),
+      jax_peak_fraction=statistics.median([j["peak_fraction"] for j in ok if j.get("peak_fraction")])
+      if any(j.get("peak_fraction") for j in ok)
+      else None,
+      jax_steps=sorted({(j.get("steps"), j.get("warmup")) for j in ok if j.get("steps")}) or None,
+    )
     medians = {}
     for m in modes:
       values = [t["images_per_s"] for t in torch.get((*key, m), [])]
@@ -105,8 +149,9 @@ def joined(jax_rows: list[dict], torch_rows: list[dict], modes, pass_rows: list[
       row[f"torch_{m}_repeats"] = len(values)
       if values:
         medians[m] = row[f"torch_{m}_img_s"]
-      row[f"torch_{m}_steps"] = sorted({(t.get("steps"), t.get("warmup")) for t in torch.get((*key, m), [])
-                                        if t.get("steps")}) or None
+      row[f"torch_{m}_steps"] = (
+        sorted({(t.get("steps"), t.get("warmup")) for t in torch.get((*key, m), []) if t.get("steps")}) or None
+      )
     best = max(medians, key=medians.get) if medians else None
     row["torch_best_mode"] = best
     row["vs_eager_only"] = best is not None and not any(m in medians for m in COMPILED)
@@ -115,8 +160,10 @@ def joined(jax_rows: list[dict], torch_rows: list[dict], modes, pass_rows: list[
       low, high = row[f"torch_{best}_img_s_range"]
       row["ratio"] = jax_img_s / medians[best]
       row["ratio_range"] = [jax_range[0] / high, jax_range[1] / low]
-    row["jax"], row["torch"] = ok[-1] if ok else (runs[-1] if runs else None), {
-        m: (torch.get((*key, m)) or [None])[-1] for m in modes}
+    row["jax"], row["torch"] = (
+      ok[-1] if ok else (runs[-1] if runs else None),
+      {m: (torch.get((*key, m)) or [None])[-1] for m in modes},
+    )
     if ok:
       c = throughput.config_for(key[0], key[1], key[2], key[3], 1.0, "bfloat16")
       sides = throughput.backbone_passes(key[0], c)
@@ -129,17 +176,31 @@ def joined(jax_rows: list[dict], torch_rows: list[dict], modes, pass_rows: list[
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   throughput.run_arguments(p)
-  p.add_argument("--modes", nargs="+", default=["eager", "compile", "graphs"], choices=MODES,
-                 help="PyTorch modes (default: eager, compile, graphs = CUDA graphs; also autotune = max-autotune; "
-                      "with --cpu: eager only)")
-  p.add_argument("--repeats", type=int, default=3,
-                 help="measurements of every row in every framework and mode, interleaved (default 3)")
-  p.add_argument("--collect", nargs="+", metavar="JSONL",
-                 help="measure nothing: join the JAX results (benchmarks.throughput --json, first file) with the "
-                      "PyTorch ones (benchmarks.torch_reference.run --json, the other files)")
+  p.add_argument(
+    "--modes",
+    nargs="+",
+    default=["eager", "compile", "graphs"],
+    choices=MODES,
+    help="PyTorch modes (default: eager, compile, graphs = CUDA graphs; also autotune = max-autotune; "
+    "with --cpu: eager only)",
+  )
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=3,
+    help="measurements of every row in every framework and mode, interleaved (default 3)",
+  )
+  p.add_argument(
+    "--collect",
+    nargs="+",
+    metavar="JSONL",
+    help="measure nothing: join the JAX results (benchmarks.throughput --json, first file) with the "
+    "PyTorch ones (benchmarks.torch_reference.run --json, the other files)",
+  )
   p.add_argument("--passes", metavar="JSONL", help="with --collect: the plain backbone steps (throughput --passes)")
   args = p.parse_args(argv)
   if args.collect:
@@ -155,6 +216,7 @@ def main(argv=None) -> int:
     p.error(f"--repeats must be at least 1, got {args.repeats}")
   runs = throughput.selected_runs(p, args)
   import torch
+
   if not args.cpu and not torch.cuda.is_available():  # PyTorch would fail on every row, JAX run at full size
     p.error("PyTorch sees no CUDA GPU here: run on a GPU machine, or pass --cpu for the toy sizes on the CPU")
   width, device = 1.0, "cuda"
@@ -202,8 +264,10 @@ def table(rows, modes) -> str:
   if any("overhead" in r for r in rows):
     cols += ["overhead", "overhead_target"]
   names = {"torch_best_mode": "fastest PyTorch", "ratio": "JAX / fastest"}
-  lines = ["| " + " | ".join(names.get(c, c.replace("_img_s", " img/s")) for c in cols) + " |",
-           "|" + "---|" * len(cols)]
+  lines = [
+    "| " + " | ".join(names.get(c, c.replace("_img_s", " img/s")) for c in cols) + " |",
+    "|" + "---|" * len(cols),
+  ]
   lines += ["| " + " | ".join(_cell(r, c) for c in cols) + " |" for r in rows]
   return "\n".join(lines)
 

@@ -35,12 +35,36 @@ TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")
 # Bytes per second of HBM (the cards' specification) and the bf16 matrix-product FLOP/s measured on an H100
 # (../shared/device/README.md; the H200 has the same chip).
 CARDS = {"h100": (3.35e12, 798e12), "h200": (4.8e12, 798e12)}
-SIZES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-         "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+SIZES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 ARRAY = re.compile(r"\b(" + "|".join(SIZES) + r")\[([0-9,]*)\]")
 INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*)")
-FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all", "opt-barrier",
-        "partition-id", "replica-id"}  # no kernel of their own
+FREE = {
+  "parameter",
+  "get-tuple-element",
+  "tuple",
+  "bitcast",
+  "constant",
+  "after-all",
+  "opt-barrier",
+  "partition-id",
+  "replica-id",
+}  # no kernel of their own
 
 
 def arrays(shape: str) -> list[tuple[str, list[int]]]:
@@ -61,7 +85,7 @@ def _split_shape(rest: str) -> tuple[str, str]:
   for i, ch in enumerate(rest):
     depth += (ch == "(") - (ch == ")")
     if depth == 0:
-      return rest[:i + 1], rest[i + 1:].lstrip()
+      return rest[: i + 1], rest[i + 1 :].lstrip()
   return rest, ""
 
 
@@ -78,8 +102,15 @@ def parse(text: str) -> dict[str, list[dict]]:
       continue
     shape, tail = _split_shape(m.group(2))
     op = re.match(r"([\w\-]+)\((.*?)\)(?:,|$)", tail)
-    current.append({"name": m.group(1), "shape": shape, "op": op.group(1) if op else tail.split("(")[0],
-                    "operands": re.findall(r"%([\w.\-]+)", op.group(2)) if op else [], "line": line})
+    current.append(
+      {
+        "name": m.group(1),
+        "shape": shape,
+        "op": op.group(1) if op else tail.split("(")[0],
+        "operands": re.findall(r"%([\w.\-]+)", op.group(2)) if op else [],
+        "line": line,
+      }
+    )
   return comps
 
 
@@ -111,7 +142,8 @@ def conv_flops(inst: dict, shapes: dict) -> int:
 def dot_flops(line: str, shapes: dict, shape: str) -> int:
   """2 x output elements x contracted size of a dot instruction or a cuBLAS call (its dot dimension numbers)."""
   contracting = _field(line, r"lhs_contracting_dims=\{([0-9,]*)\}") or _field(
-      line, r'"lhs_contracting_dimensions":\[([^\]]*)\]')
+    line, r'"lhs_contracting_dimensions":\[([^\]]*)\]'
+  )
   operands = re.findall(r"%([\w.\-]+)", line.split("(", 1)[1]) if "(" in line else []
   if contracting is None or not operands or operands[0] not in shapes:
     return 0
@@ -150,8 +182,16 @@ def kernels(comps: dict) -> list[dict]:
       category = inst["op"]
     moved = nbytes(inst["shape"]) + sum(nbytes(shapes.get(o, "")) for o in inst["operands"])
     source = _field(line, r'op_name="([^"]*)"') or ""
-    out.append({"name": inst["name"], "category": category, "bytes": moved, "flops": flops,
-                "shape": inst["shape"], "source": re.sub(r"^jit\(\w+\)/", "", source)})
+    out.append(
+      {
+        "name": inst["name"],
+        "category": category,
+        "bytes": moved,
+        "flops": flops,
+        "shape": inst["shape"],
+        "source": re.sub(r"^jit\(\w+\)/", "", source),
+      }
+    )
   return out
 
 
@@ -165,17 +205,28 @@ def report(text: str, card: str = "h100", top: int = 15) -> str:
     row = by[k["category"]]
     row[0], row[1], row[2], row[3] = row[0] + 1, row[1] + k["bytes"], row[2] + k["flops"], row[3] + k["s"]
   total = sum(k["s"] for k in ks)
-  lines = [f"roofline of {len(ks)} kernels on an {card.upper()} ({bandwidth / 1e12:.2f} TB/s, "
-           f"{peak / 1e12:.0f} TFLOP/s bf16): {1e3 * total:.2f} ms", "",
-           "| kernels | count | GB moved | TFLOP | ms at roofline | share |", "|---|---|---|---|---|---|"]
+  lines = [
+    f"roofline of {len(ks)} kernels on an {card.upper()} ({bandwidth / 1e12:.2f} TB/s, "
+    f"{peak / 1e12:.0f} TFLOP/s bf16): {1e3 * total:.2f} ms",
+    "",
+    "| kernels | count | GB moved | TFLOP | ms at roofline | share |",
+    "|---|---|---|---|---|---|",
+  ]
   for name, (n, b, f, s) in sorted(by.items(), key=lambda kv: -kv[1][3]):
     lines.append(f"| {name} | {n} | {b / 1e9:.2f} | {f / 1e12:.2f} | {1e3 * s:.2f} | {s / (total or 1):.0%} |")
   memory_bound = sorted((k for k in ks if k["bytes"] / bandwidth > k["flops"] / peak), key=lambda k: -k["bytes"])
   if top:
-    lines += ["", f"largest memory-bound kernels (of {len(memory_bound)}):", "",
-              "| MB | ms | kernel | result | JAX operation |", "|---|---|---|---|---|"]
-    lines += [f"| {k['bytes'] / 1e6:.0f} | {1e3 * k['s']:.3f} | {k['category']} | {k['shape'][:60]} | "
-              f"{k['source'][-80:]} |" for k in memory_bound[:top]]
+    lines += [
+      "",
+      f"largest memory-bound kernels (of {len(memory_bound)}):",
+      "",
+      "| MB | ms | kernel | result | JAX operation |",
+      "|---|---|---|---|---|",
+    ]
+    lines += [
+      f"| {k['bytes'] / 1e6:.0f} | {1e3 * k['s']:.3f} | {k['category']} | {k['shape'][:60]} | {k['source'][-80:]} |"
+      for k in memory_bound[:top]
+    ]
   return "\n".join(lines)
 
 
@@ -189,8 +240,16 @@ def launches(thunk_sequence: str) -> tuple[int, int, int]:
   return len(top), graphs, len(top) - graphs + len(inside)
 
 
-def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str, evaluation: bool = False,
-                    phase: str | None = None, thunks: list | None = None):
+def compile_for_gpu(
+  scheme: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  card: str,
+  evaluation: bool = False,
+  phase: str | None = None,
+  thunks: list | None = None,
+):
   """The benchmark's step (phase: of that phase of the scheme's schedule) compiled for `card` without one:
   (optimised HLO text, compiled program). thunks: a list to append the step's thunk sequence (text) to."""
   # The plugin checks its CUDA libraries' versions against the driver's when it loads; without a card there is no
@@ -200,14 +259,18 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
     import jax
     import numpy as np
     from jax.experimental import topologies
+
     with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
-      topology = topologies.get_topology_desc(platform="cuda", topology_name=card, topology="1x1x1",
-                                              target_config=f.read())
+      topology = topologies.get_topology_desc(
+        platform="cuda", topology_name=card, topology="1x1x1", target_config=f.read()
+      )
   except (NotImplementedError, RuntimeError) as e:
     import jax
+
     raise SystemExit(
-        f"compiling for a GPU without one needs JAX's CUDA plugin ({type(e).__name__}: {e}). Install it, no GPU or "
-        f'driver needed: pip install "jax[cuda13]=={jax.__version__}"; or pass --hlo FILE with a dumped module.')
+      f"compiling for a GPU without one needs JAX's CUDA plugin ({type(e).__name__}: {e}). Install it, no GPU or "
+      f'driver needed: pip install "jax[cuda13]=={jax.__version__}"; or pass --hlo FILE with a dumped module.'
+    )
   from benchmarks import throughput
 
   mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))  # the engine's steps, on that device
@@ -233,8 +296,18 @@ def compile_for_gpu(scheme: str, backbone: str, res: int, batch: int, card: str,
   return compiled.as_text(), compiled
 
 
-def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: int = 8, share: float = 0.7,
-                  log=print, compile_step=None, memory_bytes: int | None = None) -> int:
+def largest_batch(
+  scheme: str,
+  backbone: str,
+  res: int,
+  card: str,
+  *,
+  multiple: int = 8,
+  share: float = 0.7,
+  log=print,
+  compile_step=None,
+  memory_bytes: int | None = None,
+) -> int:
   """The largest batch (a multiple of `multiple`) whose compiled training step needs at most `share` of the card's
   memory without XLA recomputing activations to fit. JAX's allocator takes 75% of the card by default
   (XLA_PYTHON_CLIENT_MEM_FRACTION) and XLA rematerialises a program past about that, slower per image; the margin
@@ -243,6 +316,7 @@ def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: 
   not fit), so the line, not the last batch that compiles, decides. compile_step and memory_bytes: another target's
   compiler (as compile_for_gpu, -> (text, compiled)) and memory (benchmarks.tpu_report: a TPU chip)."""
   from benchmarks import throughput
+
   compile_step = compile_step or compile_for_gpu
   if memory_bytes is None:
     with open(os.path.join(TARGETS, f"{card}.txtpb")) as f:
@@ -253,7 +327,7 @@ def largest_batch(scheme: str, backbone: str, res: int, card: str, *, multiple: 
   def memory(batch: int) -> int:
     if batch not in seen:
       seen[batch] = throughput.program_memory(compile_step(scheme, backbone, res, batch, card)[1])
-      log(f"#   {scheme} {backbone} batch {batch}: {seen[batch] / 2 ** 30:.1f} GiB of {limit / 2 ** 30:.1f}")
+      log(f"#   {scheme} {backbone} batch {batch}: {seen[batch] / 2**30:.1f} GiB of {limit / 2**30:.1f}")
     return seen[batch]
 
   small, large = 2 * multiple, 4 * multiple
@@ -271,23 +345,31 @@ def step_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--eval", action="store_true", help="the evaluation step instead of the training step")
-  p.add_argument("--phase", help="the training step of this phase of the scheme's schedule (benchmarks.throughput "
-                                 "--phase) instead of the end-to-end step")
+  p.add_argument(
+    "--phase",
+    help="the training step of this phase of the scheme's schedule (benchmarks.throughput "
+    "--phase) instead of the end-to-end step",
+  )
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.hlo_report", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.hlo_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   step_arguments(p)
   p.add_argument("--target", default="h100", choices=sorted(CARDS), help="the card to compile for and cost on")
   p.add_argument("--top", type=int, default=15, help="list this many of the largest memory-bound kernels")
   p.add_argument("--dump", help="also write the optimised HLO to this file")
   p.add_argument("--hlo", help="compile nothing: report on this optimised HLO module (text)")
-  p.add_argument("--largest-batch", action="store_true",
-                 help="instead of the report, find the largest batch (a multiple of 8) whose training step needs at "
-                      "most 70%% of the card's memory (JAX's pool is 75%%); with --all, every row of the standard table")
+  p.add_argument(
+    "--largest-batch",
+    action="store_true",
+    help="instead of the report, find the largest batch (a multiple of 8) whose training step needs at "
+    "most 70%% of the card's memory (JAX's pool is 75%%); with --all, every row of the standard table",
+  )
   p.add_argument("--all", action="store_true", help="with --largest-batch: every row of the standard table")
   from benchmarks import throughput
+
   throughput.add_formulation_args(p)
   args = p.parse_args(argv)
   if args.phase and (args.largest_batch or args.eval or args.hlo or not args.scheme):
@@ -297,7 +379,9 @@ def main(argv=None) -> int:
     runs = throughput.STANDARD if args.all else [(args.scheme, args.backbone, args.res, args.batch)]
     if runs[0][0] is None:
       p.error("--largest-batch needs a --scheme (and --backbone, --res) or --all")
-    print(f"| scheme | backbone | res | the table's batch | largest batch ({args.target.upper()}) |\n|---|---|---|---|---|")
+    print(
+      f"| scheme | backbone | res | the table's batch | largest batch ({args.target.upper()}) |\n|---|---|---|---|---|"
+    )
     for scheme, backbone, res, batch in runs:
       found = largest_batch(scheme, backbone, res, args.target, log=lambda m: print(m, file=sys.stderr, flush=True))
       print(f"| {scheme} | {backbone} | {res} | {batch if args.all else '-'} | {found} |", flush=True)
@@ -308,16 +392,21 @@ def main(argv=None) -> int:
   elif args.scheme:
     throughput.use_formulations(args)
     thunks = []
-    text, compiled = compile_for_gpu(args.scheme, args.backbone, args.res, args.batch, args.target, args.eval,
-                                     args.phase, thunks=thunks)
-    gib = throughput.program_memory(compiled) / 2 ** 30
+    text, compiled = compile_for_gpu(
+      args.scheme, args.backbone, args.res, args.batch, args.target, args.eval, args.phase, thunks=thunks
+    )
+    gib = throughput.program_memory(compiled) / 2**30
     step = "eval" if args.eval else f"train, phase {args.phase}" if args.phase else "train"
-    print(f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({step}, graphs {args.graphs}), "
-          f"compiled for an {args.target.upper()} (no autotuning): program memory {gib:.2f} GiB")
+    print(
+      f"# {args.scheme} {args.backbone} {args.res} batch {args.batch} ({step}, graphs {args.graphs}), "
+      f"compiled for an {args.target.upper()} (no autotuning): program memory {gib:.2f} GiB"
+    )
     for sequence in thunks:  # one per module XLA compiled for the step
       n, graphs, work = launches(sequence)
-      print(f"# launches from the host per step: {n}, {graphs} of them CUDA graphs ({work} kernels, library calls "
-            f"and copies in all)")
+      print(
+        f"# launches from the host per step: {n}, {graphs} of them CUDA graphs ({work} kernels, library calls "
+        f"and copies in all)"
+      )
   else:
     p.error("name a --scheme (and --backbone, --res, --batch), or pass --hlo FILE")
   if args.dump:

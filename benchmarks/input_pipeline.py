@@ -41,8 +41,11 @@ AUGMENTS = {"paper": {}, "all": dict(rotation=15.0, brightness=0.25, colour=0.25
 def measure(root: str, size: int, workers: int, batch: int, steps: int, augment: str = "all") -> float:
   c = common.get_config()
   source = ImageFolder(root, "train")
-  c.data.update(dict(num_classes=source.num_classes, image_size=size, resize_size=size * 8 // 7,
-                     batch_size=batch, num_workers=workers))
+  c.data.update(
+    dict(
+      num_classes=source.num_classes, image_size=size, resize_size=size * 8 // 7, batch_size=batch, num_workers=workers
+    )
+  )
   c.data.augment.update(AUGMENTS[augment])
   p = pipeline.build(c, "train", source=source)
   it = iter(p)
@@ -62,17 +65,24 @@ def measure(root: str, size: int, workers: int, batch: int, steps: int, augment:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+    prog="python -m benchmarks.input_pipeline",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   ap.add_argument("--images", help="class-per-folder tree (DIR/train/CLASS/*.jpg); default: write one")
   ap.add_argument("--num-images", type=int, default=512, help="files to write when --images is not given")
   ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
   ap.add_argument("--workers", type=int, nargs="+", default=None, help="default: 0 1 2 4 ... up to the cores")
   ap.add_argument("--augment", nargs="+", default=list(AUGMENTS), choices=list(AUGMENTS))
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--steps", type=int, default=10,
-                  help="batches timed per cell (at least 2 per worker), after a warm-up of each worker's read-ahead "
-                       f"({pipeline.PREFETCH_BATCHES} batches) plus one")
+  ap.add_argument(
+    "--steps",
+    type=int,
+    default=10,
+    help="batches timed per cell (at least 2 per worker), after a warm-up of each worker's read-ahead "
+    f"({pipeline.PREFETCH_BATCHES} batches) plus one",
+  )
   args = ap.parse_args(argv)
   for flag in ("num_images", "batch", "steps"):
     if getattr(args, flag) < 1:
@@ -80,8 +90,10 @@ def main(argv=None):
   if min(args.sizes) < 1 or min(args.workers or [0]) < 0:
     ap.error("--sizes must be 1 or more and --workers 0 or more")
   if args.images and not os.path.isdir(os.path.join(args.images, "train")):
-    ap.error(f"--images {args.images}: expected a class-per-folder tree, {os.path.join(args.images, 'train')}/CLASS/"
-             "*.jpg (leave --images out to write one)")
+    ap.error(
+      f"--images {args.images}: expected a class-per-folder tree, {os.path.join(args.images, 'train')}/CLASS/"
+      "*.jpg (leave --images out to write one)"
+    )
   cores = os.cpu_count() or 1
   workers = args.workers or [0] + [w for w in (1, 2, 4, 8, 16, 32) if w <= cores]
   with tempfile.TemporaryDirectory() as tmp:

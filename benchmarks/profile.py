@@ -30,14 +30,16 @@ from benchmarks import throughput
 # The first pattern that matches an operation's name (kernel name and XLA op name together) gives its kind. XLA's
 # kernels are named after their fusions; PyTorch's (benchmarks.torch_reference.profile) after ATen's kernels, cuDNN's
 # or Inductor's (triton_poi: pointwise, triton_red/per: reductions), some of which have kinds of their own.
-KINDS = [("scatter (select-and-scatter, scatter)", r"scatter"),
-         ("batch norm (PyTorch's kernels)", r"batch_norm|::bn_"),
-         ("convolution", r"conv|cudnn|fprop|dgrad|wgrad"),
-         ("matrix product", r"gemm|cublas|dot|matmul|aten::(add|b)?mm"),
-         ("pooling (PyTorch's kernels)", r"pool"),
-         ("reduction", r"reduce|reduction|triton_red|triton_per"),
-         ("elementwise fusion", r"fusion|loop_|input_|elementwise|triton_poi"),
-         ("copy, transpose", r"copy|transpose|memcpy|memset|nchwtonhwc|nhwctonchw")]
+KINDS = [
+  ("scatter (select-and-scatter, scatter)", r"scatter"),
+  ("batch norm (PyTorch's kernels)", r"batch_norm|::bn_"),
+  ("convolution", r"conv|cudnn|fprop|dgrad|wgrad"),
+  ("matrix product", r"gemm|cublas|dot|matmul|aten::(add|b)?mm"),
+  ("pooling (PyTorch's kernels)", r"pool"),
+  ("reduction", r"reduce|reduction|triton_red|triton_per"),
+  ("elementwise fusion", r"fusion|loop_|input_|elementwise|triton_poi"),
+  ("copy, transpose", r"copy|transpose|memcpy|memset|nchwtonhwc|nhwctonchw"),
+]
 
 
 def kind(name: str) -> str:
@@ -50,15 +52,20 @@ def device_events(trace: dict) -> list[dict]:
   on a CPU, those of XLA's own executor threads (no Python frames)."""
   events = trace["traceEvents"]
   processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  threads = {
+    (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+  }
   devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
   complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
   if devices:
     return [e for e in complete if e["pid"] in devices]
   # The CPU runtime's executor events enclose the operations they run: left out, not to count their time twice.
-  return [e for e in complete if threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLA")
-          and not e["name"].startswith(("$", "ThunkExecutor"))]
+  return [
+    e
+    for e in complete
+    if threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLA")
+    and not e["name"].startswith(("$", "ThunkExecutor"))
+  ]
 
 
 def summarise(events: list[dict], steps: int, top: int) -> tuple[str, dict]:
@@ -78,13 +85,27 @@ def summarise(events: list[dict], steps: int, top: int) -> tuple[str, dict]:
   lines = ["| kind | ms/step | share |", "|---|---|---|"]
   lines += [f"| {k} | {ms:.2f} | {ms / busy:.1%} |" for k, ms in by_kind.most_common()]
   lines += ["", "| operation | kernel | launches/step | ms/step | share |", "|---|---|---|---|---|"]
-  lines += [f"| {op[:60]} | {names[op][:60]} | {counts[op] / steps:g} | {ms:.3f} | {ms / busy:.1%} |"
-            for op, ms in by_op.most_common(top)]
+  lines += [
+    f"| {op[:60]} | {names[op][:60]} | {counts[op] / steps:g} | {ms:.3f} | {ms / busy:.1%} |"
+    for op, ms in by_op.most_common(top)
+  ]
   return "\n".join(lines), {"busy_ms": busy, "by_kind": dict(by_kind), "operations": len(by_op)}
 
 
-def profile(scheme: str, backbone: str, res: int, batch: int, *, steps: int = 5, warmup: int = 3, top: int = 25,
-            width: float = 1.0, dtype: str = "bfloat16", hlo: str | None = None, trace_dir: str | None = None):
+def profile(
+  scheme: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  *,
+  steps: int = 5,
+  warmup: int = 3,
+  top: int = 25,
+  width: float = 1.0,
+  dtype: str = "bfloat16",
+  hlo: str | None = None,
+  trace_dir: str | None = None,
+):
   import jax
 
   c = throughput.config_for(scheme, backbone, res, batch, width, dtype)
@@ -107,9 +128,11 @@ def profile(scheme: str, backbone: str, res: int, batch: int, *, steps: int = 5,
   with gzip.open(path) as f:
     events = device_events(json.load(f))
   text, totals = summarise(events, steps, top)
-  head = (f"{scheme} {backbone} {res} px, batch {batch}, {jax.devices()[0].device_kind}: {wall_ms:.2f} ms/step wall "
-          f"(under the tracer), device busy {totals['busy_ms']:.2f} ms/step over {totals['operations']} operations; "
-          f"trace: {path}")
+  head = (
+    f"{scheme} {backbone} {res} px, batch {batch}, {jax.devices()[0].device_kind}: {wall_ms:.2f} ms/step wall "
+    f"(under the tracer), device busy {totals['busy_ms']:.2f} ms/step over {totals['operations']} operations; "
+    f"trace: {path}"
+  )
   return head + "\n\n" + text, totals
 
 
@@ -125,8 +148,9 @@ def profile_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   profile_arguments(p)
   throughput.add_formulation_args(p)
   p.add_argument("--hlo", help="write the optimised program's text here")
@@ -138,8 +162,19 @@ def main(argv=None) -> int:
     os.environ["JAX_PLATFORMS"] = "cpu"
     width, dtype, args.res, args.batch, args.steps, args.warmup = 1 / 16, "float32", 32, 2, 2, 1
   throughput.use_formulations(args)
-  text, _ = profile(args.scheme, args.backbone, args.res, args.batch, steps=args.steps, warmup=args.warmup,
-                    top=args.top, width=width, dtype=dtype, hlo=args.hlo, trace_dir=args.trace)
+  text, _ = profile(
+    args.scheme,
+    args.backbone,
+    args.res,
+    args.batch,
+    steps=args.steps,
+    warmup=args.warmup,
+    top=args.top,
+    width=width,
+    dtype=dtype,
+    hlo=args.hlo,
+    trace_dir=args.trace,
+  )
   print(text)
   return 0
 

@@ -56,24 +56,44 @@ def compare(scheme: str, backbone: str, res: int, batch: int) -> dict:
   jax_params, jax_flops = jax_side(scheme, backbone, res, batch)
   torch_params, torch_flops = torch_side(scheme, backbone, res, batch)
   same = jax_params == torch_params and abs(jax_flops / torch_flops - 1) <= TOLERANCE
-  return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "jax_params": jax_params,
-          "torch_params": torch_params, "jax_gflop_per_image": jax_flops / 1e9,
-          "torch_gflop_per_image": torch_flops / 1e9, "same": same}
+  return {
+    "scheme": scheme,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "jax_params": jax_params,
+    "torch_params": torch_params,
+    "jax_gflop_per_image": jax_flops / 1e9,
+    "torch_gflop_per_image": torch_flops / 1e9,
+    "same": same,
+  }
 
 
 def table(rows: list[dict]) -> str:
-  cols = ["scheme", "backbone", "res", "batch", "jax_params", "torch_params", "jax_gflop_per_image",
-          "torch_gflop_per_image", "same"]
-  lines = ["| " + " | ".join(c.replace("_gflop_per_image", " GFLOP/image") for c in cols) + " |",
-           "|" + "---|" * len(cols)]
+  cols = [
+    "scheme",
+    "backbone",
+    "res",
+    "batch",
+    "jax_params",
+    "torch_params",
+    "jax_gflop_per_image",
+    "torch_gflop_per_image",
+    "same",
+  ]
+  lines = [
+    "| " + " | ".join(c.replace("_gflop_per_image", " GFLOP/image") for c in cols) + " |",
+    "|" + "---|" * len(cols),
+  ]
   for r in rows:
     lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.same_work", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.same_work", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--all", action="store_true", help="every row of the standard table")
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--backbone", default="vgg19")

@@ -27,17 +27,36 @@ import time
 
 # (scheme, backbone, res, batch): the standard table, cheapest programs first (a run cut short by a deadline keeps
 # the most rows); the papers' per-GPU batch sizes.
-STANDARD = [(s, b, 448, batch) for s, batch in (("baseline", 32), ("abn", 32), ("racnn", 16), ("macnn", 16))
-            for b in ("vgg19", "resnet50")]
+STANDARD = [
+  (s, b, 448, batch)
+  for s, batch in (("baseline", 32), ("abn", 32), ("racnn", 16), ("macnn", 16))
+  for b in ("vgg19", "resnet50")
+]
 CPU = [(s, b, 64, 4) for b in ("vgg11_bn", "resnet18") for s in ("baseline", "abn", "macnn", "racnn")]
 # The largest batch (a multiple of 8) whose training step needs at most 70% of the card's memory (under JAX's 75%
 # pool), per row of the standard table: `python -m benchmarks.hlo_report --largest-batch --all --target CARD`
 # (compiled for the card on a CPU; benchmarks/RESULTS.md).
 LARGEST_BATCH = {
-    "h100": {("baseline", "vgg19"): 424, ("baseline", "resnet50"): 360, ("abn", "vgg19"): 416, ("abn", "resnet50"): 288,
-             ("racnn", "vgg19"): 264, ("racnn", "resnet50"): 224, ("macnn", "vgg19"): 184, ("macnn", "resnet50"): 152},
-    "h200": {("baseline", "vgg19"): 744, ("baseline", "resnet50"): 640, ("abn", "vgg19"): 744, ("abn", "resnet50"): 512,
-             ("racnn", "vgg19"): 472, ("racnn", "resnet50"): 400, ("macnn", "vgg19"): 328, ("macnn", "resnet50"): 280},
+  "h100": {
+    ("baseline", "vgg19"): 424,
+    ("baseline", "resnet50"): 360,
+    ("abn", "vgg19"): 416,
+    ("abn", "resnet50"): 288,
+    ("racnn", "vgg19"): 264,
+    ("racnn", "resnet50"): 224,
+    ("macnn", "vgg19"): 184,
+    ("macnn", "resnet50"): 152,
+  },
+  "h200": {
+    ("baseline", "vgg19"): 744,
+    ("baseline", "resnet50"): 640,
+    ("abn", "vgg19"): 744,
+    ("abn", "resnet50"): 512,
+    ("racnn", "vgg19"): 472,
+    ("racnn", "resnet50"): 400,
+    ("macnn", "vgg19"): 328,
+    ("macnn", "resnet50"): 280,
+  },
 }
 PEAKS = {"H100": 798.0, "H200": 798.0}  # bf16 matrix product TFLOP/s measured on the card (shared/device/README.md)
 
@@ -48,8 +67,9 @@ def config_for(scheme: str, backbone: str, res: int, batch: int, width: float, d
   c.model.backbone, c.model.width, c.model.dtype, c.model.require_pretrained = backbone, width, dtype, False
   if not backbone.startswith("vgg"):
     c.model.head = "gap"
-  c.data.update(source="synthetic", name="synthetic", num_classes=200, image_size=res, resize_size=res,
-                batch_size=batch)
+  c.data.update(
+    source="synthetic", name="synthetic", num_classes=200, image_size=res, resize_size=res, batch_size=batch
+  )
   if scheme == "racnn":
     c.racnn.scale_input = max(8, res // 2)  # the released model: 448 -> crops seen at 224
   if scheme == "macnn":
@@ -123,13 +143,19 @@ def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None, phase: str
   model_graphdef, model_state = nnx.graphdef(model), nnx.state(model)
   b, res = c.data.batch_size, c.data.image_size
   if abstract:
-    data = {"image": jax.ShapeDtypeStruct((b, res, res, 3), jnp.uint8),
-            "label": jax.ShapeDtypeStruct((b,), jnp.int32), "mask": jax.ShapeDtypeStruct((b,), jnp.bool_)}
+    data = {
+      "image": jax.ShapeDtypeStruct((b, res, res, 3), jnp.uint8),
+      "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+      "mask": jax.ShapeDtypeStruct((b,), jnp.bool_),
+    }
   else:
     state = mesh_lib.replicate(state, mesh)
     rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 256, (b, res, res, 3), dtype=np.uint8),
-            "label": rng.integers(0, c.data.num_classes, b).astype(np.int32), "mask": np.ones(b, bool)}
+    host = {
+      "image": rng.integers(0, 256, (b, res, res, 3), dtype=np.uint8),
+      "label": rng.integers(0, c.data.num_classes, b).astype(np.int32),
+      "mask": np.ones(b, bool),
+    }
     data = jax.device_put(host, mesh_lib.batch_sharding(mesh))
   cdtype = compute_dtype(c.model.dtype)
   train = steps_lib.make_train_step(scheme, graphdef, wrt, losses, lambda step: 0.01, cdtype, mesh)
@@ -139,8 +165,16 @@ def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None, phase: str
   return (train, (leaves, data, structure)), (evaluate, (model_leaves, data, model_structure))
 
 
-def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width: float = 1.0,
-                 peak_tflops: float | None = PEAKS["H100"], phase: str | None = None) -> dict:
+def flop_profile(
+  scheme_name: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  *,
+  width: float = 1.0,
+  peak_tflops: float | None = PEAKS["H100"],
+  phase: str | None = None,
+) -> dict:
   """FLOPs per image of a training step at full size, counted from the program without running it (any machine):
   the scheme's, its backbone passes' (plain backbone steps at the same inputs, summed), their ratio (the
   arithmetic the attention machinery adds), and the images/s the step could reach at peak_tflops."""
@@ -155,12 +189,23 @@ def flop_profile(scheme_name: str, backbone: str, res: int, batch: int, *, width
   c = config_for(scheme_name, backbone, res, batch, width, "bfloat16")
   step, trace_s = per_image(scheme_name, c, phase)
   sides = backbone_passes(scheme_name, c)
-  passes = _over_passes(sides, lambda s: per_image("baseline", config_for("baseline", backbone, s, batch, width,
-                                                                          "bfloat16"))[0])
-  result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
-            "passes": sides, "train_gflop_per_image": step / 1e9, "passes_gflop_per_image": passes / 1e9,
-            "flop_overhead": step / passes, "trace_s": trace_s,
-            "overhead_target": OVERHEAD_TARGETS[scheme_name] if phase is None else None}  # as in measure()
+  passes = _over_passes(
+    sides, lambda s: per_image("baseline", config_for("baseline", backbone, s, batch, width, "bfloat16"))[0]
+  )
+  result = {
+    "scheme": scheme_name,
+    "phase": phase,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "width": width,
+    "passes": sides,
+    "train_gflop_per_image": step / 1e9,
+    "passes_gflop_per_image": passes / 1e9,
+    "flop_overhead": step / passes,
+    "trace_s": trace_s,
+    "overhead_target": OVERHEAD_TARGETS[scheme_name] if phase is None else None,
+  }  # as in measure()
   result["ceiling_img_s"] = peak_tflops * 1e12 / step if peak_tflops else None
   return result
 
@@ -175,6 +220,7 @@ def program_memory(compiled) -> int:
 
 def _timed(fn, state, batch, steps: int, warmup: int):
   import jax
+
   times = []
   for i in range(warmup + steps):
     start = time.perf_counter()
@@ -186,8 +232,18 @@ def _timed(fn, state, batch, steps: int, warmup: int):
   return statistics.median(times)
 
 
-def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 30, warmup: int = 3,
-             width: float = 1.0, dtype: str = "bfloat16", phase: str | None = None) -> dict:
+def dispatch(
+  scheme_name: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  *,
+  steps: int = 30,
+  warmup: int = 3,
+  width: float = 1.0,
+  dtype: str = "bfloat16",
+  phase: str | None = None,
+) -> dict:
   """The host's share of a training step, through the engine's own jitted call (not the AOT-compiled one measure
   uses): the median time until the call returns (flattening the state's leaves, checking and launching) and until
   the step is done. On an accelerator the first is what the host needs per step, hidden behind the device's work
@@ -207,14 +263,33 @@ def dispatch(scheme_name: str, backbone: str, res: int, batch: int, *, steps: in
     jax.block_until_ready(out)
     done.append(time.perf_counter() - start)
     leaves = out[0]
-  return {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch,
-          "state_arrays": len(leaves), "call_ms": 1e3 * statistics.median(returned),
-          "step_ms": 1e3 * statistics.median(done)}
+  return {
+    "scheme": scheme_name,
+    "phase": phase,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "state_arrays": len(leaves),
+    "call_ms": 1e3 * statistics.median(returned),
+    "step_ms": 1e3 * statistics.median(done),
+  }
 
 
-def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int = 50, warmup: int = 5,
-            width: float = 1.0, dtype: str = "bfloat16", peak_tflops: float | None = None,
-            overhead: bool = False, evaluation: bool = True, phase: str | None = None) -> dict:
+def measure(
+  scheme_name: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  *,
+  steps: int = 50,
+  warmup: int = 5,
+  width: float = 1.0,
+  dtype: str = "bfloat16",
+  peak_tflops: float | None = None,
+  overhead: bool = False,
+  evaluation: bool = True,
+  phase: str | None = None,
+) -> dict:
   """Times the scheme's training and evaluation steps (evaluation=False: training only). overhead=True also times a
   plain backbone step at each of the scheme's backbone inputs (backbone_passes) and reports the scheme's step over
   their sum. phase: the training step of that phase of the scheme's schedule instead of the end-to-end one."""
@@ -242,19 +317,39 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
     eval_s = _timed(lambda s, d: (s, eval_compiled(s, d)), *eval_args[:2], steps, warmup)
   train_s = _timed(train_compiled, *train_args[:2], steps, warmup)
   device = jax.devices()[0]
-  peak = peak_tflops if peak_tflops is not None else next(
-      (v for k, v in PEAKS.items() if k in device.device_kind), None)
-  result = {"scheme": scheme_name, "phase": phase, "backbone": backbone, "res": res, "batch": batch, "width": width,
-            "dtype": dtype, "device": device.device_kind, "train_ms": 1e3 * train_s, "train_img_s": batch / train_s,
-            "train_tflops": train_flops / train_s / 1e12, "train_gflop_per_image": train_flops / batch / 1e9,
-            "trace_s": trace_s, "compile_s": compile_s, "steps": steps, "warmup": warmup,
-            "train_mem_gib": program_memory(train_compiled) / 2 ** 30,
-            "pool": layers.pooling(), "crop": crops.formulation(),
-            "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other")}
+  peak = (
+    peak_tflops if peak_tflops is not None else next((v for k, v in PEAKS.items() if k in device.device_kind), None)
+  )
+  result = {
+    "scheme": scheme_name,
+    "phase": phase,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "width": width,
+    "dtype": dtype,
+    "device": device.device_kind,
+    "train_ms": 1e3 * train_s,
+    "train_img_s": batch / train_s,
+    "train_tflops": train_flops / train_s / 1e12,
+    "train_gflop_per_image": train_flops / batch / 1e9,
+    "trace_s": trace_s,
+    "compile_s": compile_s,
+    "steps": steps,
+    "warmup": warmup,
+    "train_mem_gib": program_memory(train_compiled) / 2**30,
+    "pool": layers.pooling(),
+    "crop": crops.formulation(),
+    "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other"),
+  }
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
   if evaluation:
-    result.update(eval_ms=1e3 * eval_s, eval_img_s=batch / eval_s, eval_tflops=eval_flops / eval_s / 1e12,
-                  eval_compile_s=eval_compile_s)
+    result.update(
+      eval_ms=1e3 * eval_s,
+      eval_img_s=batch / eval_s,
+      eval_tflops=eval_flops / eval_s / 1e12,
+      eval_compile_s=eval_compile_s,
+    )
   # The targets are the end-to-end step's, shown beside a measured overhead only; a phase's step is weighed against
   # nothing.
   result["overhead"] = None
@@ -262,24 +357,66 @@ def measure(scheme_name: str, backbone: str, res: int, batch: int, *, steps: int
   if overhead and scheme_name == "baseline":
     result["passes_ms"], result["overhead"] = result["train_ms"], 1.0
   elif overhead:
-    result["passes_ms"] = _over_passes(backbone_passes(scheme_name, c), lambda s: measure(
-        "baseline", backbone, s, batch, steps=steps, warmup=warmup, width=width, dtype=dtype,
-        peak_tflops=peak, evaluation=False)["train_ms"])  # the passes' training steps only
+    result["passes_ms"] = _over_passes(
+      backbone_passes(scheme_name, c),
+      lambda s: measure(
+        "baseline",
+        backbone,
+        s,
+        batch,
+        steps=steps,
+        warmup=warmup,
+        width=width,
+        dtype=dtype,
+        peak_tflops=peak,
+        evaluation=False,
+      )["train_ms"],
+    )  # the passes' training steps only
     result["overhead"] = result["train_ms"] / result["passes_ms"]
   return result
 
 
-COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("pool", "{}"), ("crop", "{}"),
-           ("graphs", "{}"),
-           ("train_img_s", "{:.1f}"), ("train_ms", "{:.1f}"), ("train_tflops", "{:.2f}"), ("peak_fraction", "{:.1%}"),
-           ("train_gflop_per_image", "{:.1f}"), ("train_mem_gib", "{:.1f}"), ("trace_s", "{:.1f}"),
-           ("compile_s", "{:.1f}"), ("eval_img_s", "{:.1f}"), ("overhead", "{:.2f}"),
-           ("overhead_target", "{:.2f}")]
-FLOP_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("passes", "{}"),
-                ("train_gflop_per_image", "{:.1f}"), ("passes_gflop_per_image", "{:.1f}"), ("flop_overhead", "{:.3f}"),
-                ("overhead_target", "{:.2f}"), ("ceiling_img_s", "{:.0f}"), ("trace_s", "{:.1f}")]
-DISPATCH_COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("state_arrays", "{}"),
-                    ("call_ms", "{:.2f}"), ("step_ms", "{:.2f}")]
+COLUMNS = [
+  ("scheme", "{}"),
+  ("backbone", "{}"),
+  ("res", "{}"),
+  ("batch", "{}"),
+  ("pool", "{}"),
+  ("crop", "{}"),
+  ("graphs", "{}"),
+  ("train_img_s", "{:.1f}"),
+  ("train_ms", "{:.1f}"),
+  ("train_tflops", "{:.2f}"),
+  ("peak_fraction", "{:.1%}"),
+  ("train_gflop_per_image", "{:.1f}"),
+  ("train_mem_gib", "{:.1f}"),
+  ("trace_s", "{:.1f}"),
+  ("compile_s", "{:.1f}"),
+  ("eval_img_s", "{:.1f}"),
+  ("overhead", "{:.2f}"),
+  ("overhead_target", "{:.2f}"),
+]
+FLOP_COLUMNS = [
+  ("scheme", "{}"),
+  ("backbone", "{}"),
+  ("res", "{}"),
+  ("passes", "{}"),
+  ("train_gflop_per_image", "{:.1f}"),
+  ("passes_gflop_per_image", "{:.1f}"),
+  ("flop_overhead", "{:.3f}"),
+  ("overhead_target", "{:.2f}"),
+  ("ceiling_img_s", "{:.0f}"),
+  ("trace_s", "{:.1f}"),
+]
+DISPATCH_COLUMNS = [
+  ("scheme", "{}"),
+  ("backbone", "{}"),
+  ("res", "{}"),
+  ("batch", "{}"),
+  ("state_arrays", "{}"),
+  ("call_ms", "{:.2f}"),
+  ("step_ms", "{:.2f}"),
+]
 # The issue's ceilings on a scheme's step over its backbone passes' (backbone_passes).
 OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 
@@ -290,24 +427,42 @@ OVERHEAD_TARGETS = {"baseline": 1.0, "abn": 1.30, "macnn": 1.15, "racnn": 1.10}
 # into short graphs: 1982 launches for MA-CNN/ResNet-50's 5480 kernels at 448 (benchmarks.hlo_report counts them).
 # 'whole' is XLA's default command types (jaxlib 0.10.2's, as a compile with
 # XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONVOLUTION lists them) plus CONVOLUTION: one launch per step.
-GRAPHS = {"fusions": {}, "whole": {"xla_gpu_enable_command_buffer": ",".join((
-    "FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "CONDITIONAL", "DYNAMIC_SLICE_FUSION", "CONVOLUTION"))}}
+GRAPHS = {
+  "fusions": {},
+  "whole": {
+    "xla_gpu_enable_command_buffer": ",".join(
+      ("FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "CONDITIONAL", "DYNAMIC_SLICE_FUSION", "CONVOLUTION")
+    )
+  },
+}
 
 
 def add_formulation_args(p: argparse.ArgumentParser):
   """The switches between equivalent formulations of an op, to time them on one machine (also benchmarks.profile)."""
-  p.add_argument("--pool", default="auto", choices=("auto", "slices", "reduce_window"),
-                 help="max pooling with layers.max_pool's own gradient (slices) or as XLA's reduce_window (its "
-                      "gradient a select-and-scatter); auto (the default, as in training): reduce_window on a TPU, "
-                      "slices elsewhere (layers.pooling)")
-  p.add_argument("--crop", default="auto", choices=("auto", "gather", "matmul"),
-                 help="the MA-CNN and RA-CNN crops as gathers (their image gradient a scatter-add) or as two "
-                      "interpolation-matrix products per box; auto (the default): matmul on a TPU, gather elsewhere "
-                      "(ops.crops.formulation)")
-  p.add_argument("--graphs", default="fusions", choices=tuple(GRAPHS),
-                 help="on a GPU, what XLA records into CUDA graphs (command buffers), launched as one: runs of "
-                      "fusions and library calls between convolutions (fusions: XLA's default; each cuDNN "
-                      "convolution is its own launch), or the convolutions too (whole: the step is one graph)")
+  p.add_argument(
+    "--pool",
+    default="auto",
+    choices=("auto", "slices", "reduce_window"),
+    help="max pooling with layers.max_pool's own gradient (slices) or as XLA's reduce_window (its "
+    "gradient a select-and-scatter); auto (the default, as in training): reduce_window on a TPU, "
+    "slices elsewhere (layers.pooling)",
+  )
+  p.add_argument(
+    "--crop",
+    default="auto",
+    choices=("auto", "gather", "matmul"),
+    help="the MA-CNN and RA-CNN crops as gathers (their image gradient a scatter-add) or as two "
+    "interpolation-matrix products per box; auto (the default): matmul on a TPU, gather elsewhere "
+    "(ops.crops.formulation)",
+  )
+  p.add_argument(
+    "--graphs",
+    default="fusions",
+    choices=tuple(GRAPHS),
+    help="on a GPU, what XLA records into CUDA graphs (command buffers), launched as one: runs of "
+    "fusions and library calls between convolutions (fusions: XLA's default; each cuDNN "
+    "convolution is its own launch), or the convolutions too (whole: the step is one graph)",
+  )
 
 
 def use_formulations(args):
@@ -315,6 +470,7 @@ def use_formulations(args):
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
   from fgattn_jax.training import steps
+
   layers.POOLING, crops.RESAMPLE = args.pool, args.crop
   steps.COMPILER_OPTIONS = dict(GRAPHS[args.graphs])
 
@@ -351,8 +507,9 @@ def table(rows, columns=COLUMNS) -> str:
   lines = [head, "|" + "---|" * len(columns)]
   for r in rows:
     lines.append("| " + " | ".join("-" if r.get(k) is None else _cell(f, r[k]) for k, f in columns) + " |")
-  lines += [f"failed: {r['scheme']} {r['backbone']} {r['res']} batch {r['batch']}: {r['error']}" for r in rows
-            if "error" in r]
+  lines += [
+    f"failed: {r['scheme']} {r['backbone']} {r['res']} batch {r['batch']}: {r['error']}" for r in rows if "error" in r
+  ]
   return "\n".join(lines)
 
 
@@ -363,14 +520,23 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--res", type=int, default=448, help="input side in pixels (default 448)")
   p.add_argument("--batch", type=int, default=16, help="global batch (default 16)")
   p.add_argument("--all", action="store_true", help="the standard table (with --cpu: its toy version)")
-  p.add_argument("--largest", choices=sorted(LARGEST_BATCH),
-                 help="with --all: the standard table at the largest batch that fits on this card (LARGEST_BATCH) "
-                      "instead of the papers' batches")
-  p.add_argument("--cpu", action="store_true",
-                 help="toy sizes on the CPU (width 1/16, at most 64 px and batch 4, float32, 3 steps unless --steps): "
-                      "a smoke test")
-  p.add_argument("--steps", type=int, help="timed steps; the median is reported (default 50; --cpu: 3, too few to "
-                                           "rank the toy rows: the smoke test checks the code runs, not its speed)")
+  p.add_argument(
+    "--largest",
+    choices=sorted(LARGEST_BATCH),
+    help="with --all: the standard table at the largest batch that fits on this card (LARGEST_BATCH) "
+    "instead of the papers' batches",
+  )
+  p.add_argument(
+    "--cpu",
+    action="store_true",
+    help="toy sizes on the CPU (width 1/16, at most 64 px and batch 4, float32, 3 steps unless --steps): a smoke test",
+  )
+  p.add_argument(
+    "--steps",
+    type=int,
+    help="timed steps; the median is reported (default 50; --cpu: 3, too few to "
+    "rank the toy rows: the smoke test checks the code runs, not its speed)",
+  )
   p.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling (default 5)")
   p.add_argument("--json", help="append the results (one object per line) to this file")
 
@@ -405,6 +571,7 @@ def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int,
   if args.warmup < 0:
     p.error(f"--warmup must be 0 or more, got {args.warmup}")
   from fgattn_jax.models import registry
+
   if args.scheme and args.backbone not in registry.BACKBONES:
     p.error(f"--backbone {args.backbone!r}: not a backbone; they are {', '.join(sorted(registry.BACKBONES))}")
   if args.largest and (args.cpu or not args.all):
@@ -417,6 +584,7 @@ def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int,
     runs = [r for r in pass_runs(runs) if r not in runs]  # a plain step already in the table is not timed twice
   if args.cpu:
     import os
+
     os.environ["JAX_PLATFORMS"] = "cpu"
     args.warmup = min(args.warmup, 1)
     runs = [(s, b, min(r, 64), min(n, 4)) for s, b, r, n in runs]
@@ -424,33 +592,55 @@ def selected_runs(p: argparse.ArgumentParser, args) -> list[tuple[str, str, int,
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   run_arguments(p)
-  p.add_argument("--width", type=float, default=1.0,
-                 help="channel multiplier of the backbones (default 1; --cpu: 1/16)")
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
-                 help="compute precision (default bfloat16; --cpu: float32)")
+  p.add_argument(
+    "--width", type=float, default=1.0, help="channel multiplier of the backbones (default 1; --cpu: 1/16)"
+  )
+  p.add_argument(
+    "--dtype",
+    default="bfloat16",
+    choices=("bfloat16", "float32"),
+    help="compute precision (default bfloat16; --cpu: float32)",
+  )
   p.add_argument("--peak-tflops", type=float, help="the device's bf16 matrix-product peak (default: known cards)")
-  p.add_argument("--overhead", action="store_true",
-                 help="also time a plain backbone step at each input the scheme's backbones see, and report the "
-                      "scheme's step over their sum (targets: ABN 1.30, MA-CNN 1.15, RA-CNN 1.10)")
-  p.add_argument("--passes", action="store_true",
-                 help="instead of the schemes, time only the plain backbone steps they are weighed against (at "
-                      "the inputs their backbones see, at their batch; training only), for "
-                      "benchmarks.compare --collect")
-  p.add_argument("--dispatch", action="store_true",
-                 help="time the host's share of each step: until the engine's jitted call returns, and until done")
-  p.add_argument("--phase", help="with --scheme: time the training step of this phase of the scheme's schedule "
-                                 "(its losses, its parameter group; e.g. MA-CNN's object, init, grouping, classify, "
-                                 "parts) instead of the end-to-end step")
-  p.add_argument("--flops", action="store_true",
-                 help="count the full-size steps' FLOPs only (no compile, no run: any machine, about 3 s a row "
-                      "on 2 CPU cores) and "
-                      "their share beyond the backbone passes")
+  p.add_argument(
+    "--overhead",
+    action="store_true",
+    help="also time a plain backbone step at each input the scheme's backbones see, and report the "
+    "scheme's step over their sum (targets: ABN 1.30, MA-CNN 1.15, RA-CNN 1.10)",
+  )
+  p.add_argument(
+    "--passes",
+    action="store_true",
+    help="instead of the schemes, time only the plain backbone steps they are weighed against (at "
+    "the inputs their backbones see, at their batch; training only), for "
+    "benchmarks.compare --collect",
+  )
+  p.add_argument(
+    "--dispatch",
+    action="store_true",
+    help="time the host's share of each step: until the engine's jitted call returns, and until done",
+  )
+  p.add_argument(
+    "--phase",
+    help="with --scheme: time the training step of this phase of the scheme's schedule "
+    "(its losses, its parameter group; e.g. MA-CNN's object, init, grouping, classify, "
+    "parts) instead of the end-to-end step",
+  )
+  p.add_argument(
+    "--flops",
+    action="store_true",
+    help="count the full-size steps' FLOPs only (no compile, no run: any machine, about 3 s a row "
+    "on 2 CPU cores) and "
+    "their share beyond the backbone passes",
+  )
   add_formulation_args(p)
-  p.add_argument("--collect", nargs="+", metavar="JSONL",
-                 help="measure nothing: print the table of earlier --json files")
+  p.add_argument(
+    "--collect", nargs="+", metavar="JSONL", help="measure nothing: print the table of earlier --json files"
+  )
   args = p.parse_args(argv)
   if args.collect:
     rows = collected(p, args.collect)
@@ -468,8 +658,10 @@ def main(argv=None) -> int:
   if args.cpu:
     args.width, args.dtype = 1 / 16, "float32"
   if args.flops:
-    rows = [flop_profile(s, b, r, n, width=args.width, peak_tflops=args.peak_tflops or PEAKS["H100"],
-                         phase=args.phase) for s, b, r, n in runs]
+    rows = [
+      flop_profile(s, b, r, n, width=args.width, peak_tflops=args.peak_tflops or PEAKS["H100"], phase=args.phase)
+      for s, b, r, n in runs
+    ]
     print(table(rows, FLOP_COLUMNS))
     return 0
 
@@ -477,22 +669,42 @@ def main(argv=None) -> int:
 
   use_formulations(args)
   if args.dispatch:
-    rows = [dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype,
-                     phase=args.phase) for s, b, r, n in runs]
+    rows = [
+      dispatch(s, b, r, n, steps=args.steps, warmup=args.warmup, width=args.width, dtype=args.dtype, phase=args.phase)
+      for s, b, r, n in runs
+    ]
     print(table(rows, DISPATCH_COLUMNS))
     return 0
-  print(f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
-        f"python {platform.python_version()}; {args.dtype}, median of {args.steps} steps after {args.warmup}",
-        file=sys.stderr)
+  print(
+    f"# {platform.node()}: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
+    f"python {platform.python_version()}; {args.dtype}, median of {args.steps} steps after {args.warmup}",
+    file=sys.stderr,
+  )
   rows = []
   for scheme, backbone, res, batch in runs:
     try:
-      r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, width=args.width,
-                  dtype=args.dtype, peak_tflops=args.peak_tflops, overhead=args.overhead,
-                  evaluation=not (args.passes or args.phase), phase=args.phase)  # a phase's evaluation is the scheme's
+      r = measure(
+        scheme,
+        backbone,
+        res,
+        batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        width=args.width,
+        dtype=args.dtype,
+        peak_tflops=args.peak_tflops,
+        overhead=args.overhead,
+        evaluation=not (args.passes or args.phase),
+        phase=args.phase,
+      )  # a phase's evaluation is the scheme's
     except Exception as e:  # e.g. out of device memory at this batch: say so and measure the rest of the table
-      r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch,
-           "error": f"{type(e).__name__}: {str(e)[:300]}"}
+      r = {
+        "scheme": scheme,
+        "backbone": backbone,
+        "res": res,
+        "batch": batch,
+        "error": f"{type(e).__name__}: {str(e)[:300]}",
+      }
     rows.append(r)
     print(json.dumps(r), file=sys.stderr)
     if args.json:

@@ -26,12 +26,16 @@ import sys
 import time
 
 # One chip per kind: libtpu's topology name, HBM bytes, bf16 FLOP/s, HBM bytes/s (Google's published figures).
-CHIPS = {"v5e": ("v5e:1x1", 16e9, 197e12, 819e9), "v5p": ("v5p:1x1x1", 95e9, 459e12, 2765e9),
-         "v6e": ("v6e:1x1", 32e9, 918e12, 1640e9)}
+CHIPS = {
+  "v5e": ("v5e:1x1", 16e9, 197e12, 819e9),
+  "v5p": ("v5p:1x1x1", 95e9, 459e12, 2765e9),
+  "v6e": ("v6e:1x1", 32e9, 918e12, 1640e9),
+}
 
 
-def compile_for_tpu(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluation: bool = False,
-                    phase: str | None = None):
+def compile_for_tpu(
+  scheme: str, backbone: str, res: int, batch: int, chip: str, evaluation: bool = False, phase: str | None = None
+):
   """The benchmark's step compiled for one `chip` without one (as hlo_report.compile_for_gpu), with the formulations
   a TPU picks where they are "auto": (optimised HLO text, compiled program)."""
   import jax
@@ -41,16 +45,20 @@ def compile_for_tpu(scheme: str, backbone: str, res: int, batch: int, chip: str,
   from benchmarks import throughput
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
+
   # A second process loading libtpu at once is refused (its lock file) unless told; the host name quiets a log line.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   try:
     # libtpu's default host is 2x2x1 chips; one chip needs the host's bounds given (as a list: a string is refused).
-    topology = topologies.get_topology_desc(platform="tpu", topology_name=CHIPS[chip][0],
-                                            chips_per_host_bounds=[1, 1, 1])
+    topology = topologies.get_topology_desc(
+      platform="tpu", topology_name=CHIPS[chip][0], chips_per_host_bounds=[1, 1, 1]
+    )
   except (NotImplementedError, RuntimeError) as e:
-    raise SystemExit(f"libtpu's compile-only TPU devices could not be opened ({type(e).__name__}: {str(e)[:200]}). "
-                     f'Compiling for a TPU without one needs libtpu, no TPU: pip install "jax[tpu]=={jax.__version__}"')
+    raise SystemExit(
+      f"libtpu's compile-only TPU devices could not be opened ({type(e).__name__}: {str(e)[:200]}). "
+      f'Compiling for a TPU without one needs libtpu, no TPU: pip install "jax[tpu]=={jax.__version__}"'
+    )
   mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ("data",))  # one chip (v4's two cores: one of them)
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
   # "auto" asks the backend the steps are traced on: this machine's, not the chip's.
@@ -65,8 +73,9 @@ def compile_for_tpu(scheme: str, backbone: str, res: int, batch: int, chip: str,
   return compiled.as_text(), compiled
 
 
-def measure(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluation: bool = False,
-            phase: str | None = None) -> dict:
+def measure(
+  scheme: str, backbone: str, res: int, batch: int, chip: str, evaluation: bool = False, phase: str | None = None
+) -> dict:
   """One compiled step's row: compile seconds, memory, cost, and the bound on its time."""
   from benchmarks import throughput
   from fgattn_jax.models import layers
@@ -81,11 +90,23 @@ def measure(scheme: str, backbone: str, res: int, batch: int, chip: str, evaluat
   flops, moved = cost.get("flops", 0.0), cost.get("bytes accessed", 0.0)
   bound = max(flops / peak, moved / bandwidth)
   memory = throughput.program_memory(compiled)
-  return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "chip": chip,
-          "step": "eval" if evaluation else f"train {phase}" if phase else "train", "pool": layers.pooling("tpu"),
-          "crop": crops.formulation("tpu"), "compile_s": compile_s, "mem_gib": memory / 2 ** 30,
-          "hbm_share": memory / hbm, "tflop": flops / 1e12, "gb_moved": moved / 1e9, "bound_ms": 1e3 * bound,
-          "bound_img_s": batch / bound if bound else None}
+  return {
+    "scheme": scheme,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "chip": chip,
+    "step": "eval" if evaluation else f"train {phase}" if phase else "train",
+    "pool": layers.pooling("tpu"),
+    "crop": crops.formulation("tpu"),
+    "compile_s": compile_s,
+    "mem_gib": memory / 2**30,
+    "hbm_share": memory / hbm,
+    "tflop": flops / 1e12,
+    "gb_moved": moved / 1e9,
+    "bound_ms": 1e3 * bound,
+    "bound_img_s": batch / bound if bound else None,
+  }
 
 
 def _in_a_process(args, scheme, backbone, res, batch) -> dict:
@@ -95,34 +116,78 @@ def _in_a_process(args, scheme, backbone, res, batch) -> dict:
   import tempfile
 
   with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.tpu_report", "--chip", args.chip, "--pool", args.pool,
-                           "--crop", args.crop, *(["--eval"] if args.eval else []), "--scheme", scheme,
-                           "--backbone", backbone, "--res", str(res), "--batch", str(batch), "--json", out.name],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "benchmarks.tpu_report",
+        "--chip",
+        args.chip,
+        "--pool",
+        args.pool,
+        "--crop",
+        args.crop,
+        *(["--eval"] if args.eval else []),
+        "--scheme",
+        scheme,
+        "--backbone",
+        backbone,
+        "--res",
+        str(res),
+        "--batch",
+        str(batch),
+        "--json",
+        out.name,
+      ],
+      capture_output=True,
+      text=True,
+    )
     lines = open(out.name).read().splitlines()
   if lines:
     return json.loads(lines[-1])
-  why = f"the compiling process died of signal {-done.returncode}" if done.returncode < 0 else \
-      f"the compiling process ended with status {done.returncode}"
+  why = (
+    f"the compiling process died of signal {-done.returncode}"
+    if done.returncode < 0
+    else f"the compiling process ended with status {done.returncode}"
+  )
   tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
   return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "error": f"{why}: {' | '.join(tail)}"}
 
 
-COLUMNS = [("scheme", "{}"), ("backbone", "{}"), ("res", "{}"), ("batch", "{}"), ("chip", "{}"), ("step", "{}"),
-           ("pool", "{}"), ("crop", "{}"), ("compile_s", "{:.0f}"), ("mem_gib", "{:.2f}"), ("hbm_share", "{:.0%}"),
-           ("tflop", "{:.2f}"), ("gb_moved", "{:.1f}"), ("bound_ms", "{:.1f}"), ("bound_img_s", "{:.0f}")]
+COLUMNS = [
+  ("scheme", "{}"),
+  ("backbone", "{}"),
+  ("res", "{}"),
+  ("batch", "{}"),
+  ("chip", "{}"),
+  ("step", "{}"),
+  ("pool", "{}"),
+  ("crop", "{}"),
+  ("compile_s", "{:.0f}"),
+  ("mem_gib", "{:.2f}"),
+  ("hbm_share", "{:.0%}"),
+  ("tflop", "{:.2f}"),
+  ("gb_moved", "{:.1f}"),
+  ("bound_ms", "{:.1f}"),
+  ("bound_img_s", "{:.0f}"),
+]
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.tpu_report", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.tpu_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   from benchmarks import hlo_report, throughput
+
   hlo_report.step_arguments(p)
   p.add_argument("--chip", default="v5p", choices=sorted(CHIPS), help="the TPU to compile for (default v5p)")
   p.add_argument("--all", action="store_true", help="every row of the standard table (benchmarks.throughput)")
-  p.add_argument("--largest-batch", action="store_true",
-                 help="instead, the largest batch (a multiple of 8) whose training step needs at most 70%% of the "
-                      "chip's memory (as benchmarks.hlo_report --largest-batch)")
+  p.add_argument(
+    "--largest-batch",
+    action="store_true",
+    help="instead, the largest batch (a multiple of 8) whose training step needs at most 70%% of the "
+    "chip's memory (as benchmarks.hlo_report --largest-batch)",
+  )
   p.add_argument("--json", help="append the rows (one JSON object per line) to this file")
   throughput.add_formulation_args(p)
   args = p.parse_args(argv)
@@ -139,9 +204,15 @@ def main(argv=None) -> int:
   if args.largest_batch:
     print(f"| scheme | backbone | res | the table's batch | largest batch ({args.chip}) |\n|---|---|---|---|---|")
     for scheme, backbone, res, batch in runs:
-      found = hlo_report.largest_batch(scheme, backbone, res, args.chip, compile_step=compile_for_tpu,
-                                       memory_bytes=int(CHIPS[args.chip][1]),
-                                       log=lambda m: print(m, file=sys.stderr, flush=True))
+      found = hlo_report.largest_batch(
+        scheme,
+        backbone,
+        res,
+        args.chip,
+        compile_step=compile_for_tpu,
+        memory_bytes=int(CHIPS[args.chip][1]),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+      )
       print(f"| {scheme} | {backbone} | {res} | {batch if args.all else '-'} | {found} |", flush=True)
     return 0
   rows = []

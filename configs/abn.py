@@ -22,32 +22,32 @@ data's attributes; empty = one task on the labels). Loss weights: phases.main.lo
 from configs import common
 
 PRESETS = {
-    "": "embedded synthetic data at 64 px, quarter-width VGG-11-BN branching at conv4_2: minutes on a CPU",
-    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
-    "cifar100_resnet110": "CIFAR-100, the ABN code's ResNet-110 (Bottleneck blocks: 164 layers, width 256, 1.7M "
-                          "parameters; SGD 0.1, batch 128, 300 epochs, x0.1 at 150 and 225, wd 1e-4)",
-    "cifar100_resnet110_basic": "CIFAR-100, He et al.'s BasicBlock ResNet-110 (110 layers, width 64), same schedule",
-    "cifar100_wrn28_10": "CIFAR-100, WRN-28-10 with dropout 0.3 (300 epochs, x0.2 at 150 and 225, wd 5e-4)",
-    "imagenet_resnet50": "ImageNet (TFDS imagenet2012, manual download), RandomResizedCrop 224, ResNet-50 from "
-                         "scratch, 90 epochs",
-    "cub": "CUB-200-2011 at 448, ResNet-50 from ImageNet weights",
-    "aircraft": "FGVC-Aircraft at 448, ResNet-50 from ImageNet weights",
-    "cars": "Stanford Cars at 448, ResNet-50 from ImageNet weights",
-    "dogs": "Stanford Dogs at 448, ResNet-50 from ImageNet weights",
-    "cub_frozen": "CUB-200-2011, frozen ImageNet ResNet-50 features: only the branches train, alpha 0.25, beta 1",
-    "landmarks": "the landmark recipe (baseline.py:landmarks) with an attention branch after VGG-16's pool5, frozen "
-                 "features, alpha 0.25, beta 1",
-    "synthetic_parts": "multi-task on the synthetic set: one task (and one attention map) per part's pattern",
-    "celeba": "multi-task: CelebA's 40 facial attributes (TFDS celeb_a), a two-class task and an attention map "
-              "each, ResNet-101 from ImageNet weights at 224",
+  "": "embedded synthetic data at 64 px, quarter-width VGG-11-BN branching at conv4_2: minutes on a CPU",
+  "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
+  "cifar100_resnet110": "CIFAR-100, the ABN code's ResNet-110 (Bottleneck blocks: 164 layers, width 256, 1.7M "
+  "parameters; SGD 0.1, batch 128, 300 epochs, x0.1 at 150 and 225, wd 1e-4)",
+  "cifar100_resnet110_basic": "CIFAR-100, He et al.'s BasicBlock ResNet-110 (110 layers, width 64), same schedule",
+  "cifar100_wrn28_10": "CIFAR-100, WRN-28-10 with dropout 0.3 (300 epochs, x0.2 at 150 and 225, wd 5e-4)",
+  "imagenet_resnet50": "ImageNet (TFDS imagenet2012, manual download), RandomResizedCrop 224, ResNet-50 from "
+  "scratch, 90 epochs",
+  "cub": "CUB-200-2011 at 448, ResNet-50 from ImageNet weights",
+  "aircraft": "FGVC-Aircraft at 448, ResNet-50 from ImageNet weights",
+  "cars": "Stanford Cars at 448, ResNet-50 from ImageNet weights",
+  "dogs": "Stanford Dogs at 448, ResNet-50 from ImageNet weights",
+  "cub_frozen": "CUB-200-2011, frozen ImageNet ResNet-50 features: only the branches train, alpha 0.25, beta 1",
+  "landmarks": "the landmark recipe (baseline.py:landmarks) with an attention branch after VGG-16's pool5, frozen "
+  "features, alpha 0.25, beta 1",
+  "synthetic_parts": "multi-task on the synthetic set: one task (and one attention map) per part's pattern",
+  "celeba": "multi-task: CelebA's 40 facial attributes (TFDS celeb_a), a two-class task and an attention map "
+  "each, ResNet-101 from ImageNet weights at 224",
 }
 
 # The CIFAR-100 networks of ABN's code (models/cifar/, checkpoints/cifar100/*/log.txt): its CIFAR ResNets take
 # Bottleneck blocks from depth 44 up (model.block='auto'), its WRN dropout 0.3 and x0.2 decays.
 CIFAR = {
-    "cifar100_resnet110": dict(backbone="resnet110", block="auto", wd=1e-4, decay=0.1),
-    "cifar100_resnet110_basic": dict(backbone="resnet110", block="basic", wd=1e-4, decay=0.1),
-    "cifar100_wrn28_10": dict(backbone="wrn28_10", dropout=0.3, wd=5e-4, decay=0.2),
+  "cifar100_resnet110": dict(backbone="resnet110", block="auto", wd=1e-4, decay=0.1),
+  "cifar100_resnet110_basic": dict(backbone="resnet110", block="basic", wd=1e-4, decay=0.1),
+  "cifar100_wrn28_10": dict(backbone="wrn28_10", dropout=0.3, wd=5e-4, decay=0.2),
 }
 
 
@@ -81,7 +81,7 @@ def get_config(arg=None):
     c.abn.branch = "pool5"  # the 7x7 map; the frozen extractor is then every conv block, the head trains
     return c
   if arg == "celeba":
-    # The schedule is this project's (DESIGN.md gives none for the multi-task variant): fine-tuning as for the
+    # The schedule is this project's (the paper gives none for the multi-task variant): fine-tuning as for the
     # fine-grained presets, larger batches for the smaller, more numerous images.
     common.use_dataset(c, "celeba")
     c.abn.task_classes = (2,) * 40
@@ -92,8 +92,16 @@ def get_config(arg=None):
     return c
   if arg == "imagenet_resnet50":
     # The official code's ImageNet transforms: RandomResizedCrop(224) and a flip; evaluation: resize 256, centre 224.
-    c.data.update(source="tfds", name="imagenet2012", num_classes=1000, image_size=224, resize_size=256,
-                  batch_size=256, eval_batch_size=500, eval_split="validation")
+    c.data.update(
+      source="tfds",
+      name="imagenet2012",
+      num_classes=1000,
+      image_size=224,
+      resize_size=256,
+      batch_size=256,
+      eval_batch_size=500,
+      eval_split="validation",
+    )
     c.data.augment.crop = "random_resized"
     c.model.backbone = "resnet50"
     c.abn.map_kernel = 3

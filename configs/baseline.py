@@ -18,16 +18,16 @@ He et al.'s BasicBlock networks; ABN's baselines are its code's (Bottleneck from
 from configs import common
 
 PRESETS = {
-    "": "embedded synthetic data at 64 px, a quarter-width VGG-11-BN from scratch: minutes on a 2-core CPU",
-    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
-    "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights",
-    "aircraft": "FGVC-Aircraft (variants) at 448, VGG-19 from ImageNet weights",
-    "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights",
-    "dogs": "Stanford Dogs at 448, VGG-19 from ImageNet weights",
-    "cifar10": "CIFAR-10 at 32, CIFAR ResNet-56 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
-    "cifar100": "CIFAR-100 at 32, CIFAR ResNet-110 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
-    "landmarks": "the landmark recipe: Google Landmarks v2's 100 largest classes split 70/15/15, ImageNet VGG-16 "
-                 "with frozen features and a dropout classifier (common.landmark_recipe)",
+  "": "embedded synthetic data at 64 px, a quarter-width VGG-11-BN from scratch: minutes on a 2-core CPU",
+  "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task)",
+  "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights",
+  "aircraft": "FGVC-Aircraft (variants) at 448, VGG-19 from ImageNet weights",
+  "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights",
+  "dogs": "Stanford Dogs at 448, VGG-19 from ImageNet weights",
+  "cifar10": "CIFAR-10 at 32, CIFAR ResNet-56 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
+  "cifar100": "CIFAR-100 at 32, CIFAR ResNet-110 from scratch (SGD 0.1, 300 epochs, x0.1 at 150 and 225)",
+  "landmarks": "the landmark recipe: Google Landmarks v2's 100 largest classes split 70/15/15, ImageNet VGG-16 "
+  "with frozen features and a dropout classifier (common.landmark_recipe)",
 }
 
 
@@ -50,8 +50,10 @@ def get_config(arg=None):
   c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64
   c.data.augment.rotation = 0.0
-  c.phases = {"warmup": common.phase(trains="head", epochs=2, lr=0.01),
-              "main": common.phase(epochs=40, lr=0.001, weight_decay=5e-4)}
+  c.phases = {
+    "warmup": common.phase(trains="head", epochs=2, lr=0.01),
+    "main": common.phase(epochs=40, lr=0.001, weight_decay=5e-4),
+  }
   c.phase_order = ("warmup", "main")
   c.phases.main.schedule.warmup_epochs = 1.0
   return c

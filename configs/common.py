@@ -19,25 +19,25 @@ from ml_collections.config_dict import placeholder
 # The data sets the presets name, at the papers' sizes: train on a random `image_size` crop of the image
 # resized to `resize_size` (shorter side), evaluate on the centre crop.
 DATASETS = {
-    "synthetic": dict(source="synthetic", name="synthetic", num_classes=10, image_size=96, resize_size=112),
-    "cub": dict(source="folder", name="cub", num_classes=200, image_size=448, resize_size=512),
-    # FGVC-Aircraft's own protocol, which MA-CNN and RA-CNN follow: train on trainval (train + val, 6667 images)
-    "aircraft": dict(source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512,
-                     train_split="trainval"),
-    "cars": dict(source="folder", name="cars", num_classes=196, image_size=448, resize_size=512),
-    "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
-    # CIFAR's augmentation in the ResNet paper and ABN's CIFAR runs: a random 32 x 32 window of the image padded
-    # with 4 black pixels on every side.
-    "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32,
-                    augment=dict(pad=4)),
-    "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32,
-                     augment=dict(pad=4)),
-    # Google Landmarks v2 (its train.csv and train/a/b/c/<id>.jpg), the top_classes landmarks with the most images,
-    # split by landmark_recipe(); evaluated during training on val, at the end with `evaluate --split test`.
-    "landmarks": dict(source="folder", name="landmarks", num_classes=100, image_size=224, resize_size=256,
-                      eval_split="val"),
-    # Aligned 178 x 218 faces with 40 boolean attributes; the label is the first attribute (2 classes).
-    "celeba": dict(source="tfds", name="celeb_a", num_classes=2, image_size=224, resize_size=224),
+  "synthetic": dict(source="synthetic", name="synthetic", num_classes=10, image_size=96, resize_size=112),
+  "cub": dict(source="folder", name="cub", num_classes=200, image_size=448, resize_size=512),
+  # FGVC-Aircraft's own protocol, which MA-CNN and RA-CNN follow: train on trainval (train + val, 6667 images)
+  "aircraft": dict(
+    source="folder", name="aircraft", num_classes=100, image_size=448, resize_size=512, train_split="trainval"
+  ),
+  "cars": dict(source="folder", name="cars", num_classes=196, image_size=448, resize_size=512),
+  "dogs": dict(source="folder", name="dogs", num_classes=120, image_size=448, resize_size=512),
+  # CIFAR's augmentation in the ResNet paper and ABN's CIFAR runs: a random 32 x 32 window of the image padded
+  # with 4 black pixels on every side.
+  "cifar10": dict(source="tfds", name="cifar10", num_classes=10, image_size=32, resize_size=32, augment=dict(pad=4)),
+  "cifar100": dict(source="tfds", name="cifar100", num_classes=100, image_size=32, resize_size=32, augment=dict(pad=4)),
+  # Google Landmarks v2 (its train.csv and train/a/b/c/<id>.jpg), the top_classes landmarks with the most images,
+  # split by landmark_recipe(); evaluated during training on val, at the end with `evaluate --split test`.
+  "landmarks": dict(
+    source="folder", name="landmarks", num_classes=100, image_size=224, resize_size=256, eval_split="val"
+  ),
+  # Aligned 178 x 218 faces with 40 boolean attributes; the label is the first attribute (2 classes).
+  "celeba": dict(source="tfds", name="celeb_a", num_classes=2, image_size=224, resize_size=224),
 }
 
 

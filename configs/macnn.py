@@ -28,23 +28,34 @@ the crops sample the full-resolution input).
 from configs import common
 
 PRESETS = {
-    "": "the alternating schedule on the embedded synthetic data at 96 px, 4 parts: minutes on a CPU",
-    "e2e": "the same data, end to end: after the object stream and the channel-grouping initialisation, L_cls + "
-           "L_cng (and the part streams) in one phase",
-    "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task): the "
-              "object stream sees the 256-pixel input at 64, the part streams 51-pixel crops of it at 48",
-    "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts and the object crop, 128-pixel crops",
-    "aircraft": "FGVC-Aircraft at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
-    "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
+  "": "the alternating schedule on the embedded synthetic data at 96 px, 4 parts: minutes on a CPU",
+  "e2e": "the same data, end to end: after the object stream and the channel-grouping initialisation, L_cls + "
+  "L_cng (and the part streams) in one phase",
+  "detail": "the embedded task where the classes' detail is finer than 64 px resolve (common.detail_task): the "
+  "object stream sees the 256-pixel input at 64, the part streams 51-pixel crops of it at 48",
+  "cub": "CUB-200-2011 at 448, VGG-19 from ImageNet weights, 4 parts and the object crop, 128-pixel crops",
+  "aircraft": "FGVC-Aircraft at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
+  "cars": "Stanford Cars at 448, VGG-19 from ImageNet weights, 2 parts, 96-pixel crops",
 }
 
 
 def get_config(arg=None):
   c = common.get_config()
   c.scheme = "macnn"
-  c.macnn = dict(num_parts=4, feature_stage="", lam=2.0, margin=0.02, part_streams=True, crop_fraction=0.25,
-                 crop_reference="image", object_crop=False, part_input=224, part_maps="centred",
-                 part_pooling="weighted", object_input=0)
+  c.macnn = dict(
+    num_parts=4,
+    feature_stage="",
+    lam=2.0,
+    margin=0.02,
+    part_streams=True,
+    crop_fraction=0.25,
+    crop_reference="image",
+    object_crop=False,
+    part_input=224,
+    part_maps="centred",
+    part_pooling="weighted",
+    object_input=0,
+  )
   if arg in (None, "", "e2e"):
     common.cpu_sized(c)
     c.data.image_size, c.data.resize_size = 96, 108
@@ -68,20 +79,24 @@ def get_config(arg=None):
   # The paper adds the object crop ("4 parts + object") for birds; --config.macnn.object_crop=True elsewhere.
   c.macnn.update(num_parts=4 if birds else 2, crop_fraction=(128 if birds else 96) / 448, object_crop=birds)
   # An alternating phase ends early after 10 logging windows (200 steps) without a 0.1% fall of its loss.
-  return _alternating(c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3,
-                      patience=10)
+  return _alternating(
+    c, epochs=dict(object=10, init=1, grouping=2, classify=5, parts=20), lr=0.001, cycles=3, patience=10
+  )
 
 
 def _end_to_end(c, epochs):
   """The alternating run's 'object' and 'init' phases, then one phase on every loss: the channel-grouping
   initialisation starts the maps apart. Without it (one phase from scratch) all four maps settled on one part: 1.00
   distinct parts hit per image at 64 px, 1.77 with it (random points 0.38; 1200 images, 2-core CPU)."""
-  main = common.phase(epochs=epochs["main"], lr=c.phases.classify.optim.lr,
-                      # L_cng sums over the grid's cells: 30-170 on the 24x24 map, 15-75x the cross-entropies. At
-                      # weight 1 it wipes out the features (measured on a 12x12 map: every head at chance); 0.01
-                      # brings it to their scale (0.1 measured beside it: 1.66 distinct parts, 0.50 of the peaks on a
-                      # part against 0.64).
-                      losses={"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0})
+  main = common.phase(
+    epochs=epochs["main"],
+    lr=c.phases.classify.optim.lr,
+    # L_cng sums over the grid's cells: 30-170 on the 24x24 map, 15-75x the cross-entropies. At
+    # weight 1 it wipes out the features (measured on a 12x12 map: every head at chance); 0.01
+    # brings it to their scale (0.1 measured beside it: 1.66 distinct parts, 0.50 of the peaks on a
+    # part against 0.64).
+    losses={"cls": 1.0, "parts": 1.0, "cng": 0.01, "streams": 1.0, "joint": 1.0},
+  )
   main.schedule.warmup_epochs = 0.5
   c.phases = {"object": c.phases.object, "init": c.phases.init, "main": main}
   c.phases.object.epochs, c.phases.init.epochs = float(epochs["object"]), float(epochs["init"])
@@ -91,17 +106,19 @@ def _end_to_end(c, epochs):
 
 def _alternating(c, epochs, lr, cycles, patience=0):
   c.phases = {
-      "object": common.phase(trains="convs", epochs=epochs["object"], lr=lr, losses={"cls": 1.0}),
-      # The grouping layers' losses differ in scale by orders of magnitude (L_cng sums over the grid): Adam.
-      # The regression to the k-means indicators: at 1e-3 it was still at 0.014 after 111 steps and the maps
-      # had not yet split by group; 1e-2 reaches 1e-5 in 37.
-      "init": common.phase(trains="grouping", epochs=epochs["init"], name="adamw", lr=1e-2, weight_decay=0.0,
-                           losses={"group_init": 1.0}),
-      # At 1e-3 two one-epoch grouping phases moved L_cng by 9%; at 1e-2 by 65%, and the maps hit more parts.
-      "grouping": common.phase(trains="grouping", epochs=epochs["grouping"], name="adamw", lr=1e-2,
-                               weight_decay=0.0, losses={"cng": 1.0}),
-      "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "parts": 1.0}),
-      "parts": common.phase(trains="parts", epochs=epochs["parts"], lr=lr, losses={"streams": 1.0, "joint": 1.0}),
+    "object": common.phase(trains="convs", epochs=epochs["object"], lr=lr, losses={"cls": 1.0}),
+    # The grouping layers' losses differ in scale by orders of magnitude (L_cng sums over the grid): Adam.
+    # The regression to the k-means indicators: at 1e-3 it was still at 0.014 after 111 steps and the maps
+    # had not yet split by group; 1e-2 reaches 1e-5 in 37.
+    "init": common.phase(
+      trains="grouping", epochs=epochs["init"], name="adamw", lr=1e-2, weight_decay=0.0, losses={"group_init": 1.0}
+    ),
+    # At 1e-3 two one-epoch grouping phases moved L_cng by 9%; at 1e-2 by 65%, and the maps hit more parts.
+    "grouping": common.phase(
+      trains="grouping", epochs=epochs["grouping"], name="adamw", lr=1e-2, weight_decay=0.0, losses={"cng": 1.0}
+    ),
+    "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "parts": 1.0}),
+    "parts": common.phase(trains="parts", epochs=epochs["parts"], lr=lr, losses={"streams": 1.0, "joint": 1.0}),
   }
   c.phases.grouping.cycle = c.phases.classify.cycle = True
   if patience:  # the paper's "until both losses stop changing": epochs are then an upper bound

@@ -27,15 +27,14 @@ full-resolution image).
 from configs import common
 
 PRESETS = {
-    "": "the alternating schedule on the embedded synthetic data at 96 px, 3 scales, crops seen at 64: minutes on a "
-          "CPU",
-    "e2e": "the same data, end to end: cls + rank + fused (+ a weak apn_init anchor) in one phase",
-    "closer": "two scales on the synthetic data at 128 px: scale 1 sees it at 96, the zoom samples the 128-px image",
-    "detail": "two scales on the embedded task where the classes' detail is finer than 64 px resolve "
-              "(common.detail_task): scale 1 sees the 256-px input at 64, the zoom samples it and is seen at 64",
-    "cub": "CUB-200-2011 at 448, three VGG-19 from ImageNet weights, crops seen at 224",
-    "dogs": "Stanford Dogs at 448, three VGG-19 from ImageNet weights, crops seen at 224",
-    "cars": "Stanford Cars at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+  "": "the alternating schedule on the embedded synthetic data at 96 px, 3 scales, crops seen at 64: minutes on a CPU",
+  "e2e": "the same data, end to end: cls + rank + fused (+ a weak apn_init anchor) in one phase",
+  "closer": "two scales on the synthetic data at 128 px: scale 1 sees it at 96, the zoom samples the 128-px image",
+  "detail": "two scales on the embedded task where the classes' detail is finer than 64 px resolve "
+  "(common.detail_task): scale 1 sees the 256-px input at 64, the zoom samples it and is seen at 64",
+  "cub": "CUB-200-2011 at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+  "dogs": "Stanford Dogs at 448, three VGG-19 from ImageNet weights, crops seen at 224",
+  "cars": "Stanford Cars at 448, three VGG-19 from ImageNet weights, crops seen at 224",
 }
 
 
@@ -45,9 +44,19 @@ def get_config(arg=None):
   # min_half_fraction 0.25 below the targets' 1/3: apn_box maps s_l affinely to [min, 1/2] of the side, so with
   # min_half_fraction == apn_init_half_fraction the target would sit on the lower bound, reachable only as the
   # sigmoid saturates (s_l -> 0, vanishing gradient); at 0.25 the target is s_l = 1/3, well inside.
-  c.racnn = dict(num_scales=3, scale_input=224, apn_hidden=1024, apn_grid=7, k=10.0, min_half_fraction=0.25,
-                 max_half_fraction=0.5, keep_inside=True, margin=0.05, apn_init_half_fraction=1 / 3,
-                 scale1_input=0)
+  c.racnn = dict(
+    num_scales=3,
+    scale_input=224,
+    apn_hidden=1024,
+    apn_grid=7,
+    k=10.0,
+    min_half_fraction=0.25,
+    max_half_fraction=0.5,
+    keep_inside=True,
+    margin=0.05,
+    apn_init_half_fraction=1 / 3,
+    scale1_input=0,
+  )
   if arg in (None, "", "e2e", "closer", "detail"):
     common.cpu_sized(c)
     c.data.image_size, c.data.resize_size = 96, 108
@@ -55,16 +64,17 @@ def get_config(arg=None):
     if arg == "closer":
       # Scale 1 cannot resolve the 2-pixel stripes of a 128-pixel image it sees at 96; the zoom samples the
       # 128-pixel image. Boxes between 0.4 and 0.6 of the side (51 to 77 pixels), seen at 80: never below the
-      # image's resolution. Measured with 800 training images (tests/test_racnn_learning.py's setup with this
-      # schedule) on a 2-core CPU: scale 2 0.840 top-1, scale 1 0.443, fused 0.967; the scale-2 box holds 0.94 of
-      # the parts, a random box of its size 0.70 (all four: 0.83 vs 0.36). With the mask's k per unit of the image
-      # (50 here) and 'apn' before 'classify', the same machine gave 0.797, 0.493, 0.840, 0.85, 0.69. Earlier
-      # measurements, with that mask: with the zoom seen at 64 the larger boxes were shrunk by up to 0.83 and
-      # whether scale 2 beat scale 1 turned on the machine's rounding (0.697 vs 0.577 on one CPU, 0.507 vs 0.570 on
-      # another); scale 1 at 80 or 64 instead is too coarse for the APN: its boxes are random.
+      # image's resolution (scale 1 at 80 or 64 is too coarse for the APN: its boxes are random). Measured:
+      # benchmarks/RESULTS.md, "The learning tests".
       c.data.image_size, c.data.resize_size = 128, 144
-      c.racnn.update(num_scales=2, scale1_input=96, scale_input=80, min_half_fraction=0.2, max_half_fraction=0.3,
-                     apn_init_half_fraction=0.25)
+      c.racnn.update(
+        num_scales=2,
+        scale1_input=96,
+        scale_input=80,
+        min_half_fraction=0.2,
+        max_half_fraction=0.3,
+        apn_init_half_fraction=0.25,
+      )
       c = _alternating(c, epochs=dict(scales=4, apn_init=2, apn=1, classify=2), lr=0.05, apn_lr=1e-3, cycles=2)
       c.phases.apn_init.optim.lr = 1e-2  # at 1e-3 two epochs do not bring the centres to the targets
       return c
@@ -74,8 +84,14 @@ def get_config(arg=None):
       # pixels; all four parts span up to about 120) is seen at 64, 1.2x to 2.4x smaller, and its bilinear
       # sampling keeps the stripes' orientation.
       common.detail_task(c, full_resolution=True)
-      c.racnn.update(num_scales=2, scale1_input=common.DETAIL_SIDE, scale_input=common.DETAIL_SIDE,
-                     min_half_fraction=0.15, max_half_fraction=0.3, apn_init_half_fraction=0.2)
+      c.racnn.update(
+        num_scales=2,
+        scale1_input=common.DETAIL_SIDE,
+        scale_input=common.DETAIL_SIDE,
+        min_half_fraction=0.15,
+        max_half_fraction=0.3,
+        apn_init_half_fraction=0.2,
+      )
       c = _alternating(c, epochs=dict(scales=4, apn_init=2, apn=1, classify=2), lr=0.05, apn_lr=1e-3, cycles=2)
       c.phases.apn_init.optim.lr = 1e-2  # as in 'closer'
       return c
@@ -89,20 +105,23 @@ def get_config(arg=None):
   c.model.backbone, c.model.head, c.model.require_pretrained = "vgg19", "gap", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64
   # An alternating phase ends early after 10 logging windows (200 steps) without a 0.1% fall of its loss.
-  return _alternating(c, epochs=dict(scales=10, apn_init=1, apn=2, classify=5), lr=0.001, apn_lr=1e-4, cycles=3,
-                      patience=10)
+  return _alternating(
+    c, epochs=dict(scales=10, apn_init=1, apn=2, classify=5), lr=0.001, apn_lr=1e-4, cycles=3, patience=10
+  )
 
 
 def _alternating(c, epochs, lr, apn_lr, cycles, patience=0):
   c.phases = {
-      "scales": common.phase(trains="convs", epochs=epochs["scales"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
-      # The APNs' losses (a regression in units of the side, a hinge on probabilities) are far smaller than the
-      # cross-entropies and the APNs' layers are new: Adam, as MA-CNN's grouping phases.
-      "apn_init": common.phase(trains="apn", epochs=epochs["apn_init"], name="adamw", lr=1e-3, weight_decay=0.0,
-                               losses={"apn_init": 1.0}),
-      "apn": common.phase(trains="apn", epochs=epochs["apn"], name="adamw", lr=apn_lr, weight_decay=0.0,
-                          losses={"rank": 1.0}),
-      "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
+    "scales": common.phase(trains="convs", epochs=epochs["scales"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
+    # The APNs' losses (a regression in units of the side, a hinge on probabilities) are far smaller than the
+    # cross-entropies and the APNs' layers are new: Adam, as MA-CNN's grouping phases.
+    "apn_init": common.phase(
+      trains="apn", epochs=epochs["apn_init"], name="adamw", lr=1e-3, weight_decay=0.0, losses={"apn_init": 1.0}
+    ),
+    "apn": common.phase(
+      trains="apn", epochs=epochs["apn"], name="adamw", lr=apn_lr, weight_decay=0.0, losses={"rank": 1.0}
+    ),
+    "classify": common.phase(trains="convs", epochs=epochs["classify"], lr=lr, losses={"cls": 1.0, "fused": 1.0}),
   }
   c.phases.apn.cycle = c.phases.classify.cycle = True
   if patience:  # the paper's "until both losses stop changing": epochs are then an upper bound

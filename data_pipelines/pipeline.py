@@ -4,15 +4,17 @@ A batch is a dict:
   image   uint8 (B, size, size, 3)    label int32 (B,)           index int32 (B,), -1 for padding
   box     float32 (B, 4) x0 y0 x1 y1   parts float32 (B, P, 2)    mask bool (B,): counts in loss and metrics
 where B is this process's share of the global batch; 'parts' only where the source has part points (and box
-is NaN where it has no boxes); 'attributes' int32 (B, T) only where the source has multi-task attributes. Training: shuffled and repeated without end, the
-last partial batch of an epoch dropped. Evaluation: one pass in order, the last batch padded with
-mask=False examples, so that no example is dropped and every batch has the same shape (one compilation).
+is NaN where it has no boxes); 'attributes' int32 (B, T) only where the source has multi-task attributes.
+Training: shuffled and repeated without end, the last partial batch of an epoch dropped. Evaluation: one pass in
+order, the last batch padded with mask=False examples, so that no example is dropped and every batch has the same
+shape (one compilation).
 
 An image that cannot be read becomes a blank example with mask=False (the batch keeps its static shape
 for jit), is counted, and is reported with its file name at the end of the epoch; it never stops the run. (A split
 in which no image at all can be decoded is refused by build() up front.)
 Everything random derives from (config.seed, position in the global stream, whatever the number of processes), so
-two pipelines with the same seed give the same batches, and a pipeline restored with set_state() continues exactly where the saved one was.
+two pipelines with the same seed give the same batches, and a pipeline restored with set_state() continues exactly
+where the saved one was.
 """
 
 from __future__ import annotations
@@ -39,26 +41,38 @@ def open_source(config, split: str) -> Source:
   top = d.top_classes
   if top:
     from data_pipelines.sources.folders import folder_source_class
+
     if d.source != "folder" or not folder_source_class(d.name).makes_split:
       what = f"data.name={d.name!r}" if d.source == "folder" else f"data.source={d.source!r}"
-      raise DataError(f"data.top_classes={top}: only the data sets that may ship without a fixed class list and "
-                      f"split (data.source='folder' with data.name='folder' or 'landmarks') keep their largest "
-                      f"classes, not {what}: set --config.data.top_classes=0")
+      raise DataError(
+        f"data.top_classes={top}: only the data sets that may ship without a fixed class list and "
+        f"split (data.source='folder' with data.name='folder' or 'landmarks') keep their largest "
+        f"classes, not {what}: set --config.data.top_classes=0"
+      )
   if d.source == "synthetic":
     s = d.synthetic
-    return SyntheticBirds(split, num_examples=s.num_train if split == "train" else s.num_test,
-                          resolution=s.resolution or d.resize_size, num_classes=d.num_classes,
-                          num_parts=s.num_parts, seed=config.seed, stripe=s.stripe)
+    return SyntheticBirds(
+      split,
+      num_examples=s.num_train if split == "train" else s.num_test,
+      resolution=s.resolution or d.resize_size,
+      num_classes=d.num_classes,
+      num_parts=s.num_parts,
+      seed=config.seed,
+      stripe=s.stripe,
+    )
   if d.source == "folder":
     from data_pipelines.sources.folders import folder_source_class
+
     cls = folder_source_class(d.name)
     options = {"level": d.level} if cls.name == "aircraft" else {}
     if cls.makes_split:
-      options.update(val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction, seed=d.split.seed,
-                     top_classes=top)
+      options.update(
+        val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction, seed=d.split.seed, top_classes=top
+      )
     return cls(d.root, split, **options)
   if d.source == "tfds":
     from data_pipelines.sources.tfds_source import TFDSSource
+
     return TFDSSource(d.name, split, data_dir=d.root)
   raise DataError(f"Unknown data.source {d.source!r}; use 'synthetic', 'folder' or 'tfds'.")
 
@@ -80,9 +94,17 @@ class Prepare(grain.transforms.RandomMap):
 
   def blank(self, index: int, corrupt: bool) -> dict:
     n, p = self.aug.size, self.source.num_parts
-    return self.finish({"image": np.zeros((n, n, 3), np.uint8), "label": np.int32(0), "index": np.int32(index),
-                        "box": np.full(4, np.nan, np.float32), "parts": np.full((p, 2), np.nan, np.float32),
-                        "mask": np.bool_(False), "corrupt": np.bool_(corrupt)})
+    return self.finish(
+      {
+        "image": np.zeros((n, n, 3), np.uint8),
+        "label": np.int32(0),
+        "index": np.int32(index),
+        "box": np.full(4, np.nan, np.float32),
+        "parts": np.full((p, 2), np.nan, np.float32),
+        "mask": np.bool_(False),
+        "corrupt": np.bool_(corrupt),
+      }
+    )
 
   def random_map(self, index, rng: np.random.Generator):
     index = int(index)
@@ -98,8 +120,18 @@ class Prepare(grain.transforms.RandomMap):
       image, box, parts = transforms.train(image, ex["box"], ex["parts"], self.aug, rng)
     else:
       image, box, parts = transforms.evaluate(image, ex["box"], ex["parts"], self.aug, rng)
-    return self.finish({"image": image, "label": np.int32(ex["label"]), "index": np.int32(index), "box": box,
-                        "parts": parts, "mask": np.bool_(True), "corrupt": np.bool_(False)}, ex.get("attributes"))
+    return self.finish(
+      {
+        "image": image,
+        "label": np.int32(ex["label"]),
+        "index": np.int32(index),
+        "box": box,
+        "parts": parts,
+        "mask": np.bool_(True),
+        "corrupt": np.bool_(False),
+      },
+      ex.get("attributes"),
+    )
 
 
 class BalancedIndex(grain.transforms.Map):
@@ -147,38 +179,57 @@ def sample(config, split: str, count: int) -> "Pipeline":
   """One evaluation pass (no augmentation) over `count` training-set examples spread over every class
   (class_sample), the same for every process."""
   source = open_source(config, split)
-  return build(config, split, training=False, source=source,
-               examples=class_sample(source.labels, count, config.seed))
+  return build(config, split, training=False, source=source, examples=class_sample(source.labels, count, config.seed))
 
 
-def build(config, split: str, process_index: int = 0, process_count: int = 1, *,
-          training: bool | None = None, source: Source | None = None, examples=None) -> "Pipeline":
+def build(
+  config,
+  split: str,
+  process_index: int = 0,
+  process_count: int = 1,
+  *,
+  training: bool | None = None,
+  source: Source | None = None,
+  examples=None,
+) -> "Pipeline":
   """The pipeline of one split for one process. training defaults to split == config.data.train_split.
   examples: an evaluation pass over these example indices only, in this order (sample())."""
   d = config.data
   training = split == d.train_split if training is None else training
   source = check_decodable(check_nonempty(source or open_source(config, split), split), split)
   if source.num_classes != d.num_classes:
-    raise DataError(f"{source.name} has {source.num_classes} classes but data.num_classes={d.num_classes}: "
-                    f"set --config.data.num_classes={source.num_classes}.")
+    raise DataError(
+      f"{source.name} has {source.num_classes} classes but data.num_classes={d.num_classes}: "
+      f"set --config.data.num_classes={source.num_classes}."
+    )
   global_batch = d.batch_size if training else d.eval_batch_size
   if global_batch % process_count:
     raise ValueError(f"batch size {global_batch} does not split evenly over {process_count} processes")
   batch = global_batch // process_count
-  aug = transforms.Augment(resize=d.resize_size, size=d.image_size, flip=d.augment.flip,
-                           rotation=d.augment.rotation, brightness=d.augment.brightness, colour=d.augment.colour,
-                           pad=d.augment.pad, crop=d.augment.crop, crop_area=tuple(d.augment.crop_area),
-                           crop_ratio=tuple(d.augment.crop_ratio), eval_rotation=d.augment.eval_rotation)
+  aug = transforms.Augment(
+    resize=d.resize_size,
+    size=d.image_size,
+    flip=d.augment.flip,
+    rotation=d.augment.rotation,
+    brightness=d.augment.brightness,
+    colour=d.augment.colour,
+    pad=d.augment.pad,
+    crop=d.augment.crop,
+    crop_area=tuple(d.augment.crop_area),
+    crop_ratio=tuple(d.augment.crop_ratio),
+    eval_rotation=d.augment.eval_rotation,
+  )
   n = len(source)
   if training:
     if d.balanced:  # an endless stream of positions, mapped to class-balanced example indices
-      ds = grain.MapDataset.range(2 ** 62).map(BalancedIndex(source.labels, config.seed))
+      ds = grain.MapDataset.range(2**62).map(BalancedIndex(source.labels, config.seed))
     else:
       ds = grain.MapDataset.range(n).seed(config.seed).shuffle().repeat()
     per_process = n // process_count
     if per_process < batch:
-      raise DataError(f"The {split!r} split has {n} examples, fewer than one batch of {global_batch}: "
-                      "lower data.batch_size.")
+      raise DataError(
+        f"The {split!r} split has {n} examples, fewer than one batch of {global_batch}: lower data.batch_size."
+      )
     steps_per_epoch = per_process // batch
   else:
     count = n if examples is None else len(examples)
@@ -277,17 +328,26 @@ class Pipeline:
       reads = len(self._epoch_skipped)
       # Why, for the first: read again here (the decoding processes keep their exceptions), once per report.
       why = read_error(self.source, self._epoch_skipped[0])
-      log.warning("%s split: skipped %d unreadable image(s)%s in %s: %s.%s", self.split, len(names),
-                  f" ({reads} reads)" if reads != len(names) else "", what,
-                  ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""),
-                  f" The first could not be read: {why}" if why else "")
+      log.warning(
+        "%s split: skipped %d unreadable image(s)%s in %s: %s.%s",
+        self.split,
+        len(names),
+        f" ({reads} reads)" if reads != len(names) else "",
+        what,
+        ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""),
+        f" The first could not be read: {why}" if why else "",
+      )
     self._epoch_skipped = []
 
   def get_state(self) -> dict:
     if self._iter is None:
       self._new_iter()
-    return {"grain": self._iter.get_state(), "step": self.step, "epoch_skipped": list(self._epoch_skipped),
-            "positions": "batches"}
+    return {
+      "grain": self._iter.get_state(),
+      "step": self.step,
+      "epoch_skipped": list(self._epoch_skipped),
+      "positions": "batches",
+    }
 
   def set_state(self, state: dict) -> None:
     self._new_iter()

@@ -22,7 +22,6 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-
 CROPS = ("resize", "random_resized")
 
 
@@ -51,8 +50,10 @@ class Augment:
       raise ValueError("data.augment.pad applies to the 'resize' crop; set it to 0 with crop='random_resized'")
     (a0, a1), (r0, r1) = self.crop_area, self.crop_ratio
     if not (0 < a0 <= a1 <= 1 and 0 < r0 <= r1):
-      raise ValueError(f"data.augment.crop_area={self.crop_area} must satisfy 0 < low <= high <= 1 and "
-                       f"data.augment.crop_ratio={self.crop_ratio} 0 < low <= high")
+      raise ValueError(
+        f"data.augment.crop_area={self.crop_area} must satisfy 0 < low <= high <= 1 and "
+        f"data.augment.crop_ratio={self.crop_ratio} 0 < low <= high"
+      )
 
 
 def _window(image, resize: int, size: int, offset, pad: int = 0):

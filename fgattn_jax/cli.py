@@ -18,6 +18,7 @@ def user_errors() -> tuple:
   from data_pipelines.sources.base import DataError
   from fgattn_jax.models.pretrained import WeightImportError
   from fgattn_jax.training.checkpoint import CheckpointMismatch
+
   return (DataError, WeightImportError, FileNotFoundError, config_lib.ConfigError, CheckpointMismatch)
 
 
@@ -49,10 +50,20 @@ def presets_help(config_arg: str | None) -> str:
 
 
 def parser(prog: str, description: str, argv) -> argparse.ArgumentParser:
-  config_arg = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
-                     for i, a in enumerate(argv) if a.split("=")[0] == "--config"), None)
-  p = argparse.ArgumentParser(prog=prog, description=description, epilog=presets_help(config_arg),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  config_arg = next(
+    (
+      a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
+      for i, a in enumerate(argv)
+      if a.split("=")[0] == "--config"
+    ),
+    None,
+  )
+  p = argparse.ArgumentParser(
+    prog=prog,
+    description=description,
+    epilog=presets_help(config_arg),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   return p
 
 
@@ -69,13 +80,16 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
   """--checkpoint of the commands that read a run. The latest by default: the trained model, which the training
   run's summary reports; 'best' ranks every evaluation of every phase, and in an alternating schedule may pick one
   from before its last phase (MA-CNN's before its part streams trained)."""
-  p.add_argument("--checkpoint", default="latest", type=checkpoint_arg,
-                 help="'latest' (the trained model: default), 'best' (the highest evaluation top-1 of any phase, "
-                      "possibly before the last) or a step number")
+  p.add_argument(
+    "--checkpoint",
+    default="latest",
+    type=checkpoint_arg,
+    help="'latest' (the trained model: default), 'best' (the highest evaluation top-1 of any phase, "
+    "possibly before the last) or a step number",
+  )
 
 
-def check_out(p: argparse.ArgumentParser, path: str | None, *, folder: bool = True,
-              default: str | None = None) -> None:
+def check_out(p: argparse.ArgumentParser, path: str | None, *, folder: bool = True, default: str | None = None) -> None:
   """--out, checked before any work: a folder (or with folder=False a file) that can be made and written there,
   i.e. neither it (as a folder) nor a folder above it is an existing file, a file is not an existing folder, and
   the nearest existing folder is writable. Without --out, the command's `default` folder is checked likewise (a run
@@ -116,14 +130,17 @@ def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
   except (OSError, ValueError) as e:  # unreadable, or not JSON
     p.error(f"{path} is not a readable run config ({e}): --workdir must be the folder a training run wrote")
   if not isinstance(saved, dict) or not all(k in saved for k in ("scheme", "model", "data")):
-    p.error(f"{path} is not a run config (no scheme, model and data): --workdir must be the folder a training run "
-            "wrote")
+    p.error(
+      f"{path} is not a run config (no scheme, model and data): --workdir must be the folder a training run wrote"
+    )
   cfg = ml_collections.ConfigDict(config_lib.backfill(saved))
   cfg.lock()
   for key, text in pairs:
     if key.startswith(FIXED_BY_CHECKPOINT) and key not in FREE_IN_A_RUN and key in config_lib.flat_keys(cfg):
-      p.error(f"--config.{key} cannot change in a trained run: its checkpoint holds the model built with it (the run "
-              f"in {workdir} was trained with {key}={config_lib.lookup(cfg, key)!r}); train a new run instead")
+      p.error(
+        f"--config.{key} cannot change in a trained run: its checkpoint holds the model built with it (the run "
+        f"in {workdir} was trained with {key}={config_lib.lookup(cfg, key)!r}); train a new run instead"
+      )
     try:
       config_lib.override(cfg, key, text)
     except config_lib.ConfigError as e:
@@ -170,14 +187,15 @@ def run_class_names(workdir: str, cfg) -> tuple[list[str] | None, str]:
   return list(names), f"the data set ({cfg.data.name or cfg.data.source})"
 
 
-def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1, *,
-             images=None, refuse=None):
+def load_run(
+  p: argparse.ArgumentParser, args, pairs, process_index: int = 0, process_count: int = 1, *, images=None, refuse=None
+):
   """A trained run, for the commands that read one (evaluate, visualize, predict): -> namespace(cfg, split, scheme,
   model (the checkpoint's weights), step, pipe (the split's evaluation pipeline, or with `images`, paths of the
   user's own image files or folders, theirs: unlabelled, split 'files'), names (the class names or None), named_by
-  (with images: where the names came from)), or None after printing a one-line error (a missing checkpoint, data set, image or
-  weights file): the caller exits with 2. refuse(cfg, scheme) -> a reason the command cannot serve this run, or
-  None: asked once the model is built, before its checkpoint is read."""
+  (with images: where the names came from)), or None after printing a one-line error (a missing checkpoint, data
+  set, image or weights file): the caller exits with 2. refuse(cfg, scheme) -> a reason the command cannot serve
+  this run, or None: asked once the model is built, before its checkpoint is read."""
   import types
 
   import jax
@@ -213,8 +231,9 @@ def load_run(p: argparse.ArgumentParser, args, pairs, process_index: int = 0, pr
     p.error(edited(os.path.join(args.workdir, "config.json"), e))
   if not images:
     names = pipe.source.class_names
-  return types.SimpleNamespace(cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names,
-                               named_by=named_by)
+  return types.SimpleNamespace(
+    cfg=cfg, split=split, scheme=scheme, model=model, step=step, pipe=pipe, names=names, named_by=named_by
+  )
 
 
 def fit_to_devices(cfg, devices: int) -> None:
@@ -227,8 +246,12 @@ def fit_to_devices(cfg, devices: int) -> None:
   batch = cfg.data.eval_batch_size
   if batch % n:
     cfg.data.eval_batch_size = -(-batch // n) * n
-    logging.getLogger(__name__).warning("data.eval_batch_size=%d does not split over the %d devices: evaluating in "
-                                        "batches of %d", batch, n, cfg.data.eval_batch_size)
+    logging.getLogger(__name__).warning(
+      "data.eval_batch_size=%d does not split over the %d devices: evaluating in batches of %d",
+      batch,
+      n,
+      cfg.data.eval_batch_size,
+    )
 
 
 def eval_program(run):
@@ -258,8 +281,16 @@ def probe(scheme, model, pipe):
   return explain.logits_fn(scheme, model, batch), np.zeros(batch["image"].shape, np.float32)
 
 
-def check_layer(p: argparse.ArgumentParser, scheme, model, stages: list[str], layer: str, *, drawn: bool = True,
-                image_frame: bool = False):
+def check_layer(
+  p: argparse.ArgumentParser,
+  scheme,
+  model,
+  stages: list[str],
+  layer: str,
+  *,
+  drawn: bool = True,
+  image_frame: bool = False,
+):
   """--layer, checked against the stages the model runs (saliency.layer_names): -> (its name as they have it:
   conv5_4#1 is conv5_4, what it sees: 'image' or the index of the scheme's attention crop, scheme.layer_input).
   A stage the model does not run, with `drawn` one whose input is drawn nowhere, and with image_frame one not in
@@ -277,8 +308,10 @@ def check_layer(p: argparse.ArgumentParser, scheme, model, stages: list[str], la
   if (drawn and frame is None) or (image_frame and frame != "image"):
     on_image = [s for s in stages if scheme.layer_input(saliency.parse_layer(s)[1], model) == "image"]
     what = "an input that is not drawn (the object crop)" if frame is None else "a crop, not the image"
-    p.error(f"layer {layer!r} sees {what}{': the metrics score maps in the image' if image_frame else ''}; "
-            f"stages on the image: {', '.join(on_image)}")
+    p.error(
+      f"layer {layer!r} sees {what}{': the metrics score maps in the image' if image_frame else ''}; "
+      f"stages on the image: {', '.join(on_image)}"
+    )
   return layer, frame
 
 

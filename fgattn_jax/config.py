@@ -21,9 +21,7 @@ import sys
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config file, preset, key or value that cannot be used; the message says what to do instead."""
+from fgattn_jax.errors import ConfigError  # noqa: F401 (raised here; config.ConfigError as before)
 
 
 def _load_module(path: str):
@@ -101,7 +99,8 @@ def parse_value(text: str, field_type: type, key: str):
   name = field_type.__name__
   article = "an" if name[0] in "aeiou" else "a"
   bad = lambda what: ConfigError(  # noqa: E731
-      f"--config.{key}={text!r} is not {what}; {key} holds {article} {name}.")
+    f"--config.{key}={text!r} is not {what}; {key} holds {article} {name}."
+  )
   if field_type is bool:
     if text.lower() not in _TRUE | _FALSE:
       raise bad("true or false")
@@ -137,8 +136,10 @@ def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
   leaf = parts[-1]
   field_type = node.get_type(leaf)
   if field_type is ml_collections.ConfigDict:
-    raise ConfigError(f"{key!r} is a section, not a value; set one of: "
-                      + ", ".join(k for k in flat_keys(cfg) if k.startswith(key + ".")))
+    raise ConfigError(
+      f"{key!r} is a section, not a value; set one of: "
+      + ", ".join(k for k in flat_keys(cfg) if k.startswith(key + "."))
+    )
   value = parse_value(text, field_type, key)
   try:
     node[leaf] = value
@@ -152,7 +153,7 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith("--config."):
-      key, eq, text = arg[len("--config."):].partition("=")
+      key, eq, text = arg[len("--config.") :].partition("=")
       if not eq:
         # The next argument is the value, unless it is another flag (a negative number such as -1 is a value).
         if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
@@ -168,14 +169,14 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
 # Keys added after runs were already trained, with the value that reproduces how a run saved without them was
 # trained: backfill() gives an older run's config.json these, so that it still evaluates and resumes.
 ADDED_KEYS = {
-    "model.block": "",  # He et al.'s BasicBlock CIFAR ResNets
-    "model.dropout": None,  # each family's default
-    "data.augment.crop": "resize",
-    "data.augment.crop_area": (0.08, 1.0),
-    "data.augment.crop_ratio": (3 / 4, 4 / 3),
-    "data.augment.eval_rotation": 0.0,
-    "data.split": {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0},  # the folder tree's fixed 80/10/10 split
-    "data.top_classes": 0,
+  "model.block": "",  # He et al.'s BasicBlock CIFAR ResNets
+  "model.dropout": None,  # each family's default
+  "data.augment.crop": "resize",
+  "data.augment.crop_area": (0.08, 1.0),
+  "data.augment.crop_ratio": (3 / 4, 4 / 3),
+  "data.augment.eval_rotation": 0.0,
+  "data.split": {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0},  # the folder tree's fixed 80/10/10 split
+  "data.top_classes": 0,
 }
 
 
@@ -196,6 +197,7 @@ def backfill(saved: dict) -> dict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Refuses values of the right type that cannot work, before anything is built: otherwise they surface as a
   division by zero or an error inside a data thread, far from the key that caused them."""
+
   def check(key: str, ok: bool, allowed: str):
     if not ok:
       raise ConfigError(f"{key}={lookup(cfg, key)!r}: {allowed}.")
@@ -204,20 +206,32 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   check("data.batch_size", d.batch_size >= 1, "must be 1 or more (images per step, over all devices)")
   check("data.eval_batch_size", d.eval_batch_size >= 1, "must be 1 or more (images per evaluation step)")
   check("data.image_size", d.image_size >= 1, "must be 1 or more (the network's input side in pixels)")
-  check("data.resize_size", d.resize_size >= d.image_size,
-        f"must be at least data.image_size={d.image_size} (the crop is taken from the resized image)")
+  check(
+    "data.resize_size",
+    d.resize_size >= d.image_size,
+    f"must be at least data.image_size={d.image_size} (the crop is taken from the resized image)",
+  )
   check("data.augment.pad", d.augment.pad >= 0, "must be 0 or more")
   check("data.augment.crop", d.augment.crop in ("resize", "random_resized"), "use 'resize' or 'random_resized'")
   check("data.augment.eval_rotation", d.augment.eval_rotation >= 0, "must be 0 or more (degrees either way)")
   check("data.top_classes", d.top_classes >= 0, "must be 0 (every class) or more")
   fractions = (d.split.val_fraction, d.split.test_fraction)
-  check("data.split.val_fraction", min(fractions) >= 0 and sum(fractions) < 1,
-        f"must be 0 or more and leave, with data.split.test_fraction={d.split.test_fraction}, some of each class "
-        "to train on")
-  check("model.block", cfg.model.block in ("", "basic", "bottleneck", "auto"),
-        "use 'basic', 'bottleneck' or 'auto' (CIFAR ResNets), or '' for the backbone's own")
-  check("data.num_workers", d.num_workers >= 0,
-        "must be 0 (decode in threads of the main process) or more (decoding processes per host)")
+  check(
+    "data.split.val_fraction",
+    min(fractions) >= 0 and sum(fractions) < 1,
+    f"must be 0 or more and leave, with data.split.test_fraction={d.split.test_fraction}, some of each class "
+    "to train on",
+  )
+  check(
+    "model.block",
+    cfg.model.block in ("", "basic", "bottleneck", "auto"),
+    "use 'basic', 'bottleneck' or 'auto' (CIFAR ResNets), or '' for the backbone's own",
+  )
+  check(
+    "data.num_workers",
+    d.num_workers >= 0,
+    "must be 0 (decode in threads of the main process) or more (decoding processes per host)",
+  )
   for name in cfg.phase_order:
     if name not in cfg.phases:
       continue  # the training plan names the phases there are
@@ -233,4 +247,3 @@ def config_from_args(spec: str, pairs: list[tuple[str, str]]) -> ml_collections.
     override(cfg, key, text)
   validate(cfg)
   return cfg
-

@@ -35,14 +35,20 @@ def main(argv=None) -> int:
   p.add_argument("--num-images", type=int, help="--localization on the first N images only (default: all)")
   p.add_argument("--layer", help="the stage Grad-CAM reads (default: the explained backbone's last)")
   p.add_argument("--deletion-steps", type=int, default=16, help="points on the deletion and insertion curves")
-  p.add_argument("--part-radius", type=float,
-                 help="a part map's peak hits a part within this many pixels (default: a tenth of the side)")
+  p.add_argument(
+    "--part-radius",
+    type=float,
+    help="a part map's peak hits a part within this many pixels (default: a tenth of the side)",
+  )
   args, pairs = cli.parse(p, argv)
   if args.num_images is not None and args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
   cli.check_out(p, args.out, default=os.path.join(args.workdir, "eval"))
-  given = [f for f, v in (("--num-images", args.num_images), ("--layer", args.layer),
-                          ("--part-radius", args.part_radius)) if v is not None]
+  given = [
+    f
+    for f, v in (("--num-images", args.num_images), ("--layer", args.layer), ("--part-radius", args.part_radius))
+    if v is not None
+  ]
   if given and not args.localization:
     p.error(f"{', '.join(given)}: options of --localization, which is not given")
   if args.part_radius is not None and args.part_radius <= 0:
@@ -63,15 +69,20 @@ def main(argv=None) -> int:
   if args.localization:  # its layer checked before anything runs
     from fgattn_jax import explain
     from fgattn_jax.ops import saliency
+
     stages = saliency.layer_names(*cli.probe(scheme, model, pipe))
-    layer = cli.check_layer(p, scheme, model, stages, args.layer or explain.default_layer(scheme, model),
-                            image_frame=True)[0]
+    layer = cli.check_layer(
+      p, scheme, model, stages, args.layer or explain.default_layer(scheme, model), image_frame=True
+    )[0]
   mesh, eval_step, state = cli.eval_program(run)
   try:
     results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
   except evaluation.NonFiniteLogits:
-    print(f"error: the checkpoint at step {step} in {args.workdir} gives NaN or infinite outputs: its weights "
-          "diverged. Evaluate an earlier one with --checkpoint STEP.", file=sys.stderr)
+    print(
+      f"error: the checkpoint at step {step} in {args.workdir} gives NaN or infinite outputs: its weights "
+      "diverged. Evaluate an earlier one with --checkpoint STEP.",
+      file=sys.stderr,
+    )
     return 2
 
   if jax.process_index() == 0:
@@ -97,14 +108,26 @@ def _localization(args, scheme, model, cfg, pipe, split, step, layer) -> int:
 
   model.eval()
   total = min(len(pipe.source), args.num_images or len(pipe.source))
-  with tqdm.tqdm(total=total, unit="image", desc="localisation", dynamic_ncols=True,
-                 disable=jax.process_index() != 0) as bar:
-    results = localize.evaluate(scheme, model, pipe, layer=layer, dtype=compute_dtype(cfg.model.dtype),
-                                steps=args.deletion_steps, part_radius=args.part_radius, max_images=args.num_images,
-                                progress=lambda seen: bar.update(seen - bar.n))
+  with tqdm.tqdm(
+    total=total, unit="image", desc="localisation", dynamic_ncols=True, disable=jax.process_index() != 0
+  ) as bar:
+    results = localize.evaluate(
+      scheme,
+      model,
+      pipe,
+      layer=layer,
+      dtype=compute_dtype(cfg.model.dtype),
+      steps=args.deletion_steps,
+      part_radius=args.part_radius,
+      max_images=args.num_images,
+      progress=lambda seen: bar.update(seen - bar.n),
+    )
   if not results:
-    print(f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB, "
-          "Aircraft, Cars, Dogs)", file=sys.stderr)
+    print(
+      f"error: no image of {split!r} has a ground-truth box: localisation needs boxes (synthetic, CUB, "
+      "Aircraft, Cars, Dogs)",
+      file=sys.stderr,
+    )
     return 2
   if jax.process_index() == 0:
     out = args.out or os.path.join(args.workdir, "eval")

@@ -75,12 +75,13 @@ class Accumulator:
     # The max shifted logit is 0, so the max softmax probability is exp(-log_norm).
     confidence = np.exp(-log_norm)
 
-    ranked = np.argsort(-logits, axis=1, kind="stable")[:, :self.k]
+    ranked = np.argsort(-logits, axis=1, kind="stable")[:, : self.k]
     predicted = ranked[:, 0]
     correct = predicted == labels
     self._topk_hits += int((ranked == labels[:, None]).any(axis=1).sum())
-    self._confusion += np.bincount(labels * self.num_classes + predicted,
-                                   minlength=self.num_classes**2).reshape(self.num_classes, self.num_classes)
+    self._confusion += np.bincount(labels * self.num_classes + predicted, minlength=self.num_classes**2).reshape(
+      self.num_classes, self.num_classes
+    )
 
     bins = np.clip(np.searchsorted(self._edges, confidence, side="left") - 1, 0, len(self._bin_count) - 1)
     self._bin_count += np.bincount(bins, minlength=len(self._bin_count))
@@ -96,23 +97,25 @@ class Accumulator:
     with np.errstate(invalid="ignore", divide="ignore"):
       per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)
     return {
-        "count": count,
-        "top1": float(np.trace(confusion) / count),
-        "top5": self._topk_hits / count,
-        "mean_class_accuracy": float(np.nanmean(per_class)),
-        "per_class_accuracy": per_class,
-        "ece": float(np.abs(self._bin_correct - self._bin_confidence).sum() / count),
-        "nll": self._nll_sum / count,
-        "confusion": confusion,
-        # Carried so that save() can label its files.
-        "class_names": None if self.class_names is None else list(self.class_names),
+      "count": count,
+      "top1": float(np.trace(confusion) / count),
+      "top5": self._topk_hits / count,
+      "mean_class_accuracy": float(np.nanmean(per_class)),
+      "per_class_accuracy": per_class,
+      "ece": float(np.abs(self._bin_correct - self._bin_confidence).sum() / count),
+      "nll": self._nll_sum / count,
+      "confusion": confusion,
+      # Carried so that save() can label its files.
+      "class_names": None if self.class_names is None else list(self.class_names),
     }
 
 
 def summary_line(result: dict) -> str:
   k = min(TOPK, len(result["confusion"]))
-  return (f"top-1 {100 * result['top1']:.2f}%  top-{k} {100 * result['top5']:.2f}%  "
-          f"mean class {100 * result['mean_class_accuracy']:.2f}%  ECE {result['ece']:.3f}  (n={result['count']})")
+  return (
+    f"top-1 {100 * result['top1']:.2f}%  top-{k} {100 * result['top5']:.2f}%  "
+    f"mean class {100 * result['mean_class_accuracy']:.2f}%  ECE {result['ece']:.3f}  (n={result['count']})"
+  )
 
 
 def save(result: dict, directory, prefix: str = "eval") -> dict[str, str]:
@@ -121,9 +124,15 @@ def save(result: dict, directory, prefix: str = "eval") -> dict[str, str]:
   os.makedirs(directory, exist_ok=True)
   confusion = np.asarray(result["confusion"], np.int64)
   names = result.get("class_names") or [str(i) for i in range(len(confusion))]
-  paths = {kind: os.path.join(directory, f"{prefix}_{name}") for kind, name in
-           [("metrics", "metrics.json"), ("confusion_csv", "confusion.csv"), ("confusion_npy", "confusion.npy"),
-            ("confusion_png", "confusion.png")]}
+  paths = {
+    kind: os.path.join(directory, f"{prefix}_{name}")
+    for kind, name in [
+      ("metrics", "metrics.json"),
+      ("confusion_csv", "confusion.csv"),
+      ("confusion_npy", "confusion.npy"),
+      ("confusion_png", "confusion.png"),
+    ]
+  }
 
   def nullable(x):
     return None if math.isnan(x) else float(x)
@@ -132,8 +141,10 @@ def save(result: dict, directory, prefix: str = "eval") -> dict[str, str]:
   metrics = {key: result[key] for key in ("count", "top1", "top5", "mean_class_accuracy", "ece", "nll")}
   metrics = {key: int(v) if key == "count" else nullable(v) for key, v in metrics.items()}
   metrics["num_classes"] = len(confusion)
-  metrics["per_class_accuracy"] = [{"index": i, "name": names[i], "count": int(support[i]), "accuracy": nullable(a)}
-                                   for i, a in enumerate(result["per_class_accuracy"])]
+  metrics["per_class_accuracy"] = [
+    {"index": i, "name": names[i], "count": int(support[i]), "accuracy": nullable(a)}
+    for i, a in enumerate(result["per_class_accuracy"])
+  ]
   with open(paths["metrics"], "w") as f:
     json.dump(metrics, f, indent=2, allow_nan=False)
   with open(paths["confusion_csv"], "w", newline="") as f:
@@ -174,8 +185,9 @@ def _heatmap(confusion: np.ndarray, names: list[str], path: str) -> None:
     normalized = _row_normalized(confusion)
     for (i, j), n in np.ndenumerate(confusion):
       if n:
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=6,
-                color="white" if normalized[i, j] > 0.5 else "black")
+        ax.text(
+          j, i, str(n), ha="center", va="center", fontsize=6, color="white" if normalized[i, j] > 0.5 else "black"
+        )
   fig.tight_layout()
   fig.savefig(path)
 
@@ -201,6 +213,9 @@ def _heatmap_pil(confusion: np.ndarray, path: str) -> None:
       if n:
         # Centred by hand: the default font may be a bitmap font, which takes no text anchor.
         x0, y0, x1, y1 = draw.textbbox((0, 0), str(n))
-        draw.text((margin + (j + 0.5) * cell - (x0 + x1) / 2, margin + (i + 0.5) * cell - (y0 + y1) / 2), str(n),
-                  fill="white" if t[i, j, 0] > 0.5 else "black")
+        draw.text(
+          (margin + (j + 0.5) * cell - (x0 + x1) / 2, margin + (i + 0.5) * cell - (y0 + y1) / 2),
+          str(n),
+          fill="white" if t[i, j, 0] > 0.5 else "black",
+        )
   image.save(path)

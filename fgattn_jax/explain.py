@@ -58,7 +58,7 @@ def explain(scheme, model, batch, *, layer: str, dtype, cam: bool, guided: bool 
     if cam:
       net = explained_net(scheme, model)
       _, features = saliency.tapped(fn, images, net.stage_names[-1])
-      out[f"cam_{name}"] = saliency.cam(features[:images.shape[0]], net.head.fc.kernel[...], k)
+      out[f"cam_{name}"] = saliency.cam(features[: images.shape[0]], net.head.fc.kernel[...], k)
   return out
 
 
@@ -75,10 +75,12 @@ def amplified(scheme, model, batch, *, layer, channel, use_class, steps, step_si
   fn = logits_fn(scheme, model, batch)
   low, high = pixel_range()
   if use_class:
-    return saliency.amplify(fn, images, classes=jnp.argmax(fn(images), axis=-1), steps=steps, step_size=step_size,
-                            low=low, high=high)
-  return saliency.amplify(fn, images, layer=layer, channel=channel, steps=steps, step_size=step_size, low=low,
-                          high=high)
+    return saliency.amplify(
+      fn, images, classes=jnp.argmax(fn(images), axis=-1), steps=steps, step_size=step_size, low=low, high=high
+    )
+  return saliency.amplify(
+    fn, images, layer=layer, channel=channel, steps=steps, step_size=step_size, low=low, high=high
+  )
 
 
 def to_uint8(normalised) -> np.ndarray:

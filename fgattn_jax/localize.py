@@ -85,13 +85,25 @@ def table(results: dict) -> str:
   """The metrics of each map kind as a text table ('-' where a metric does not apply)."""
   rows = [f"  {'map':<10}" + "".join(f"{c:>15}" for c in COLUMNS)]
   for kind, r in results.items():
-    rows.append(f"  {kind:<10}" + "".join(f"{r[c]:>15.3f}" if c in r and c != "count" else f"{r.get(c, '-'):>15}"
-                                          for c in COLUMNS))
+    rows.append(
+      f"  {kind:<10}"
+      + "".join(f"{r[c]:>15.3f}" if c in r and c != "count" else f"{r.get(c, '-'):>15}" for c in COLUMNS)
+    )
   return "\n".join(rows)
 
 
-def evaluate(scheme, model, pipe, *, layer: str, dtype, steps: int = 16, part_radius: float | None = None,
-             max_images: int | None = None, progress=None) -> dict:
+def evaluate(
+  scheme,
+  model,
+  pipe,
+  *,
+  layer: str,
+  dtype,
+  steps: int = 16,
+  part_radius: float | None = None,
+  max_images: int | None = None,
+  progress=None,
+) -> dict:
   """Every map kind's metrics over the pipeline's images (those with a box; parts where present)."""
   cam = explain.has_cam(scheme, model)
   probs_of = nnx.jit(lambda m, batch, x: jax.nn.softmax(explain.logits_fn(scheme, m, batch)(x), axis=-1))
@@ -118,8 +130,7 @@ def evaluate(scheme, model, pipe, *, layer: str, dtype, steps: int = 16, part_ra
       hits = np.mean([np.asarray(localization.pointing_game(m[..., i], boxes, hw)) for i in range(n)], axis=0)
       acc.add(kind, "pointing", hits, boxed)
       acc.add(kind, "chance", chance, boxed)
-      curves = localization.deletion_insertion(score, images, jnp.max(m, axis=-1), maps["classes"]["true"],
-                                               steps=steps)
+      curves = localization.deletion_insertion(score, images, jnp.max(m, axis=-1), maps["classes"]["true"], steps=steps)
       acc.add(kind, "deletion", curves["deletion"], boxed)
       acc.add(kind, "insertion", curves["insertion"], boxed)
       if n == 1 or "parts" not in batch:  # one map, or a source without part points (Aircraft, Cars, Dogs)
@@ -164,7 +175,7 @@ def part_hit_chance(parts, image_hw, radius: float, boxes=None) -> np.ndarray:
       where = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
     if len(points) and where.any():
       d2 = (xs[..., None] - points[:, 0]) ** 2 + (ys[..., None] - points[:, 1]) ** 2  # (h, w, P)
-      out[i] = float(np.mean((d2.min(axis=-1) <= radius ** 2)[where]))
+      out[i] = float(np.mean((d2.min(axis=-1) <= radius**2)[where]))
   return out
 
 
@@ -174,8 +185,13 @@ def parts_inside(boxes, parts) -> np.ndarray:
   boxes, parts = np.asarray(boxes, np.float64), np.asarray(parts, np.float64)
   x, y = parts[..., 0], parts[..., 1]
   with np.errstate(invalid="ignore"):
-    return ((x >= boxes[:, None, 0]) & (x <= boxes[:, None, 2]) & (y >= boxes[:, None, 1]) & (y <= boxes[:, None, 3])
-            & np.isfinite(parts).all(axis=-1))
+    return (
+      (x >= boxes[:, None, 0])
+      & (x <= boxes[:, None, 2])
+      & (y >= boxes[:, None, 1])
+      & (y <= boxes[:, None, 3])
+      & np.isfinite(parts).all(axis=-1)
+    )
 
 
 def random_box_holds(boxes, parts, image_hw) -> np.ndarray:

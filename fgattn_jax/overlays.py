@@ -13,8 +13,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # One colour per part or scale, in order (red, green, blue, yellow, magenta, cyan, orange, purple), then again.
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (240, 50, 230), (70, 240, 240),
-           (245, 130, 48), (145, 30, 180))
+PALETTE = (
+  (230, 25, 75),
+  (60, 180, 75),
+  (0, 130, 200),
+  (255, 225, 25),
+  (240, 50, 230),
+  (70, 240, 240),
+  (245, 130, 48),
+  (145, 30, 180),
+)
 MIN_TILE = 160  # small images (64 px in CPU runs) are enlarged so that captions and detail stay readable
 CAPTION_H, TITLE_H, LINE_H, GAP = 14, 20, 14, 6
 
@@ -39,6 +47,7 @@ def resize_map(m, hw) -> np.ndarray:
 def heatmap_rgb(m, cmap: str = "jet") -> np.ndarray:
   """(h, w) map -> uint8 (h, w, 3), its own min to max over the colormap: maps of any scale compare by shape."""
   from matplotlib import colormaps  # here, not at the top: importing matplotlib costs more than the rest
+
   return np.round(colormaps[cmap](_unit(m))[..., :3] * 255).astype(np.uint8)
 
 
@@ -92,7 +101,7 @@ def draw_boxes(image, boxes, colours=None, width: int = 2) -> np.ndarray:
   width = max(1, int(width))
 
   def fill(r0, r1, c0, c1, colour):  # inclusive pixel ranges, clipped to the image
-    out[min(max(r0, 0), h):min(max(r1 + 1, 0), h), min(max(c0, 0), w):min(max(c1 + 1, 0), w)] = colour
+    out[min(max(r0, 0), h) : min(max(r1 + 1, 0), h), min(max(c0, 0), w) : min(max(c1 + 1, 0), w)] = colour
 
   for k, b in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
     if np.isfinite(b).all():
@@ -114,8 +123,9 @@ def draw_points(image, points, colours=None, radius: int = 3) -> np.ndarray:
   for k, p in enumerate(np.asarray(points, np.float64).reshape(-1, 2)):
     if np.isfinite(p).all():
       x, y = int(np.floor(p[0])), int(np.floor(p[1]))
-      draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_colour(colours, k), outline=(0, 0, 0),
-                   width=1)
+      draw.ellipse(
+        [x - radius, y - radius, x + radius, y + radius], fill=_colour(colours, k), outline=(0, 0, 0), width=1
+      )
   return np.asarray(canvas)
 
 
@@ -194,12 +204,16 @@ def save_png(path, image) -> str:
 def write_index(out_dir, entries, title: str) -> str:
   """out_dir/index.html: the panels in a responsive grid; entries are {'png': path, 'caption': text}. Links are
   relative (an absolute png is made relative to out_dir), so the folder can be copied or served anywhere."""
+
   def link(png):
     png = os.fspath(png)
     return html.escape((os.path.relpath(png, out_dir) if os.path.isabs(png) else png).replace(os.sep, "/"))
 
-  cells = "\n".join(f'<figure><a href="{link(e["png"])}"><img src="{link(e["png"])}" loading="lazy" alt="">'
-                    f'</a><figcaption>{html.escape(e["caption"])}</figcaption></figure>' for e in entries)
+  cells = "\n".join(
+    f'<figure><a href="{link(e["png"])}"><img src="{link(e["png"])}" loading="lazy" alt="">'
+    f"</a><figcaption>{html.escape(e['caption'])}</figcaption></figure>"
+    for e in entries
+  )
   page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -42,8 +42,10 @@ def main(argv=None) -> int:
 
   def refuse(cfg, scheme):
     if scheme.main_output != "logits":
-      return (f"the run in {args.workdir} predicts attributes (multi-task {cfg.scheme}): predict covers runs with one "
-              "classifier; score the tasks with python -m fgattn_jax.evaluate")
+      return (
+        f"the run in {args.workdir} predicts attributes (multi-task {cfg.scheme}): predict covers runs with one "
+        "classifier; score the tasks with python -m fgattn_jax.evaluate"
+      )
 
   run = cli.load_run(p, args, pairs, images=args.paths, refuse=refuse)
   if run is None:
@@ -67,8 +69,10 @@ def main(argv=None) -> int:
   for path, best in rows:
     print(f"{path}: " + ", ".join(f"{label(k)} {100 * q:.1f}%" for k, q in best))
   if pipe.skipped:
-    print(f"{len(pipe.skipped)} file(s) could not be read and were skipped: {', '.join(pipe.skipped[:10])}"
-          + (" ..." if len(pipe.skipped) > 10 else ""))
+    print(
+      f"{len(pipe.skipped)} file(s) could not be read and were skipped: {', '.join(pipe.skipped[:10])}"
+      + (" ..." if len(pipe.skipped) > 10 else "")
+    )
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", newline="") as f:

@@ -25,16 +25,29 @@ def check_hosts(p, args) -> None:
   if len(missing) == len(flags):
     return  # one process, or a cluster JAX finds by itself
   if missing:
-    p.error(f"several hosts need --coordinator ADDRESS:PORT (process 0's), --num-processes N and --process-id I "
-            f"(0 to N-1) on every process; missing: {', '.join(missing)}")
+    p.error(
+      f"several hosts need --coordinator ADDRESS:PORT (process 0's), --num-processes N and --process-id I "
+      f"(0 to N-1) on every process; missing: {', '.join(missing)}"
+    )
   host, _, port = args.coordinator.rpartition(":")
   if not host or not port.isdigit():
     p.error(f"--coordinator {args.coordinator}: give process 0's address and a free port, e.g. 10.0.0.1:23456")
   if args.num_processes < 1:
     p.error(f"--num-processes {args.num_processes}: must be 1 or more")
   if not 0 <= args.process_id < args.num_processes:
-    p.error(f"--process-id {args.process_id}: must be 0 to {args.num_processes - 1} with --num-processes "
-            f"{args.num_processes} (0 on the coordinator's host)")
+    p.error(
+      f"--process-id {args.process_id}: must be 0 to {args.num_processes - 1} with --num-processes "
+      f"{args.num_processes} (0 on the coordinator's host)"
+    )
+
+
+def tensorboard_hint(logdir: str) -> str:
+  """The command that shows the run's curves. The event files are written with tensorboardX (a dependency);
+  viewing them needs TensorBoard itself, which `pip install -e .` does not bring: then the hint installs it first."""
+  import shutil
+
+  view = f"tensorboard --logdir {logdir}"
+  return view if shutil.which("tensorboard") else f"pip install tensorboard && {view}"
 
 
 def main(argv=None) -> int:
@@ -64,12 +77,14 @@ def main(argv=None) -> int:
   mesh.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   path, _, preset = args.config.partition(":")
   workdir = args.workdir or os.path.join(
-      "workdirs", os.path.splitext(os.path.basename(path))[0] + (f"_{preset}" if preset else ""))
+    "workdirs", os.path.splitext(os.path.basename(path))[0] + (f"_{preset}" if preset else "")
+  )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     p.error(f"--workdir {workdir} is a file: give a folder (a new one, or a run's to resume it)")
   if jax.process_index() == 0:
-    print(f"training {args.config} in {workdir} on {jax.device_count()} {jax.default_backend()} device(s)",
-          file=sys.stderr)
+    print(
+      f"training {args.config} in {workdir} on {jax.device_count()} {jax.default_backend()} device(s)", file=sys.stderr
+    )
   try:
     results = loop.run(cfg, workdir, progress=not args.no_progress)
   except loop.Interrupted as e:
@@ -89,16 +104,24 @@ def main(argv=None) -> int:
     if not (full or isinstance(e, OSError) and e.errno in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EDQUOT)):
       raise
     why = "no space left on its disk" if full else e.strerror or str(e)
-    print(f"error: cannot write in {workdir}: {why}. Free space or choose a writable --workdir; running the same "
-          "command again resumes from the last complete checkpoint.", file=sys.stderr)
+    print(
+      f"error: cannot write in {workdir}: {why}. Free space or choose a writable --workdir; running the same "
+      "command again resumes from the last complete checkpoint.",
+      file=sys.stderr,
+    )
     return 1
   if jax.process_index() == 0:
     lines = {name if name == "logits" else f"{name} head": evaluation.summary_line(r) for name, r in results.items()}
-    lines.update({"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),
-                  "curves": os.path.join(workdir, "curves.png"),
-                  "evaluate": f"python -m fgattn_jax.evaluate --workdir {workdir}"})
+    lines.update(
+      {
+        "workdir": workdir,
+        "checkpoints": os.path.join(workdir, "checkpoints"),
+        "curves": os.path.join(workdir, "curves.png"),
+        "evaluate": f"python -m fgattn_jax.evaluate --workdir {workdir}",
+      }
+    )
     if cfg.log.tensorboard:  # (log.tensorboard=false writes none)
-      lines["tensorboard"] = f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"
+      lines["tensorboard"] = tensorboard_hint(os.path.join(workdir, "tensorboard"))
     print(writers.summary(lines))
   return 0
 

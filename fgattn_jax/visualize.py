@@ -32,26 +32,38 @@ def main(argv=None) -> int:
   p = cli.parser("python -m fgattn_jax.visualize", __doc__, argv)
   p.epilog = None
   p.add_argument("--workdir", required=True, help="a training run's workdir (holds config.json and checkpoints/)")
-  p.add_argument("images", nargs="*", metavar="PATH",
-                 help="your own image files or folders of them, instead of a split of the run's data set")
+  p.add_argument(
+    "images",
+    nargs="*",
+    metavar="PATH",
+    help="your own image files or folders of them, instead of a split of the run's data set",
+  )
   p.add_argument("--split", help="data split to draw (default: the run's data.eval_split)")
   p.add_argument("--num-images", type=int, default=16, help="how many images (the first of the split or PATHs)")
   cli.add_checkpoint_arg(p)
   p.add_argument("--out", help="folder for the panels and index.html (default: WORKDIR/visualize/SPLIT_stepSTEP)")
   p.add_argument("--layer", help="the stage Grad-CAM reads, e.g. conv5_4, layer3, conv5_4#2")
-  p.add_argument("--amplify", metavar="LAYER[:CHANNEL]|class",
-                 help="also draw the image after feature amplification for a stage (and channel) or the predicted "
-                      "class")
+  p.add_argument(
+    "--amplify",
+    metavar="LAYER[:CHANNEL]|class",
+    help="also draw the image after feature amplification for a stage (and channel) or the predicted class",
+  )
   p.add_argument("--amplify-steps", type=int, default=20, help="gradient-ascent steps of --amplify")
-  p.add_argument("--amplify-step-size", type=float, default=0.05,
-                 help="each step's size, in normalised pixel units over the gradient's mean magnitude")
+  p.add_argument(
+    "--amplify-step-size",
+    type=float,
+    default=0.05,
+    help="each step's size, in normalised pixel units over the gradient's mean magnitude",
+  )
   args, pairs = cli.parse(p, argv)
   if args.num_images < 1:
     p.error(f"--num-images must be at least 1, got {args.num_images}")
   cli.check_out(p, args.out, default=os.path.join(args.workdir, "visualize"))
   if args.amplify_steps < 1 or args.amplify_step_size <= 0:
-    p.error(f"--amplify-steps must be at least 1 and --amplify-step-size positive, got {args.amplify_steps} and "
-            f"{args.amplify_step_size}")
+    p.error(
+      f"--amplify-steps must be at least 1 and --amplify-step-size positive, got {args.amplify_steps} and "
+      f"{args.amplify_step_size}"
+    )
   if args.images and args.split:
     p.error("--split draws from the run's data set: give either --split or your own image PATHs")
   cli.setup_logging()
@@ -75,10 +87,17 @@ def main(argv=None) -> int:
     if channel and not channel.removeprefix("-").isdigit():  # a negative one is refused below, with the range
       p.error(f"--amplify {args.amplify!r}: the channel after ':' must be a number")
     if channel and name == "class":
-      p.error(f"--amplify {args.amplify!r}: 'class' amplifies the predicted class; a channel goes with a stage, "
-              "e.g. conv5_4:12")
-    amplify = dict(layer=None if name == "class" else name, channel=int(channel) if channel else None,
-                   use_class=name == "class", steps=args.amplify_steps, step_size=args.amplify_step_size)
+      p.error(
+        f"--amplify {args.amplify!r}: 'class' amplifies the predicted class; a channel goes with a stage, "
+        "e.g. conv5_4:12"
+      )
+    amplify = dict(
+      layer=None if name == "class" else name,
+      channel=int(channel) if channel else None,
+      use_class=name == "class",
+      steps=args.amplify_steps,
+      step_size=args.amplify_step_size,
+    )
   probe_fn, probe_images = cli.probe(scheme, model, pipe)
   stages = saliency.layer_names(probe_fn, probe_images)
   layer, frame = cli.check_layer(p, scheme, model, stages, layer)
@@ -86,8 +105,9 @@ def main(argv=None) -> int:
     amplify["layer"] = cli.check_layer(p, scheme, model, stages, amplify["layer"], drawn=False)[0]
   if amplify and amplify["layer"] and amplify["channel"] is not None:
     try:
-      saliency.check_channel(amplify["layer"], amplify["channel"],
-                             saliency.layer_shape(probe_fn, probe_images, amplify["layer"])[-1])
+      saliency.check_channel(
+        amplify["layer"], amplify["channel"], saliency.layer_shape(probe_fn, probe_images, amplify["layer"])[-1]
+      )
     except ValueError as e:
       p.error(f"--amplify {args.amplify!r}: {e}")
 
@@ -104,8 +124,7 @@ def main(argv=None) -> int:
   for batch in pipe:
     maps = explain.explain(scheme, model, batch, layer=layer, dtype=dtype, cam=cam)
     maps = _to_numpy(maps)
-    amp = (explain.to_uint8(explain.amplified(scheme, model, batch, dtype=dtype, **amplify))
-           if amplify else None)
+    amp = explain.to_uint8(explain.amplified(scheme, model, batch, dtype=dtype, **amplify)) if amplify else None
     for i in np.flatnonzero(batch["mask"]):
       if done == args.num_images:
         break
@@ -120,14 +139,17 @@ def main(argv=None) -> int:
     if done == args.num_images:
       break
   index = overlays.write_index(out, entries, f"{args.workdir} - {split}, checkpoint step {step}")
-  print(f"{done} panel{'' if done == 1 else 's'} of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; "
-        f"open {index}")
+  print(
+    f"{done} panel{'' if done == 1 else 's'} of {split!r} (checkpoint step {step}, Grad-CAM at {layer}) in {out}; "
+    f"open {index}"
+  )
   return 0
 
 
 def _to_numpy(tree):
   import jax
   import numpy as np
+
   return jax.tree.map(np.asarray, tree)
 
 
@@ -158,8 +180,10 @@ def panel_tiles(batch, maps, amplified, i, layer, names, truth=True, frame="imag
     tiles.append(("part maps and crops", shown))
   elif "maps" in att:
     m = att["maps"][i]
-    tiles += [(f"attention map{'' if m.shape[-1] == 1 else f', task {t}'}", overlays.overlay(image, m[..., t]))
-              for t in range(m.shape[-1])]
+    tiles += [
+      (f"attention map{'' if m.shape[-1] == 1 else f', task {t}'}", overlays.overlay(image, m[..., t]))
+      for t in range(m.shape[-1])
+    ]
   elif "boxes" in att:
     tiles.append(("box of each scale", overlays.draw_boxes(image, att["boxes"][i], colours=overlays.PALETTE)))
   crop_caption = (lambda c: f"part {c + 1} crop") if "part_maps" in att else (lambda c: f"scale {c + 2} input")
@@ -184,8 +208,10 @@ def panel_tiles(batch, maps, amplified, i, layer, names, truth=True, frame="imag
   if amplified is not None:
     tiles.append(("amplified", amplified[i]))
   top = np.argsort(-probs, kind="stable")[:5]
-  footer = [f"predicted {_name(names, pred)}" + (f", true {_name(names, true)}" if truth else ""),
-            "top-5: " + ", ".join(f"{_name(names, int(k))} {probs[k]:.2f}" for k in top)]
+  footer = [
+    f"predicted {_name(names, pred)}" + (f", true {_name(names, true)}" if truth else ""),
+    "top-5: " + ", ".join(f"{_name(names, int(k))} {probs[k]:.2f}" for k in top),
+  ]
   return tiles, footer
 
 

@@ -98,8 +98,10 @@ def open_splits(cfg) -> tuple[dict, dict]:
   seen = set().union(*(set(src.labels.tolist()) for src in sources.values()))
   if len(seen) < len(names):  # read back, the classes after it would move down one label
     unseen = [names[k] for k in range(len(names)) if k not in seen]
-    raise DataError(f"{sources['train'].name}: class(es) without an image in any split: {', '.join(unseen[:5])}; the "
-                    "folder layout has no class without images, so the tree would not keep the labels")
+    raise DataError(
+      f"{sources['train'].name}: class(es) without an image in any split: {', '.join(unseen[:5])}; the "
+      "folder layout has no class without images, so the tree would not keep the labels"
+    )
   return sources, left_out
 
 
@@ -143,16 +145,24 @@ def write(sources: dict, out: str, data_root: str | None, copy: bool = False) ->
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   p = cli.parser("python -m fgattn_jax.write_split", __doc__, argv)
-  p.add_argument("--config", required=True,
-                 help="config file, optionally with a preset, whose data.* keys name the data set and its split")
+  p.add_argument(
+    "--config",
+    required=True,
+    help="config file, optionally with a preset, whose data.* keys name the data set and its split",
+  )
   p.add_argument("--out", required=True, help="the folder to write the tree into: a new or an empty one")
-  p.add_argument("--copy", action="store_true",
-                 help="copy the images (a tree that stands alone) instead of linking to them (default)")
+  p.add_argument(
+    "--copy",
+    action="store_true",
+    help="copy the images (a tree that stands alone) instead of linking to them (default)",
+  )
   args, pairs = cli.parse(p, argv)
   cli.check_out(p, args.out)
   if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-    p.error(f"--out {args.out} exists and is not an empty folder: give a new folder (nothing is ever written into "
-            "an existing one)")
+    p.error(
+      f"--out {args.out} exists and is not an empty folder: give a new folder (nothing is ever written into "
+      "an existing one)"
+    )
   cli.setup_logging()
 
   from fgattn_jax import config as config_lib
@@ -163,8 +173,10 @@ def main(argv=None) -> int:
     p.error(str(e))
   d = cfg.data
   if d.source != "folder":
-    p.error(f"data.source={d.source!r} has no image files to write: only the folder layouts can be written "
-            "(--config.data.source=folder with data.name one of the layouts and data.root their folder)")
+    p.error(
+      f"data.source={d.source!r} has no image files to write: only the folder layouts can be written "
+      "(--config.data.source=folder with data.name one of the layouts and data.root their folder)"
+    )
   from data_pipelines.sources.folders import ALIASES
 
   # A tree written where the data set's images are looked for would become part of it (the plain tree's every
@@ -173,8 +185,10 @@ def main(argv=None) -> int:
   if d.root and read is not None:
     looked = os.path.realpath(os.path.join(os.path.expanduser(d.root), read))
     if os.path.commonpath([looked, os.path.realpath(args.out)]) == looked:
-      p.error(f"--out {args.out} is inside {looked}, where the {d.name} layout looks for its images: the written "
-              "tree would become part of the data set. Give a folder outside it")
+      p.error(
+        f"--out {args.out} is inside {looked}, where the {d.name} layout looks for its images: the written "
+        "tree would become part of the data set. Give a folder outside it"
+      )
   try:
     sources, left_out = open_splits(cfg)
     rows = write(sources, args.out, d.root, copy=args.copy)
@@ -182,8 +196,11 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
-    hint = (" (this file system has no symbolic links: add --copy)"
-            if not args.copy and e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS) else "")
+    hint = (
+      " (this file system has no symbolic links: add --copy)"
+      if not args.copy and e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS)
+      else ""
+    )
     print(f"error: cannot write {args.out}: {e.strerror or e}{hint}", file=sys.stderr)
     return 1
 
@@ -191,8 +208,9 @@ def main(argv=None) -> int:
 
   train = sources["train"]
   numbered = class_folders(train.class_names) != [safe_name(n) for n in train.class_names]
-  print(f"wrote the split of {train.name} ({train.location}) to {args.out} "
-        f"({'copies' if args.copy else 'symbolic links'}):")
+  print(
+    f"wrote the split of {train.name} ({train.location}) to {args.out} ({'copies' if args.copy else 'symbolic links'}):"
+  )
   for split in SPLITS:
     if split in sources:
       n = sum(r[0] == split for r in rows)
@@ -207,10 +225,14 @@ def main(argv=None) -> int:
   if getattr(train, "_boxes", None) is not None or train.num_parts:
     print("  boxes and part points are not written: the folder layout has none")
   if type(train).load_image is not Source.load_image:
-    print(f"  note: the {train.name} source changes its images when it reads them (load_image); the folder layout "
-          "reads the files as they are")
-  print(f"  train on it: --config.data.source=folder --config.data.name=folder --config.data.root={args.out} "
-        f"--config.data.num_classes={train.num_classes}")
+    print(
+      f"  note: the {train.name} source changes its images when it reads them (load_image); the folder layout "
+      "reads the files as they are"
+    )
+  print(
+    f"  train on it: --config.data.source=folder --config.data.name=folder --config.data.root={args.out} "
+    f"--config.data.num_classes={train.num_classes}"
+  )
   return 0
 
 

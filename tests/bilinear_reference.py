@@ -22,8 +22,9 @@ def reference_crop(image, box, out_hw):
       v = y0 + (i + 0.5) * (y1 - y0) / oh - 0.5
       c0, r0 = int(np.floor(u)), int(np.floor(v))
       fx, fy = u - c0, v - r0
-      out[i, j] = ((1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1))
-                   + fy * ((1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)))
+      out[i, j] = (1 - fy) * ((1 - fx) * pixel(r0, c0) + fx * pixel(r0, c0 + 1)) + fy * (
+        (1 - fx) * pixel(r0 + 1, c0) + fx * pixel(r0 + 1, c0 + 1)
+      )
   return out
 
 

@@ -7,31 +7,44 @@ import pytest
 # for a single small op and keep results deterministic.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same programs (the engine's tiny run, a scheme's step at the same sizes): XLA's persistent
-# cache, shared by the xdist workers, compiles each once. Measured on tests/test_engine.py: 5.5 CPU-minutes -> 2.9.
+# cache, shared by the xdist workers, compiles each once (what each setting below saves: benchmarks/RESULTS.md,
+# "The test suite").
 # Entries are keyed by the program, the flags and the jax version, so a stale one is never used.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fgattn_jax_tests_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 # Most tests compile far more than they run: XLA's cheap compilation (LLVM at -O0, no expensive passes) takes a
-# quarter off them (tests/test_{racnn,macnn,abn}.py on 2 cores: 277 s -> 211 s). The learning tests run hundreds
-# of steps and take the optimised compilation back with the `optimized` fixture. Subprocesses inherit the setting.
+# quarter off them. The learning tests run hundreds of steps and take the optimised compilation back with the
+# `optimized` fixture. Subprocesses inherit the setting.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # With a pytest-xdist worker per core, each worker's XLA splitting its matrix products and convolutions over every
-# core only makes the workers contend: one thread each. The two learning tests side by side on 2 cores: 260 and
-# 241 s -> 235 and 220 s, the same results. (A worker left alone at the end of the suite runs single-threaded.)
+# core only makes the workers contend: one thread each. (A worker left alone at the end runs single-threaded.)
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= len(os.sched_getaffinity(0)):
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]).strip()
 
 
 # The files that take a minute or more, longest first (measured on the 2-core CI machine), run first: under
-# pytest-xdist's --dist loadfile with --no-loadscope-reorder (pyproject.toml) the two learning tests start side by
-# side on the two workers and the short files fill in behind them. With xdist's default reordering (files with the
-# most tests first) the single-test learning files ran last and left one worker idle at the end: the full suite
-# took 16:55 against 15:53 here (2026-11-30; an earlier measurement, 15:22 against 13:48 on a faster machine
-# and an older suite, had favoured the reordering).
-LONG_FILES = ("test_racnn_learning.py", "test_macnn_learning.py", "test_macnn_e2e_learning.py", "test_engine.py",
-              "test_visualize.py", "test_engine_distributed.py", "test_abn.py", "test_abn_learning.py", "test_learning.py",
-              "test_backbones.py", "test_benchmarks.py", "test_abn_recipes.py", "test_landmarks_recipe.py",
-              "test_same_work.py")
+# pytest-xdist's --dist loadfile with --no-loadscope-reorder (pyproject.toml) the longest start side by side on the
+# two workers and the short files fill in behind them; with xdist's default reordering (files with the most tests
+# first) the single-test learning files ran last and left one worker idle at the end.
+LONG_FILES = (
+  "test_racnn_learning.py",
+  "test_macnn_learning.py",
+  "test_macnn_e2e_learning.py",
+  "test_engine.py",
+  "test_visualize.py",
+  "test_cli.py",
+  "test_macnn.py",
+  "test_racnn.py",
+  "test_engine_distributed.py",
+  "test_abn.py",
+  "test_abn_learning.py",
+  "test_learning.py",
+  "test_backbones.py",
+  "test_benchmarks.py",
+  "test_abn_recipes.py",
+  "test_landmarks_recipe.py",
+  "test_same_work.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -44,6 +57,7 @@ def optimized():
   """XLA's full optimisation for the test (the learning tests: hundreds of steps), restored afterwards. Programs
   compiled either way are kept apart: the flag is part of the compilation cache's key."""
   import jax
+
   previous = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   jax.clear_caches()
@@ -56,6 +70,7 @@ def optimized():
 def x64():
   """float64 in JAX for the test (finite-difference gradient checks), restored afterwards."""
   import jax
+
   previous = jax.config.jax_enable_x64
   jax.config.update("jax_enable_x64", True)
   yield
@@ -68,7 +83,9 @@ def resample(request):
 
   The switch is read at trace time: jitted functions traced under the other one are dropped from the caches."""
   import jax
+
   from fgattn_jax.ops import crops
+
   default = crops.RESAMPLE
   jax.clear_caches()
   crops.RESAMPLE = request.param

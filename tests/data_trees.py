@@ -73,8 +73,16 @@ def write_cub(root, parent: bool = False) -> list[dict]:
       labels.append(f"{i} {k + 1}")
       split.append(f"{i} {int(j < 2)}")
       boxes.append(f"{i} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
-      written.append({"path": path, "split": "train" if j < 2 else "test", "label": k, "class_name": name,
-                      "box": (x, y, x + w, y + h), "parts": parts})
+      written.append(
+        {
+          "path": path,
+          "split": "train" if j < 2 else "test",
+          "label": k,
+          "class_name": name,
+          "box": (x, y, x + w, y + h),
+          "parts": parts,
+        }
+      )
   _lines(base / "images.txt", images)
   _lines(base / "image_class_labels.txt", labels)
   _lines(base / "train_test_split.txt", split)
@@ -106,9 +114,18 @@ def write_aircraft(root, parent: bool = False) -> list[dict]:
       path = write_jpeg(data / "images" / f"{image_id}.jpg", seed=k * 3 + j, size=(WIDTH, HEIGHT + AIRCRAFT_BANNER))
       xmin, ymin, xmax, ymax = 1 + j, 2 + k, 30 + j, 25 + k  # 1-based inclusive pixel indices
       box_lines.append(f"{image_id} {xmin} {ymin} {xmax} {ymax}")
-      written.append({"path": path, "split": split, "label": k, "class_name": variant, "id": image_id,
-                      "labels": {"variant": k, "family": k, "manufacturer": k},
-                      "box": (xmin - 1.0, ymin - 1.0, float(xmax), float(ymax)), "parts": None})
+      written.append(
+        {
+          "path": path,
+          "split": split,
+          "label": k,
+          "class_name": variant,
+          "id": image_id,
+          "labels": {"variant": k, "family": k, "manufacturer": k},
+          "box": (xmin - 1.0, ymin - 1.0, float(xmax), float(ymax)),
+          "parts": None,
+        }
+      )
   names = {"variant": AIRCRAFT_VARIANTS, "family": AIRCRAFT_FAMILIES, "manufacturer": AIRCRAFT_MANUFACTURERS}
   for level, classes in names.items():
     for split in AIRCRAFT_SPLITS + ("trainval",):
@@ -149,10 +166,17 @@ def write_cars(root, test_labels_in_devkit: bool = False, kaggle: bool = False) 
       folder = root / f"cars_{split}" / (f"cars_{split}" if kaggle else "")
       path = write_jpeg(folder / fname, seed=k * 3 + j)
       x1, y1, x2, y2 = 2 + j, 3 + k, 35 - j, 30 - k  # 1-based inclusive
-      annos[split].append({"bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "class": k + 1,
-                           "fname": fname})
-      written.append({"path": path, "split": split, "label": k, "class_name": name,
-                      "box": (x1 - 1.0, y1 - 1.0, float(x2), float(y2)), "parts": None})
+      annos[split].append({"bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "class": k + 1, "fname": fname})
+      written.append(
+        {
+          "path": path,
+          "split": split,
+          "label": k,
+          "class_name": name,
+          "box": (x1 - 1.0, y1 - 1.0, float(x2), float(y2)),
+          "parts": None,
+        }
+      )
   (root / "devkit").mkdir(parents=True, exist_ok=True)
   savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array(CARS_CLASSES, dtype=object).reshape(1, -1)})
   savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _mat_struct(annos["train"])})
@@ -169,8 +193,10 @@ DOGS_CLASSES = ["Chihuahua", "Japanese_spaniel", "Airedale"]
 
 def _voc_xml(boxes) -> str:
   objects = "".join(
-      f"<object><name>dog</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
-      "</bndbox></object>" for a, b, c, d in boxes)
+    f"<object><name>dog</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
+    "</bndbox></object>"
+    for a, b, c, d in boxes
+  )
   size = f"<size><width>{WIDTH}</width><height>{HEIGHT}</height><depth>3</depth></size>"
   return f"<annotation>{size}{objects}</annotation>"
 
@@ -196,12 +222,19 @@ def write_dogs(root) -> list[dict]:
         b = np.asarray(boxes, float)
         box = (b[:, 0].min() - 1, b[:, 1].min() - 1, b[:, 2].max(), b[:, 3].max())
       lists[split].append((f"{folder}/{stem}.jpg", f"{folder}/{stem}", k + 1))
-      written.append({"path": path, "split": split, "label": k, "class_name": DOGS_CLASSES[k], "box": box,
-                      "parts": None})
+      written.append(
+        {"path": path, "split": split, "label": k, "class_name": DOGS_CLASSES[k], "box": box, "parts": None}
+      )
   for split, rows in lists.items():
     cell = lambda col: np.array([r[col] for r in rows], dtype=object).reshape(-1, 1)  # noqa: E731 (Nx1 cell)
-    savemat(root / f"{split}_list.mat", {"file_list": cell(0), "annotation_list": cell(1),
-                                        "labels": np.array([r[2] for r in rows], float).reshape(-1, 1)})
+    savemat(
+      root / f"{split}_list.mat",
+      {
+        "file_list": cell(0),
+        "annotation_list": cell(1),
+        "labels": np.array([r[2] for r in rows], float).reshape(-1, 1),
+      },
+    )
   return written
 
 
@@ -243,11 +276,13 @@ def landmark_category(landmark_id: int) -> str:
 def landmark_image_id(landmark_id: int, j: int) -> str:
   """A 16-hex-digit image id, as the real data set's, the same on every call."""
   import hashlib
+
   return hashlib.md5(f"{landmark_id}-{j}".encode()).hexdigest()[:16]
 
 
-def write_landmarks(root, counts: dict[int, int], present: dict[int, int] | None = None,
-                    categories: bool = True) -> list[dict]:
+def write_landmarks(
+  root, counts: dict[int, int], present: dict[int, int] | None = None, categories: bool = True
+) -> list[dict]:
   """Google Landmarks v2's train set: root/train.csv (id,url,landmark_id) listing counts[landmark_id] images of
   each landmark, its rows shuffled as in the real file, and the images at root/train/<a>/<b>/<c>/<id>.jpg.
   present: {landmark_id: how many of its listed images are written} (the rest are listed but absent, as after
@@ -265,14 +300,28 @@ def write_landmarks(root, counts: dict[int, int], present: dict[int, int] | None
       image_id = landmark_image_id(landmark_id, j)
       rows.append(f"{image_id},https://upload.wikimedia.org/x/{image_id}.jpg,{landmark_id}")
       if j < present.get(landmark_id, 0):
-        path = write_jpeg(root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg",
-                          seed=landmark_id * 7 + j)
+        path = write_jpeg(
+          root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg", seed=landmark_id * 7 + j
+        )
         name = landmark_category(landmark_id) if categories else str(landmark_id)
-        written.append({"path": path, "split": None, "label": classes.index(landmark_id), "class_name": name,
-                        "box": None, "parts": None, "id": image_id, "landmark_id": landmark_id})
+        written.append(
+          {
+            "path": path,
+            "split": None,
+            "label": classes.index(landmark_id),
+            "class_name": name,
+            "box": None,
+            "parts": None,
+            "id": image_id,
+            "landmark_id": landmark_id,
+          }
+        )
   order = np.random.default_rng(0).permutation(len(rows))
   _lines(root / "train.csv", ["id,url,landmark_id"] + [rows[i] for i in order])
   if categories:
-    _lines(root / "train_label_to_category.csv", ["landmark_id,category"] + [
-        f"{k},http://commons.wikimedia.org/wiki/Category:{quote(landmark_category(k))}" for k in sorted(counts)])
+    _lines(
+      root / "train_label_to_category.csv",
+      ["landmark_id,category"]
+      + [f"{k},http://commons.wikimedia.org/wiki/Category:{quote(landmark_category(k))}" for k in sorted(counts)],
+    )
   return written

@@ -18,6 +18,7 @@ import time
 sys.path[:0] = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 
 from engine_config import tiny  # noqa: E402
+
 from fgattn_jax.training import checkpoint, loop, mesh, writers  # noqa: E402
 
 
@@ -27,16 +28,19 @@ def fingerprint(workdir):
   from flax import nnx
 
   from fgattn_jax.schemes import get_scheme
+
   model = get_scheme("baseline").build(tiny(main=1))
   checkpoint.load_model_weights(workdir, model)
-  return float(sum(np.abs(np.asarray(v.get_value(), np.float64)).sum()
-                   for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))))
+  return float(
+    sum(np.abs(np.asarray(v.get_value(), np.float64)).sum() for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  )
 
 
 def signal_at(workdir, step):
   path = os.path.join(workdir, "metrics.jsonl")
-  while not (os.path.exists(path) and any(r["split"] == "train" and r["step"] >= step
-                                          for r in writers.read_metrics(workdir))):
+  while not (
+    os.path.exists(path) and any(r["split"] == "train" and r["step"] >= step for r in writers.read_metrics(workdir))
+  ):
     time.sleep(0.02)
   os.kill(os.getpid(), signal.SIGTERM)
 
@@ -47,6 +51,7 @@ def main():
   coordinator, processes, index = (sys.argv[2], int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 2 else [None] * 3
   mesh.initialize_distributed(coordinator, processes, index)
   import jax
+
   config = tiny(main=int(os.environ.get("ENGINE_WORKER_STEPS", 4)))
   # A gentle rate: at 0.05 this tiny run's loss jumps at the fourth step, which amplifies the (legitimate)
   # differences in the order of floating-point sums between 1 and 4 devices beyond what the test can bound.
@@ -62,8 +67,11 @@ def main():
     ckpts = checkpoint.Checkpoints(workdir, keep=1)
     out.update(interrupted=str(e), saved=ckpts.latest_step())
     ckpts.close()
-  out["losses"] = {r["step"]: r["loss"] for r in writers.read_metrics(workdir) if r["split"] == "train"} \
-      if jax.process_index() == 0 else {}
+  out["losses"] = (
+    {r["step"]: r["loss"] for r in writers.read_metrics(workdir) if r["split"] == "train"}
+    if jax.process_index() == 0
+    else {}
+  )
   out["fingerprint"] = fingerprint(workdir)
   print(json.dumps(out))
 

@@ -20,8 +20,7 @@ def train_once(scheme, model, losses: dict, trains: str, images):
   mesh = mesh_lib.make_mesh(-1)
   step = steps.make_train_step(scheme, graphdef, wrt, losses, lambda _: 0.01, jnp.float32, mesh)
   b = len(images)
-  batch = {"image": np.asarray(images, np.uint8), "label": np.arange(b, dtype=np.int32) % 10,
-           "mask": np.ones(b, bool)}
+  batch = {"image": np.asarray(images, np.uint8), "label": np.arange(b, dtype=np.int32) % 10, "mask": np.ones(b, bool)}
   # Copies: the step donates its input buffers, which the clone shares with the model passed in.
   leaves, structure = jax.tree.flatten(mesh_lib.replicate(jax.tree.map(jnp.copy, state), mesh))
   leaves, metrics = step(leaves, mesh_lib.to_device(batch, mesh), structure)

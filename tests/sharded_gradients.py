@@ -56,16 +56,19 @@ def compare(name):
 
   def loss_and_grads(params, rest, batch):
     def total(p):
-      losses, _ = scheme.forward(nnx.merge(graphdef, p, rest), normalize(batch["image"], jnp.float32), batch,
-                                 train=True)
+      losses, _ = scheme.forward(
+        nnx.merge(graphdef, p, rest), normalize(batch["image"], jnp.float32), batch, train=True
+      )
       return sum(losses.values())
+
     return jax.value_and_grad(total)(params)
 
   results = []
   for devices in (1, 2):
     mesh = mesh_lib.make_mesh(devices)
-    step = jax.jit(loss_and_grads, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh),
-                                                 mesh_lib.batch_sharding(mesh)))
+    step = jax.jit(
+      loss_and_grads, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh))
+    )
     loss, grads = step(params, rest, mesh_lib.to_device(batch, mesh))
     results.append((float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)]))
   (one, g1), (two, g2) = results

@@ -6,6 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from gradient_routes import loss_jacobian, norm
+from phase_step import batch_stats, changed
+from torch_reference import TorchResNet, randomize_
 
 from configs import abn as abn_config
 from fgattn_jax.config import ConfigError
@@ -14,9 +17,6 @@ from fgattn_jax.models.abn import ABN, default_branch
 from fgattn_jax.ops import localization
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import loop
-from gradient_routes import loss_jacobian, norm
-from phase_step import batch_stats, changed
-from torch_reference import TorchResNet, randomize_
 
 X = jax.random.normal(jax.random.key(0), (2, 64, 48, 3))
 # The model's forward as one program: op by op, a ResNet's forward (and gradient) takes seconds more per call.
@@ -25,14 +25,23 @@ forward = nnx.jit(lambda model, x: model(x))
 
 def abn(name, tasks=5, **kw):
   extra = {"head": "gap"} if name.startswith("vgg") else {}
-  backbone = build_backbone(name, tasks if isinstance(tasks, int) else 2, width=1 / 16 if "wrn" not in name else 0.1,
-                            rngs=0, **extra)
+  backbone = build_backbone(
+    name, tasks if isinstance(tasks, int) else 2, width=1 / 16 if "wrn" not in name else 0.1, rngs=0, **extra
+  )
   return ABN(backbone, tasks, branch=kw.pop("branch", default_branch(name)), rngs=nnx.Rngs(1), **kw)
 
 
-@pytest.mark.parametrize("name, branch_stage", [("resnet18", "layer3"), ("resnet50", "layer3"),
-                                                ("resnet20", "layer2"), ("wrn16_8", "layer2"),
-                                                ("vgg11_bn", "conv5_2"), ("vgg16", "conv5_3")])
+@pytest.mark.parametrize(
+  "name, branch_stage",
+  [
+    ("resnet18", "layer3"),
+    ("resnet50", "layer3"),
+    ("resnet20", "layer2"),
+    ("wrn16_8", "layer2"),
+    ("vgg11_bn", "conv5_2"),
+    ("vgg16", "conv5_3"),
+  ],
+)
 def test_outputs_and_map_on_every_family(name, branch_stage):
   model = abn(name)  # training mode: batch statistics keep an untrained deep net's map off saturation
   assert model.backbone.stage_names[model.branch] == branch_stage
@@ -91,8 +100,13 @@ def test_gradients_reach_both_branches_and_the_shared_extractor():
   batch = {"label": jnp.array([1, 3]), "mask": jnp.array([True, True])}
   jac = loss_jacobian(get_scheme("abn"), abn("resnet18"), X, batch, ("att", "per"))  # both in one program
   stages = jac["backbone"]["stages"]
-  parts = {"extractor0": stages[0], "extractor1": stages[1], "extractor3": stages[3], "perception": stages[4],
-           "head": jac["backbone"]["head"]} | {k: jac[k] for k in ("att_stage", "att_conv", "att_map", "att_logits")}
+  parts = {
+    "extractor0": stages[0],
+    "extractor1": stages[1],
+    "extractor3": stages[3],
+    "perception": stages[4],
+    "head": jac["backbone"]["head"],
+  } | {k: jac[k] for k in ("att_stage", "att_conv", "att_map", "att_logits")}
   att, per = ({k: norm(v, i) for k, v in parts.items()} for i in (0, 1))
   # Both losses train the shared extractor; the attention loss its branch, the perception loss its stage and head.
   assert all(g[k] > 0 for g in (att, per) for k in ("extractor0", "extractor1", "extractor3"))
@@ -117,6 +131,7 @@ def test_frozen_extractor_trains_only_the_branches():
 
 def test_pretrained_weights_fill_the_backbone_and_the_attention_stage_copy(tmp_path):
   from safetensors.numpy import save_file
+
   ref = randomize_(TorchResNet("resnet18", 1000, width=1 / 16))
   save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(tmp_path / "r18.safetensors"))
   model = abn("resnet18", tasks=10)
@@ -126,15 +141,18 @@ def test_pretrained_weights_fill_the_backbone_and_the_attention_stage_copy(tmp_p
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert ("att_stage", "blocks", 0, "conv1", "kernel") in loaded
   assert ("backbone", "stages", 0, "conv1", "kernel") in loaded and ("att_conv", "kernel") not in loaded
-  assert model.att_stage.blocks[0].conv1.strides == (1, 1) and model.backbone.stages[4].blocks[0].conv1.strides == (2, 2)
+  assert model.att_stage.blocks[0].conv1.strides == (1, 1) and model.backbone.stages[4].blocks[0].conv1.strides == (
+    2,
+    2,
+  )
 
 
 def test_multi_task_has_a_map_and_heads_per_task():
   model = abn("resnet18", tasks=(3, 3, 2), map_kernel=3)
   model.eval()
   out = forward(model, X)
-  assert [l.shape for l in out["logits"]] == [(2, 3), (2, 3), (2, 2)]
-  assert [l.shape for l in out["attention_logits"]] == [(2, 3), (2, 3), (2, 2)]
+  assert [lg.shape for lg in out["logits"]] == [(2, 3), (2, 3), (2, 2)]
+  assert [lg.shape for lg in out["attention_logits"]] == [(2, 3), (2, 3), (2, 2)]
   assert out["attention"].shape[-1] == 3
 
   def task0(m):
@@ -163,6 +181,7 @@ def test_config_presets_build():
 
 def test_multi_task_trains_end_to_end_on_the_part_attributes(tmp_path):
   from engine_config import tiny
+
   c = tiny(main=3)
   c.scheme = "abn"
   c.abn = abn_config.get_config("synthetic_parts").abn

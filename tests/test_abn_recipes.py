@@ -36,8 +36,13 @@ def bn_conv(cin, cout, k, stride=1):
 class Bottleneck(nn.Module):
   def __init__(self, cin, planes, stride):
     super().__init__()
-    self.body = nn.Sequential(*bn_conv(cin, planes, 1), nn.ReLU(), *bn_conv(planes, planes, 3, stride), nn.ReLU(),
-                              *bn_conv(planes, 4 * planes, 1))
+    self.body = nn.Sequential(
+      *bn_conv(cin, planes, 1),
+      nn.ReLU(),
+      *bn_conv(planes, planes, 3, stride),
+      nn.ReLU(),
+      *bn_conv(planes, 4 * planes, 1),
+    )
     self.short = nn.Sequential(*bn_conv(cin, 4 * planes, 1, stride)) if stride != 1 or cin != 4 * planes else None
 
 
@@ -50,9 +55,16 @@ class Basic(nn.Module):
 
 def attention_head(width, classes, map_kernel=3):
   """ABN's branch after its stage: BN, 1x1 conv to K, BN, ReLU; logits 1x1 conv K -> K; map conv K -> 1, BN."""
-  return nn.ModuleList([nn.BatchNorm2d(width), nn.Conv2d(width, classes, 1, bias=False), nn.BatchNorm2d(classes),
-                        nn.Conv2d(classes, classes, 1, bias=False),
-                        nn.Conv2d(classes, 1, map_kernel, padding=map_kernel // 2, bias=False), nn.BatchNorm2d(1)])
+  return nn.ModuleList(
+    [
+      nn.BatchNorm2d(width),
+      nn.Conv2d(width, classes, 1, bias=False),
+      nn.BatchNorm2d(classes),
+      nn.Conv2d(classes, classes, 1, bias=False),
+      nn.Conv2d(classes, 1, map_kernel, padding=map_kernel // 2, bias=False),
+      nn.BatchNorm2d(1),
+    ]
+  )
 
 
 class ABNCifarResNet(nn.Module):
@@ -66,8 +78,9 @@ class ABNCifarResNet(nn.Module):
     self.stem = nn.Sequential(*bn_conv(3, 16, 3))
     stages, cin = [], 16
     for planes, stride in ((16, 1), (32, 2), (64, 2)):
-      stages.append(nn.Sequential(*[block(cin if i == 0 else planes * out, planes, stride if i == 0 else 1)
-                                    for i in range(n)]))
+      stages.append(
+        nn.Sequential(*[block(cin if i == 0 else planes * out, planes, stride if i == 0 else 1) for i in range(n)])
+      )
       cin = planes * out
     self.stages = nn.Sequential(*stages)
     if attention:
@@ -93,19 +106,23 @@ class ABNWideResNet(nn.Module):
     def stage(cin, cout, stride):
       return nn.Sequential(*[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
 
-    self.stages = nn.Sequential(stage(widths[0], widths[1], 1), stage(widths[1], widths[2], 2),
-                                stage(widths[2], widths[3], 2))
+    self.stages = nn.Sequential(
+      stage(widths[0], widths[1], 1), stage(widths[1], widths[2], 2), stage(widths[2], widths[3], 2)
+    )
     self.bn = nn.BatchNorm2d(widths[3])
     self.att_stage = stage(widths[2], widths[3], 1)
     self.att = attention_head(widths[3], classes)
     self.fc = nn.Linear(widths[3], classes)
 
 
-@pytest.mark.parametrize("preset, reference, millions", [
+@pytest.mark.parametrize(
+  "preset, reference, millions",
+  [
     ("cifar100_resnet110", lambda: ABNCifarResNet(110, 100), 3.1),
     ("cifar100_resnet110_basic", lambda: ABNCifarResNet(110, 100, block=Basic), 3.1),
     ("cifar100_wrn28_10", lambda: ABNWideResNet(28, 10, 100), 60.0),
-])
+  ],
+)
 def test_abn_cifar_presets_have_the_authors_parameter_counts(preset, reference, millions):
   with torch.device("meta"):  # shapes only
     expected = torch_count(reference())
@@ -116,6 +133,7 @@ def test_abn_cifar_presets_have_the_authors_parameter_counts(preset, reference, 
 def test_cifar_resnet110_blocks_and_the_authors_rule():
   """The backbone alone: ABN code's ResNet-110 (Bottleneck, 164 weighted layers, width 256) and He et al.'s
   (BasicBlock, width 64) both have about 1.7M parameters; the rule picks Bottleneck from depth 44."""
+
   def backbone_count(name, block):
     model = nnx.eval_shape(lambda: build_backbone(name, 100, block=block))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))), model
@@ -157,8 +175,9 @@ def test_wrn_dropout_from_the_config_reaches_every_block():
   # In every block, the attention stage's 4 too; none before the class layer (the WRN paper's placement).
   assert sorted(rates) == [0.0] + [0.3] * (4 * 3 + 4)
   config.model.dropout = None
-  assert {node.rate for _, node in nnx.iter_graph(get_scheme("abn").build(config))
-          if isinstance(node, nnx.Dropout)} == {0.0}
+  assert {
+    node.rate for _, node in nnx.iter_graph(get_scheme("abn").build(config)) if isinstance(node, nnx.Dropout)
+  } == {0.0}
 
 
 def test_block_choice_refused_off_cifar_resnets():
@@ -186,8 +205,9 @@ def test_branch_after_vgg_pool5():
   trained = {p[:2] for p, _ in nnx.to_flat_state(nnx.state(model, branches))}
   assert ("backbone", "head") in trained and ("backbone", "stages") not in trained
   # The perception logits are the head on g (1 + M), g = pool5.
-  g = nnx.jit(lambda b, x: jax.lax.reduce_window(b.features(x)[0], -jnp.inf, jax.lax.max, (1, 2, 2, 1),
-                                                 (1, 2, 2, 1), "VALID"))(backbone, x)
+  g = nnx.jit(
+    lambda b, x: jax.lax.reduce_window(b.features(x)[0], -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  )(backbone, x)
   expected = nnx.jit(lambda b, g, m: b.head(g * (1 + m), pooled=True)[1])(backbone, g, out["attention"])
   np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="pool5"):

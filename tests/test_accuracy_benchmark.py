@@ -42,9 +42,14 @@ def test_a_map_peaked_on_a_part_hits_and_chance_is_the_discs_share_of_the_image(
 
 def test_box_containment_and_a_random_box_of_the_same_size():
   parts = np.array([[[5, 5], [15, 15]], [[2, 10], [10, 10]], [[5, 10], NAN2]], np.float32)
-  boxes = np.array([[0, 0, 20, 20],  # the whole image: holds everything, and so does any box of its size
-                    [5, 0, 15, 20],  # half the width, full height: at x = 2 a random placement holds it 1 time in 5
-                    [0, 0, 10, 20]], np.float32)  # x = 5: the middle of the free range; 1 in 2
+  boxes = np.array(
+    [
+      [0, 0, 20, 20],  # the whole image: holds everything, and so does any box of its size
+      [5, 0, 15, 20],  # half the width, full height: at x = 2 a random placement holds it 1 time in 5
+      [0, 0, 10, 20],
+    ],
+    np.float32,
+  )  # x = 5: the middle of the free range; 1 in 2
   s = accuracy.score_boxes(boxes[:1], parts[:1], (20, 20))
   assert s == {"hits": 2.0, "parts": 2, "chance": 2.0, "all": 1, "images": 1}
   s = accuracy.score_boxes(boxes[1:], parts[1:], (20, 20))
@@ -56,6 +61,7 @@ def test_box_containment_and_a_random_box_of_the_same_size():
 
 def test_random_box_chance_matches_sampling():
   from fgattn_jax import localize
+
   rng = np.random.default_rng(0)
   parts = rng.uniform(0, [48, 32], (3, 5, 2))
   boxes = np.array([[3, 4, 23, 14], [0, 0, 48, 10], [10, 5, 60, 25]], np.float64)  # the last wider than the image
@@ -67,26 +73,49 @@ def test_random_box_chance_matches_sampling():
 
 
 def run(scheme, seed, top1, wall=60.0, **attention):
-  heads = {"baseline": ["logits"], "abn": ["logits", "attention_branch"], "macnn": ["logits", "object", "part0"],
-           "racnn": ["logits", "scale1", "scale2", "average"]}[scheme]
-  rec = {"scheme": scheme, "seed": seed, "wall_s": wall, "main": "logits",
-         "heads": {h: {"top1": t} for h, t in zip(heads, top1)}, "setup": None, "attention": {}}
+  heads = {
+    "baseline": ["logits"],
+    "abn": ["logits", "attention_branch"],
+    "macnn": ["logits", "object", "part0"],
+    "racnn": ["logits", "scale1", "scale2", "average"],
+  }[scheme]
+  rec = {
+    "scheme": scheme,
+    "seed": seed,
+    "wall_s": wall,
+    "main": "logits",
+    "heads": {h: {"top1": t} for h, t in zip(heads, top1)},
+    "setup": None,
+    "attention": {},
+  }
   for kind, (hit, chance) in attention.items():
-    rec["attention"][kind] = {"label": kind, "own": scheme != "baseline", "hit": hit, "chance": chance,
-                              "ratio": hit / chance, "primary": kind in ("map", "box2", "part_maps")}
+    rec["attention"][kind] = {
+      "label": kind,
+      "own": scheme != "baseline",
+      "hit": hit,
+      "chance": chance,
+      "ratio": hit / chance,
+      "primary": kind in ("map", "box2", "part_maps"),
+    }
   return rec
 
 
 def test_verdict_from_made_up_runs():
-  runs = [run("baseline", 0, [0.50], cam=(0.2, 0.1)), run("baseline", 1, [0.60]),
-          run("abn", 0, [0.75, 0.5], map=(0.3, 0.1)), run("abn", 1, [0.85, 0.5], map=(0.5, 0.1)),  # +0.25 > 0.10
-          run("macnn", 0, [0.62, 0.70, 0.3], part_maps=(0.15, 0.1)), run("macnn", 1, [0.64, 0.4, 0.3]),  # +0.08 < 0.1
-          run("racnn", 0, [0.9, 0.4, 0.6, 0.8], box2=(0.8, 0.5), box3=(0.6, 0.2)),
-          {"scheme": "racnn", "seed": 1, "error": "ValueError: boom"}]
+  runs = [
+    run("baseline", 0, [0.50], cam=(0.2, 0.1)),
+    run("baseline", 1, [0.60]),
+    run("abn", 0, [0.75, 0.5], map=(0.3, 0.1)),
+    run("abn", 1, [0.85, 0.5], map=(0.5, 0.1)),  # +0.25 > 0.10
+    run("macnn", 0, [0.62, 0.70, 0.3], part_maps=(0.15, 0.1)),
+    run("macnn", 1, [0.64, 0.4, 0.3]),  # +0.08 < 0.1
+    run("racnn", 0, [0.9, 0.4, 0.6, 0.8], box2=(0.8, 0.5), box3=(0.6, 0.2)),
+    {"scheme": "racnn", "seed": 1, "error": "ValueError: boom"},
+  ]
   report = accuracy.build_report(runs, {"preset_label": "test", "seeds": [0, 1], "part_radius": 0.1})
   s = report["summary"]
-  assert s["abn"]["heads"]["logits"] == pytest.approx({"n": 2, "mean": 0.8, "min": 0.75, "max": 0.85, "range": 0.1,
-                                                       "std": math.sqrt(0.005)})
+  assert s["abn"]["heads"]["logits"] == pytest.approx(
+    {"n": 2, "mean": 0.8, "min": 0.75, "max": 0.85, "range": 0.1, "std": math.sqrt(0.005)}
+  )
   assert s["racnn"]["failed"] == {"1": "ValueError: boom"} and s["racnn"]["seeds"] == [0]
   assert list(s["racnn"]["heads"]) == ["logits", "scale1", "scale2", "average"]
   v = {(x["target"], x["scheme"]): x for x in report["verdict"]}
@@ -102,12 +131,31 @@ def test_verdict_from_made_up_runs():
   assert text.count("not met") == 3
 
 
+@pytest.mark.slow  # trains every scheme (at a toy size)
 def test_the_benchmark_at_a_toy_size(tmp_path, capsys):
   # Bare presets, one seed, one training step per phase (RA-CNN one cycle): about 40 s on 2 cores. ABN fails on a
   # bad override (only its config has the key): reported, and the others still run.
-  args = ["--preset", "", "--schemes", "baseline", "abn", "racnn", "--seeds", "0", "--epochs-scale", "0.01",
-          "--num-train", "32", "--num-test", "16", "--workdir", str(tmp_path), "--config.cycles=1",
-          "--config.data.eval_batch_size=16", "--config.abn.branch=nowhere"]
+  args = [
+    "--preset",
+    "",
+    "--schemes",
+    "baseline",
+    "abn",
+    "racnn",
+    "--seeds",
+    "0",
+    "--epochs-scale",
+    "0.01",
+    "--num-train",
+    "32",
+    "--num-test",
+    "16",
+    "--workdir",
+    str(tmp_path),
+    "--config.cycles=1",
+    "--config.data.eval_batch_size=16",
+    "--config.abn.branch=nowhere",
+  ]
   assert accuracy.main(args) == 1  # a failed scheme
   out = capsys.readouterr().out
   for scheme in ("baseline", "abn", "racnn"):
@@ -127,8 +175,13 @@ def test_the_benchmark_at_a_toy_size(tmp_path, capsys):
       assert a["ratio"] == pytest.approx(a["hit"] / a["chance"])
   assert set(runs["baseline"]["attention"]) == {"cam"} and not runs["baseline"]["attention"]["cam"]["own"]
   assert set(runs["racnn"]["attention"]) == {"box2", "box3"} and runs["racnn"]["attention"]["box2"]["primary"]
-  assert {(v["target"], v["scheme"]) for v in report["verdict"]} == {("a", "abn"), ("a", "racnn"), ("b", "racnn"),
-                                                                     ("d", "abn"), ("d", "racnn")}
+  assert {(v["target"], v["scheme"]) for v in report["verdict"]} == {
+    ("a", "abn"),
+    ("a", "racnn"),
+    ("b", "racnn"),
+    ("d", "abn"),
+    ("d", "racnn"),
+  }
 
   # The same command again reuses the finished runs (the failed one is tried again); --table-only reprints.
   assert accuracy.main(args) == 1

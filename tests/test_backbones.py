@@ -10,9 +10,9 @@ from fgattn_jax.models import BACKBONES, build_backbone
 
 # name -> (expected stage names, their strides in input pixels)
 FAMILIES = {
-    "vgg": (("conv1_", "conv2_", "conv3_", "conv4_", "conv5_"), (1, 2, 4, 8, 16)),
-    "imagenet_resnet": (("stem", "layer1", "layer2", "layer3", "layer4"), (4, 4, 8, 16, 32)),
-    "cifar": (("stem", "layer1", "layer2", "layer3"), (1, 1, 2, 4)),
+  "vgg": (("conv1_", "conv2_", "conv3_", "conv4_", "conv5_"), (1, 2, 4, 8, 16)),
+  "imagenet_resnet": (("stem", "layer1", "layer2", "layer3", "layer4"), (4, 4, 8, 16, 32)),
+  "cifar": (("stem", "layer1", "layer2", "layer3"), (1, 1, 2, 4)),
 }
 
 
@@ -88,6 +88,7 @@ def _batch_stats(model):
 def _loss_grads(model, x, wrt=nnx.Param):
   def loss(m):
     return jnp.mean(m(x)[0] ** 2)
+
   # One compiled program: op by op, a backward pass dispatches and compiles each primitive on its own.
   return nnx.jit(lambda m: nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(m))(model)
 
@@ -150,6 +151,7 @@ def test_batchnorm_training_matches_flax_exactly(dtype):
     def loss(bn, x):
       y = bn(x)
       return jnp.sum(y.astype(jnp.float32) * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
     (_, y), (g_bn, g_x) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(bn, x)
     return y, g_bn, g_x
 
@@ -173,8 +175,9 @@ def test_relu_after_conv_equals_jax_relu_and_reads_its_mask_off_the_output(dtype
   # convolution before it: values, gradients (reverse, forward, second order, batched) must be jax.nn.relu's.
   from fgattn_jax.models import layers
 
-  x = jnp.concatenate([jnp.array([0.0, -0.0, 1e-30, -1e-30, jnp.inf, -jnp.inf, jnp.nan]),
-                       jax.random.normal(jax.random.key(0), (57,))]).astype(dtype)
+  x = jnp.concatenate(
+    [jnp.array([0.0, -0.0, 1e-30, -1e-30, jnp.inf, -jnp.inf, jnp.nan]), jax.random.normal(jax.random.key(0), (57,))]
+  ).astype(dtype)
   w = jnp.cos(jnp.arange(x.size, dtype=jnp.float32)).astype(dtype)
   ours = lambda x: layers.relu(x, after_conv=True)  # noqa: E731
   same = lambda a, b: np.testing.assert_array_equal(np.float32(a), np.float32(b))  # noqa: E731  (NaN == NaN)

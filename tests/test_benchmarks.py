@@ -12,8 +12,9 @@ from benchmarks import chart, compare, flops, hlo_report, input_pipeline, profil
 
 
 def conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=x.shape[-1] // w.shape[2])
+  return jax.lax.conv_general_dilated(
+    x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1] // w.shape[2]
+  )
 
 
 def test_flops_of_convolutions_their_gradients_and_products():
@@ -32,11 +33,13 @@ def test_flops_of_convolutions_their_gradients_and_products():
   assert flops.count(scanned, a, b) == 7 * 2 * 3 * 4 * 5 * 5
 
 
-@pytest.mark.parametrize("scheme,backbone", [("baseline", "resnet18"), ("abn", "vgg11_bn"), ("macnn", "vgg11_bn"),
-                                             ("racnn", "vgg11_bn")])
+@pytest.mark.parametrize(
+  "scheme,backbone", [("baseline", "resnet18"), ("abn", "vgg11_bn"), ("macnn", "vgg11_bn"), ("racnn", "vgg11_bn")]
+)
 def test_throughput_measures_every_scheme(scheme, backbone):
-  r = throughput.measure(scheme, backbone, 32, 2, steps=2, warmup=1, width=1 / 16, dtype="float32",
-                         overhead=scheme == "racnn")
+  r = throughput.measure(
+    scheme, backbone, 32, 2, steps=2, warmup=1, width=1 / 16, dtype="float32", overhead=scheme == "racnn"
+  )
   assert r["train_img_s"] > 0 and r["eval_img_s"] > 0 and 0 < r["trace_s"] < r["compile_s"]
   assert r["train_tflops"] > 0 and r["eval_tflops"] > 0
   assert r["peak_fraction"] is None  # no known matrix-product peak for a CPU
@@ -53,10 +56,29 @@ def test_throughput_measures_every_scheme(scheme, backbone):
     assert 2.2 < r["train_gflop_per_image"] * 1e9 / forward < 3.0
 
 
+@pytest.mark.slow  # a process per framework and repeat
 def test_compare_runs_both_frameworks_and_the_chart_draws_them(tmp_path, capsys):
   results = tmp_path / "results.jsonl"
-  assert compare.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--res", "32", "--batch", "2",
-                       "--repeats", "2", "--json", str(results)]) == 0
+  assert (
+    compare.main(
+      [
+        "--cpu",
+        "--scheme",
+        "baseline",
+        "--backbone",
+        "vgg11_bn",
+        "--res",
+        "32",
+        "--batch",
+        "2",
+        "--repeats",
+        "2",
+        "--json",
+        str(results),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "| baseline | vgg11_bn | 32 | 2 |" in out and " vs eager |" in out  # the CPU has no compiled mode here
   (row,) = [json.loads(line) for line in results.read_text().splitlines()]
@@ -85,7 +107,8 @@ def test_flop_profile_counts_the_backbone_passes_of_each_scheme():
   half = throughput.flop_profile("baseline", "vgg11", 64, 2)
   assert plain["flop_overhead"] == 1.0 and plain["passes"] == [128]
   assert r["passes_gflop_per_image"] == pytest.approx(
-      plain["train_gflop_per_image"] + 2 * half["train_gflop_per_image"])
+    plain["train_gflop_per_image"] + 2 * half["train_gflop_per_image"]
+  )
   # The APNs, the crops and the ranking loss add little arithmetic next to three VGG passes (their cost on a GPU is
   # memory traffic, which only timing shows: --overhead).
   assert 1.0 < r["flop_overhead"] < 1.05
@@ -117,12 +140,17 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
     assert "--phase goes with one --scheme" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("main, argv, message", [
+@pytest.mark.parametrize(
+  "main, argv, message",
+  [
     ("throughput", ["--scheme", "macnn", "--res", "0"], "--res must be at least 1, got 0"),
     ("throughput", ["--scheme", "macnn", "--steps", "0"], "--steps must be at least 1, got 0"),
     ("throughput", ["--scheme", "macnn", "--backbone", "vgg99"], "--backbone 'vgg99': not a backbone; they are"),
-    ("throughput", ["--scheme", "macnn", "--backbone", "vgg11", "--phase", "objects", "--cpu"],
-     "--phase 'objects': macnn's phases are object, init, grouping, classify, parts"),
+    (
+      "throughput",
+      ["--scheme", "macnn", "--backbone", "vgg11", "--phase", "objects", "--cpu"],
+      "--phase 'objects': macnn's phases are object, init, grouping, classify, parts",
+    ),
     ("throughput", ["--collect", "/nowhere.jsonl"], "--collect: [Errno 2] No such file or directory"),
     ("compare", ["--collect", "README.md"], "--collect: Expecting value"),
     ("chart", ["--json", "/nowhere.jsonl"], "--json /nowhere.jsonl: FileNotFoundError"),
@@ -131,11 +159,18 @@ def test_a_phase_step_counts_only_what_the_phase_runs(capsys):
     ("tpu_report", ["--scheme", "abn", "--batch", "0"], "--res and --batch must be at least 1"),
     ("input_pipeline", ["--batch", "0"], "--batch must be at least 1, got 0"),
     ("input_pipeline", ["--images", "/"], "expected a class-per-folder tree"),
-], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
+  ],
+  ids=lambda x: x if isinstance(x, str) and " " not in x else None,
+)
 def test_the_benchmarks_refuse_bad_flags_before_measuring(capsys, main, argv, message):
   with pytest.raises(SystemExit):
-    {"throughput": throughput, "compare": compare, "input_pipeline": input_pipeline, "chart": chart,
-     "tpu_report": tpu_report}[main].main(argv)
+    {
+      "throughput": throughput,
+      "compare": compare,
+      "input_pipeline": input_pipeline,
+      "chart": chart,
+      "tpu_report": tpu_report,
+    }[main].main(argv)
   assert message in capsys.readouterr().err
 
 
@@ -150,8 +185,16 @@ def test_the_cpu_smoke_test_takes_3_steps_unless_told_otherwise(monkeypatch):
 
 
 def test_the_table_shows_the_toy_sizes_small_values_instead_of_zeros():
-  row = {"scheme": "abn", "backbone": "vgg11_bn", "res": 64, "batch": 4, "train_gflop_per_image": 0.0061,
-         "peak_fraction": 0.0004, "train_img_s": 412.26, "train_mem_gib": 0.0}
+  row = {
+    "scheme": "abn",
+    "backbone": "vgg11_bn",
+    "res": 64,
+    "batch": 4,
+    "train_gflop_per_image": 0.0061,
+    "peak_fraction": 0.0004,
+    "train_img_s": 412.26,
+    "train_mem_gib": 0.0,
+  }
   assert "| 412.3 |" in throughput.table([row]) and "| 0.0061 |" in throughput.table([row])
   assert "| 0.04% |" in throughput.table([row]) and "| 0.0 |" in throughput.table([row])  # a true zero stays
 
@@ -166,24 +209,48 @@ def test_input_pipeline_benchmark_runs(capsys):
 def test_profile_reads_a_gpu_trace_by_operation_and_kind():
   # The layout of a JAX GPU trace (Perfetto JSON): kernels on the device's streams, named by the XLA op they run;
   # host events beside them are not device time.
-  meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-          {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}}]
-  kernels = [("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000), ("loop_add_fusion", "add_fusion.1", 500),
-             ("select_and_scatter_kernel", "select-and-scatter.2", 1500),
-             ("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000)]
+  meta = [
+    {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+    {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+  ]
+  kernels = [
+    ("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000),
+    ("loop_add_fusion", "add_fusion.1", 500),
+    ("select_and_scatter_kernel", "select-and-scatter.2", 1500),
+    ("sm90_xmma_fprop_implicit_gemm_bf16", "convolution.3", 3000),
+  ]
   events = meta + [{"ph": "X", "pid": 1, "tid": 7, "name": n, "dur": d, "args": {"hlo_op": op}} for n, op, d in kernels]
   events.append({"ph": "X", "pid": 2, "tid": 1, "name": "PjitFunction(step)", "dur": 99000})
   text, totals = profile.summarise(profile.device_events({"traceEvents": events}), steps=2, top=5)
   assert totals["busy_ms"] == 4.0 and totals["operations"] == 3  # (3 + 0.5 + 1.5 + 3) ms over two steps
-  assert totals["by_kind"] == {"convolution": 3.0, "elementwise fusion": 0.25,
-                               "scatter (select-and-scatter, scatter)": 0.75}
+  assert totals["by_kind"] == {
+    "convolution": 3.0,
+    "elementwise fusion": 0.25,
+    "scatter (select-and-scatter, scatter)": 0.75,
+  }
   assert text.index("convolution.3") < text.index("select-and-scatter.2") < text.index("add_fusion.1")
 
 
 def test_profile_runs_a_step_under_the_tracer_on_the_cpu(capsys, tmp_path):
   hlo = tmp_path / "step.hlo"
-  assert profile.main(["--cpu", "--scheme", "baseline", "--backbone", "vgg11_bn", "--top", "5",
-                       "--hlo", str(hlo), "--trace", str(tmp_path / "trace")]) == 0
+  assert (
+    profile.main(
+      [
+        "--cpu",
+        "--scheme",
+        "baseline",
+        "--backbone",
+        "vgg11_bn",
+        "--top",
+        "5",
+        "--hlo",
+        str(hlo),
+        "--trace",
+        str(tmp_path / "trace"),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "device busy" in out and "| convolution |" in out
   assert "convolution(" in hlo.read_text()  # the optimised program's text
@@ -195,17 +262,23 @@ def test_torch_profile_reads_a_cuda_trace_by_kind(tmp_path):
   # the device's events count, sorted into the same kinds as XLA's kernels.
   from benchmarks.torch_reference import profile as torch_profile
 
-  kernels = [("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 2000),
-             ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 3000),
-             ("void at::native::vectorized_elementwise_kernel<4, at::native::threshold_kernel_impl>", 400),
-             ("triton_poi_fused_relu_threshold_backward_0", 300), ("triton_red_fused_sum_1", 200),
-             ("void at::native::(anonymous namespace)::max_pool_backward_nhwc<c10::BFloat16>", 500),
-             ("void at::native::batch_norm_collect_statistics_channels_last_kernel", 100),
-             ("nchwToNhwcKernel", 50), ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 100)]
+  kernels = [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 2000),
+    ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 3000),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::threshold_kernel_impl>", 400),
+    ("triton_poi_fused_relu_threshold_backward_0", 300),
+    ("triton_red_fused_sum_1", 200),
+    ("void at::native::(anonymous namespace)::max_pool_backward_nhwc<c10::BFloat16>", 500),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel", 100),
+    ("nchwToNhwcKernel", 50),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 100),
+  ]
   trace = [{"ph": "X", "cat": "kernel", "name": n, "dur": d} for n, d in kernels]
-  trace += [{"ph": "X", "cat": "cpu_op", "name": "aten::conv2d", "dur": 9000},
-            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "dur": 5},
-            {"ph": "X", "cat": "gpu_memset", "name": "Memset (Device)", "dur": 50}]
+  trace += [
+    {"ph": "X", "cat": "cpu_op", "name": "aten::conv2d", "dur": 9000},
+    {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "dur": 5},
+    {"ph": "X", "cat": "gpu_memset", "name": "Memset (Device)", "dur": 50},
+  ]
 
   class Profiler:
     def export_chrome_trace(self, path):
@@ -215,9 +288,15 @@ def test_torch_profile_reads_a_cuda_trace_by_kind(tmp_path):
   events = torch_profile.device_events(Profiler(), "cuda")
   assert len(events) == len(kernels) + 1  # the memset is device time; the operator and the launch are not
   _, totals = profile.summarise(events, steps=1, top=5)
-  assert totals["by_kind"] == {"convolution": 5.0, "elementwise fusion": 0.7, "reduction": 0.2,
-                               "pooling (PyTorch's kernels)": 0.5, "batch norm (PyTorch's kernels)": 0.1,
-                               "copy, transpose": 0.1, "matrix product": 0.1}
+  assert totals["by_kind"] == {
+    "convolution": 5.0,
+    "elementwise fusion": 0.7,
+    "reduction": 0.2,
+    "pooling (PyTorch's kernels)": 0.5,
+    "batch norm (PyTorch's kernels)": 0.1,
+    "copy, transpose": 0.1,
+    "matrix product": 0.1,
+  }
 
 
 def test_torch_profile_runs_a_step_under_the_profiler_on_the_cpu(capsys):
@@ -235,16 +314,26 @@ def test_collect_joins_separate_runs_into_ratios_and_overheads():
   # What gpu_session.sh measures apart: the schemes (JAX), PyTorch's modes, and the plain backbone passes.
   passes = throughput.pass_runs(throughput.STANDARD)
   assert [r for r in passes if r not in throughput.STANDARD] == [
-      ("baseline", "vgg19", 448, 16), ("baseline", "vgg19", 224, 16),
-      ("baseline", "resnet50", 448, 16), ("baseline", "resnet50", 224, 16)]
-  jax_rows = [{"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 33.0,
-               "train_img_s": 485.0},
-              {"scheme": "macnn", "backbone": "vgg19", "res": 448, "batch": 16, "error": "out of memory"}]
-  pass_rows = [{"scheme": "baseline", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 20.0},
-               {"scheme": "baseline", "backbone": "vgg19", "res": 224, "batch": 16, "train_ms": 5.0}]
-  torch_rows = [{"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "mode": m, "images_per_s": v}
-                for m, v in (("eager", 250.0), ("compile", 388.0))]
-  torch_rows.append({"scheme": "abn", "backbone": "vgg19", "res": 448, "batch": 32, "mode": "eager", "images_per_s": 9.0})
+    ("baseline", "vgg19", 448, 16),
+    ("baseline", "vgg19", 224, 16),
+    ("baseline", "resnet50", 448, 16),
+    ("baseline", "resnet50", 224, 16),
+  ]
+  jax_rows = [
+    {"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 33.0, "train_img_s": 485.0},
+    {"scheme": "macnn", "backbone": "vgg19", "res": 448, "batch": 16, "error": "out of memory"},
+  ]
+  pass_rows = [
+    {"scheme": "baseline", "backbone": "vgg19", "res": 448, "batch": 16, "train_ms": 20.0},
+    {"scheme": "baseline", "backbone": "vgg19", "res": 224, "batch": 16, "train_ms": 5.0},
+  ]
+  torch_rows = [
+    {"scheme": "racnn", "backbone": "vgg19", "res": 448, "batch": 16, "mode": m, "images_per_s": v}
+    for m, v in (("eager", 250.0), ("compile", 388.0))
+  ]
+  torch_rows.append(
+    {"scheme": "abn", "backbone": "vgg19", "res": 448, "batch": 32, "mode": "eager", "images_per_s": 9.0}
+  )
   rows = {(r["scheme"], r["batch"]): r for r in compare.joined(jax_rows, torch_rows, ["eager", "compile"], pass_rows)}
   racnn = rows[("racnn", 16)]
   assert racnn["ratio"] == pytest.approx(485 / 388)  # against the faster PyTorch mode
@@ -258,9 +347,11 @@ def test_collect_joins_separate_runs_into_ratios_and_overheads():
 def test_repeats_give_medians_ranges_and_the_fastest_mode_by_name():
   row = lambda **kw: {"scheme": "abn", "backbone": "resnet50", "res": 448, "batch": 32, **kw}  # noqa: E731
   jax_rows = [row(train_ms=1.0, train_img_s=v, steps=30, warmup=5) for v in (100.0, 120.0, 110.0)]
-  torch_rows = [row(mode=m, images_per_s=v, steps=30, warmup=5)
-                for m, values in (("eager", (60.0, 62.0, 61.0)), ("compile", (80.0, 70.0, 75.0)),
-                                  ("graphs", (90.0, 95.0, 100.0))) for v in values]
+  torch_rows = [
+    row(mode=m, images_per_s=v, steps=30, warmup=5)
+    for m, values in (("eager", (60.0, 62.0, 61.0)), ("compile", (80.0, 70.0, 75.0)), ("graphs", (90.0, 95.0, 100.0)))
+    for v in values
+  ]
   (r,) = compare.joined(jax_rows, torch_rows, ["eager", "compile", "graphs"])
   assert (r["jax_img_s"], r["jax_img_s_range"], r["jax_repeats"]) == (110.0, [100.0, 120.0], 3)
   assert r["torch_best_mode"] == "graphs" and r["ratio"] == pytest.approx(110 / 95)
@@ -365,6 +456,7 @@ def test_the_graphs_switch_reaches_xla_through_the_engines_steps(monkeypatch):
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
   from fgattn_jax.training import steps
+
   for module, name in ((steps, "COMPILER_OPTIONS"), (layers, "POOLING"), (crops, "RESAMPLE")):
     monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
   p = argparse.ArgumentParser()
@@ -372,8 +464,9 @@ def test_the_graphs_switch_reaches_xla_through_the_engines_steps(monkeypatch):
   throughput.use_formulations(p.parse_args(["--graphs", "whole"]))
   assert steps.COMPILER_OPTIONS == throughput.GRAPHS["whole"]
   # XLA takes the GPU's command types on any backend (and uses them on a GPU); the row says which were asked for.
-  r = throughput.measure("baseline", "resnet18", 32, 2, steps=1, warmup=1, width=1 / 16, dtype="float32",
-                         evaluation=False)
+  r = throughput.measure(
+    "baseline", "resnet18", 32, 2, steps=1, warmup=1, width=1 / 16, dtype="float32", evaluation=False
+  )
   assert r["graphs"] == "whole" and r["train_img_s"] > 0 and "| whole |" in throughput.table([r])
   # Both steps hand their options to XLA: one it does not know fails their compilation, naming it.
   steps.COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": "NO_SUCH_COMMAND"}
@@ -407,6 +500,7 @@ def test_the_tpu_report_without_libtpu_says_what_to_install(monkeypatch):
   def no_libtpu(**kwargs):
     assert kwargs["platform"] == "tpu" and kwargs["topology_name"] == "v5p:1x1x1"
     raise RuntimeError("JAX TPU support not installed; cannot generate TPU topology")
+
   monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
   with pytest.raises(SystemExit, match=r'needs libtpu, no TPU: pip install "jax\[tpu\]=='):
     tpu_report.main(["--scheme", "baseline", "--backbone", "vgg11_bn", "--res", "32", "--batch", "8"])
@@ -421,12 +515,14 @@ def test_the_tpu_report_traces_with_a_tpus_formulations(monkeypatch):
 
   from fgattn_jax.models import layers
   from fgattn_jax.ops import crops
+
   monkeypatch.setattr(topologies, "get_topology_desc", lambda **kw: types.SimpleNamespace(devices=jax.devices()))
   seen = []
 
   def setup(*args, **kwargs):
     seen.append((layers.pooling(), crops.formulation()))
     raise RuntimeError("traced")
+
   monkeypatch.setattr(throughput, "_setup", setup)
   for pool, crop in (("auto", "auto"), ("slices", "gather")):
     monkeypatch.setattr(layers, "POOLING", pool)
@@ -441,16 +537,37 @@ def test_a_tpu_table_row_whose_compiler_crashes_is_a_failed_row(monkeypatch):
   # libtpu can die compiling a step (a stack overflow: v6e's ResNet-50 training step, libtpu 0.0.42): each row of
   # --all compiles in its own process, so the crash is that row's result and the table goes on.
   import subprocess
+
   calls = []
 
   def crash(cmd, **kwargs):
     calls.append(cmd)
     return subprocess.CompletedProcess(cmd, -11, "", "F0000 stack overflow\n*** SIGSEGV STACK OVERFLOW\n")
+
   monkeypatch.setattr(subprocess, "run", crash)
   args = argparse.Namespace(chip="v6e", pool="slices", crop="auto", eval=False, all=True, json="t.jsonl")
   r = tpu_report._in_a_process(args, "baseline", "resnet50", 448, 32)
   assert r["error"].startswith("the compiling process died of signal 11: ") and "SIGSEGV" in r["error"]
-  own = calls[0][calls[0].index("benchmarks.tpu_report") + 1:]  # the row alone, into a file of its own
-  assert own[:-1] == ["--chip", "v6e", "--pool", "slices", "--crop", "auto", "--scheme", "baseline", "--backbone",
-                      "resnet50", "--res", "448", "--batch", "32", "--json"] and own[-1] != "t.jsonl"
+  own = calls[0][calls[0].index("benchmarks.tpu_report") + 1 :]  # the row alone, into a file of its own
+  assert (
+    own[:-1]
+    == [
+      "--chip",
+      "v6e",
+      "--pool",
+      "slices",
+      "--crop",
+      "auto",
+      "--scheme",
+      "baseline",
+      "--backbone",
+      "resnet50",
+      "--res",
+      "448",
+      "--batch",
+      "32",
+      "--json",
+    ]
+    and own[-1] != "t.jsonl"
+  )
   assert "| baseline | resnet50 | 448 | 32 |" in throughput.table([r], tpu_report.COLUMNS)

@@ -34,22 +34,34 @@ def test_help_outside_the_repository_lists_its_presets(capsys, monkeypatch, tmp_
   assert f"{os.path.join(ROOT, 'configs', 'baseline.py')}:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config.phases.main.optim.lrr=1"], "Unknown config key 'phases.main.optim.lrr'. Did you mean phases.main.optim.lr"),
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (
+      ["--config.phases.main.optim.lrr=1"],
+      "Unknown config key 'phases.main.optim.lrr'. Did you mean phases.main.optim.lr",
+    ),
     (["--config.data.batch_size=many"], "holds an int"),
     (["--config", "configs/baseline.py:birds"], "no preset 'birds'"),
     (["--config", "configs/baseline.py:birds"], "Presets: (bare name), detail, cub, aircraft"),
     (["--config.data.image_size"], "--config.data.image_size needs a value: --config.data.image_size=VALUE"),
     (["--config.data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
     (["--config.data.num_workers", "-1"], "data.num_workers=-1: must be 0"),
-    (["--config.phases.main.schedule.kind=step", "--config.phases.main.schedule.boundaries=abc"],
-     "phases.main.schedule.boundaries=('abc',): must be epochs (numbers)"),
+    (
+      ["--config.phases.main.schedule.kind=step", "--config.phases.main.schedule.boundaries=abc"],
+      "phases.main.schedule.boundaries=('abc',): must be epochs (numbers)",
+    ),
     (["--num-processes", "2"], "missing: --coordinator, --process-id"),
-    (["--coordinator", "localhost:23456", "--num-processes", "2", "--process-id", "5"],
-     "--process-id 5: must be 0 to 1 with --num-processes 2"),
-    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"],
-     "--coordinator localhost: give process 0's address and a free port"),
-])
+    (
+      ["--coordinator", "localhost:23456", "--num-processes", "2", "--process-id", "5"],
+      "--process-id 5: must be 0 to 1 with --num-processes 2",
+    ),
+    (
+      ["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"],
+      "--coordinator localhost: give process 0's address and a free port",
+    ),
+  ],
+)
 def test_bad_settings_are_refused_with_the_fix(capsys, monkeypatch, argv, message):
   monkeypatch.chdir(ROOT)
   if "--config" not in argv:
@@ -61,16 +73,25 @@ def test_bad_settings_are_refused_with_the_fix(capsys, monkeypatch, argv, messag
   assert not os.path.exists("/nonexistent/never-written")
 
 
-TINY = ["--config.data.image_size=32", "--config.data.resize_size=36", "--config.data.synthetic.num_train=32",
-        "--config.data.synthetic.num_test=16", "--config.data.batch_size=16", "--config.data.eval_batch_size=16",
-        "--no-progress"]
+TINY = [
+  "--config.data.image_size=32",
+  "--config.data.resize_size=36",
+  "--config.data.synthetic.num_train=32",
+  "--config.data.synthetic.num_test=16",
+  "--config.data.batch_size=16",
+  "--config.data.eval_batch_size=16",
+  "--no-progress",
+]
 
 
-@pytest.mark.parametrize("setting, message", [
+@pytest.mark.parametrize(
+  "setting, message",
+  [
     ("--config.model.backbone=vgg99", "error: Unknown backbone 'vgg99'. Did you mean vgg19"),
     ("--config.scheme=foo", "error: Unknown scheme 'foo'; available: baseline, abn"),
     ("--config.model.dtype=float8", "error: Unknown compute dtype 'float8'; use 'auto' or one of float32"),
-])
+  ],
+)
 def test_unknown_names_are_one_line_errors(capsys, monkeypatch, tmp_path, setting, message):
   monkeypatch.chdir(ROOT)
   assert train.main(["--config", "configs/baseline.py", *TINY, setting, "--workdir", str(tmp_path)]) == 2
@@ -78,20 +99,25 @@ def test_unknown_names_are_one_line_errors(capsys, monkeypatch, tmp_path, settin
   assert message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("config, setting, message", [
+@pytest.mark.parametrize(
+  "config, setting, message",
+  [
     ("macnn", "--config.macnn.part_maps=foo", "macnn cannot be built from this config: macnn.part_maps must be"),
     ("macnn", "--config.macnn.num_parts=0", "macnn.num_parts and .part_input must be 1 or more"),
     ("racnn", "--config.racnn.num_scales=1", "racnn.num_scales: RA-CNN needs at least two scales, got 1"),
     ("racnn", "--config.racnn.scale1_input=-3", ".scale1_input 0 (the data's image_size) or more"),
     ("abn", "--config.abn.map_kernel=2", "abn.map_kernel must be 1 (the paper) or 3"),
     ("baseline", "--config.model.head=fc", "model.head of a VGG must be 'classifier'"),
-])
-def test_a_value_the_model_cannot_be_built_with_is_a_one_line_error(capsys, monkeypatch, tmp_path, config, setting,
-                                                                    message):
+  ],
+)
+def test_a_value_the_model_cannot_be_built_with_is_a_one_line_error(
+  capsys, monkeypatch, tmp_path, config, setting, message
+):
   monkeypatch.chdir(ROOT)
   small = ["--config.model.backbone=vgg11_bn", "--config.model.width=0.0625"]
-  assert train.main(["--config", f"configs/{config}.py", *TINY, *small, setting,
-                     "--workdir", str(tmp_path / "run")]) == 2
+  assert (
+    train.main(["--config", f"configs/{config}.py", *TINY, *small, setting, "--workdir", str(tmp_path / "run")]) == 2
+  )
   err = capsys.readouterr().err
   assert message in err and "Traceback" not in err
   assert not (tmp_path / "run").exists()  # nothing written for a run that never started
@@ -110,10 +136,13 @@ def test_a_second_ctrl_c_leaves_at_once_without_a_traceback(capsys, monkeypatch,
 
 def test_a_full_or_read_only_disk_is_one_line_and_other_errors_stay_tracebacks(capsys, monkeypatch, tmp_path):
   import errno
+
   monkeypatch.chdir(ROOT)
   argv = ["--config", "configs/baseline.py", *TINY, "--workdir", str(tmp_path)]
-  for error, says in [(OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
-                      (ValueError("RESOURCE_EXHAUSTED: ...: No space left on device"), "no space left on its disk")]:
+  for error, says in [
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+    (ValueError("RESOURCE_EXHAUSTED: ...: No space left on device"), "no space left on its disk"),
+  ]:
     monkeypatch.setattr(loop, "run", lambda *a, e=error, **k: (_ for _ in ()).throw(e))
     assert train.main(argv) == 1
     err = capsys.readouterr().err
@@ -130,16 +159,26 @@ def run_dir(tmp_path):
   return tmp_path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config.scheme=abn"], ("--config.scheme cannot change in a trained run: its checkpoint holds the model built "
-                               "with it (the run in {run} was trained with scheme='baseline')")),
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (
+      ["--config.scheme=abn"],
+      (
+        "--config.scheme cannot change in a trained run: its checkpoint holds the model built "
+        "with it (the run in {run} was trained with scheme='baseline')"
+      ),
+    ),
     (["--config.model.backbone=resnet18"], "(the run in {run} was trained with model.backbone='vgg11_bn')"),
     (["--config.data.num_classes=5"], "--config.data.num_classes cannot change in a trained run"),
     (["--config.data.eval_batch_size=0"], "data.eval_batch_size=0: must be 1 or more"),
     (["--checkpoint", "foo"], "argument --checkpoint: 'foo' is not best, latest or a step number"),
-    (["--layer", "conv5_2", "--num-images", "3"], "--num-images, --layer: options of --localization, which is not "
-                                                  "given"),
-])
+    (
+      ["--layer", "conv5_2", "--num-images", "3"],
+      "--num-images, --layer: options of --localization, which is not given",
+    ),
+  ],
+)
 def test_evaluate_refuses_what_the_run_cannot_do(capsys, run_dir, argv, message):
   with pytest.raises(SystemExit) as e:
     evaluate.main(["--workdir", str(run_dir), *argv])
@@ -157,13 +196,17 @@ def test_evaluate_refuses_a_broken_run_config(capsys, tmp_path, text):
   assert f"{tmp_path / 'config.json'} is not a" in err and "run config" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda c: c["data"].pop("eval_batch_size"), "(it lacks the key 'eval_batch_size')"),
     (lambda c: c["data"].update(eval_batch_size="lots"), "(TypeError: "),
     (lambda c: c.update(scheme="abn"), "(it lacks the key 'abn')"),
     (lambda c: c.update(scheme="bogus"), "(ConfigError: Unknown scheme 'bogus'"),
     (lambda c: c["model"].update(dtype="float8"), "(ConfigError: Unknown compute dtype 'float8'"),
-], ids=["missing-key", "wrong-type", "other-scheme", "unknown-scheme", "unknown-dtype"])
+  ],
+  ids=["missing-key", "wrong-type", "other-scheme", "unknown-scheme", "unknown-dtype"],
+)
 def test_evaluate_refuses_a_run_config_edited_by_hand_in_one_line(capsys, run_dir, edit, message):
   cfg = json.loads((run_dir / "config.json").read_text())
   edit(cfg)
@@ -178,6 +221,7 @@ def test_evaluate_refuses_a_run_config_edited_by_hand_in_one_line(capsys, run_di
 
 def test_only_a_missing_config_key_is_called_one():
   import ml_collections
+
   c = ml_collections.ConfigDict({"data": {"root": ""}})
   c.lock()
   for missing in (lambda: c.data.eval_batch_size, lambda: c["abn"]):
@@ -199,6 +243,7 @@ def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
 def test_a_run_saved_before_keys_were_added_reads_with_the_values_it_was_trained_with(run_dir):
   """config.ADDED_KEYS: a run trained before a key existed opens with the value that reproduces its training."""
   from fgattn_jax.config import ADDED_KEYS
+
   cfg = json.loads((run_dir / "config.json").read_text())
   for key in ADDED_KEYS:
     *groups, name = key.split(".")
@@ -212,31 +257,55 @@ def test_a_run_saved_before_keys_were_added_reads_with_the_values_it_was_trained
   assert (run.data.split.val_fraction, run.data.split.test_fraction, run.data.augment.eval_rotation) == (0.1, 0.1, 0)
 
 
-@pytest.mark.parametrize("scheme, key, stage", [("abn", "abn.branch", "conv4_2"),
-                                                ("macnn", "macnn.feature_stage", "conv3_2")])
-def test_a_vgg_stage_left_in_a_config_switched_to_resnet_names_its_key(capsys, monkeypatch, tmp_path, scheme, key,
-                                                                       stage):
+@pytest.mark.parametrize(
+  "scheme, key, stage", [("abn", "abn.branch", "conv4_2"), ("macnn", "macnn.feature_stage", "conv3_2")]
+)
+def test_a_vgg_stage_left_in_a_config_switched_to_resnet_names_its_key(
+  capsys, monkeypatch, tmp_path, scheme, key, stage
+):
   monkeypatch.chdir(ROOT)
-  assert train.main(["--config", f"configs/{scheme}.py", "--workdir", str(tmp_path),
-                     "--config.model.backbone=resnet18"]) == 2
+  assert (
+    train.main(["--config", f"configs/{scheme}.py", "--workdir", str(tmp_path), "--config.model.backbone=resnet18"])
+    == 2
+  )
   err = capsys.readouterr().err
-  assert f"error: {key} '{stage}' is not a stage of this backbone (stem, layer1, layer2, layer3, layer4): set " \
-         f"--config.{key} to one of them" in err and "Traceback" not in err
+  assert (
+    f"error: {key} '{stage}' is not a stage of this backbone (stem, layer1, layer2, layer3, layer4): set "
+    f"--config.{key} to one of them"
+    in err
+    and "Traceback" not in err
+  )
 
 
 def test_missing_weights_and_data_are_one_line_errors(capsys, monkeypatch, tmp_path):
   monkeypatch.chdir(ROOT)
   assert train.main(["--config", "configs/baseline.py:cub", "--workdir", str(tmp_path)]) == 2
   assert "--config.model.pretrained=/path/to/vgg19.pth" in capsys.readouterr().err
-  assert train.main(["--config", "configs/baseline.py:cub", "--workdir", str(tmp_path),
-                     "--config.model.require_pretrained=false"]) == 2
+  assert (
+    train.main(
+      ["--config", "configs/baseline.py:cub", "--workdir", str(tmp_path), "--config.model.require_pretrained=false"]
+    )
+    == 2
+  )
   assert "--config.data.root" in capsys.readouterr().err
 
 
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
-  cmd = [sys.executable, "-m", "fgattn_jax.train", "--config", "configs/baseline.py", "--workdir", str(tmp_path),
-         "--no-progress", "--config.data.synthetic.num_train=256", "--config.data.synthetic.num_test=50",
-         "--config.phases.main.epochs=3", "--config.log.every_steps=1", "--config.log.tensorboard=false"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "fgattn_jax.train",
+    "--config",
+    "configs/baseline.py",
+    "--workdir",
+    str(tmp_path),
+    "--no-progress",
+    "--config.data.synthetic.num_train=256",
+    "--config.data.synthetic.num_test=50",
+    "--config.phases.main.epochs=3",
+    "--config.log.every_steps=1",
+    "--config.log.tensorboard=false",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240

@@ -7,7 +7,7 @@ import pytest
 from configs import common
 from fgattn_jax.config import ConfigError, config_from_args, load_config, override, presets, split_overrides
 
-CONFIG = '''
+CONFIG = """
 from configs import common
 
 PRESETS = {"": "synthetic", "cub": "CUB-200-2011 at 448", "cifar100": "CIFAR-100"}
@@ -17,7 +17,7 @@ def get_config(arg=None):
   if arg:
     common.use_dataset(c, arg)
   return c
-'''
+"""
 
 
 @pytest.fixture
@@ -51,11 +51,21 @@ def test_missing_file_and_non_config():
 
 
 def test_overrides_are_parsed_by_type(config_file):
-  pairs, rest = split_overrides([
-      "--config.phases.main.optim.lr=0.1", "--workdir", "/tmp/w", "--config.data.batch_size", "8",
-      "--config.model.frozen_bn=true", "--config.phases.main.schedule.boundaries=150,225",
-      "--config.model.pretrained=/w/r50.pth", "--config.model.backbone=resnet50",
-      "--config.phases.main.optim.weight_decay=1", "--config.phase_order=main"])
+  pairs, rest = split_overrides(
+    [
+      "--config.phases.main.optim.lr=0.1",
+      "--workdir",
+      "/tmp/w",
+      "--config.data.batch_size",
+      "8",
+      "--config.model.frozen_bn=true",
+      "--config.phases.main.schedule.boundaries=150,225",
+      "--config.model.pretrained=/w/r50.pth",
+      "--config.model.backbone=resnet50",
+      "--config.phases.main.optim.weight_decay=1",
+      "--config.phase_order=main",
+    ]
+  )
   assert rest == ["--workdir", "/tmp/w"]
   cfg = config_from_args(config_file, pairs)
   optim = cfg.phases.main.optim
@@ -97,7 +107,9 @@ def test_a_flag_is_not_a_value():
   assert split_overrides(["--config.seed", "-1", "--workdir", "/tmp/w"]) == ([("seed", "-1")], ["--workdir", "/tmp/w"])
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (["data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
     (["data.eval_batch_size=-4"], "data.eval_batch_size=-4: must be 1 or more"),
     (["data.image_size=0"], "data.image_size=0: must be 1 or more"),
@@ -105,10 +117,15 @@ def test_a_flag_is_not_a_value():
     (["data.augment.pad=-1"], "data.augment.pad=-1: must be 0 or more"),
     (["data.num_workers=-1"], "data.num_workers=-1: must be 0 (decode in threads of the main process) or more"),
     (["phases.main.schedule.kind=steps"], "phases.main.schedule.kind='steps': use 'cosine', 'step' or 'constant'"),
-    (["phases.main.schedule.kind=step", "phases.main.schedule.boundaries=abc"],
-     ("phases.main.schedule.boundaries=('abc',): must be epochs (numbers), e.g. "
-      "--config.phases.main.schedule.boundaries=150,225")),
-])
+    (
+      ["phases.main.schedule.kind=step", "phases.main.schedule.boundaries=abc"],
+      (
+        "phases.main.schedule.boundaries=('abc',): must be epochs (numbers), e.g. "
+        "--config.phases.main.schedule.boundaries=150,225"
+      ),
+    ),
+  ],
+)
 def test_values_that_cannot_work_are_refused_up_front(config_file, overrides, message):
   pairs, _ = split_overrides([f"--config.{o}" for o in overrides])
   with pytest.raises(ConfigError) as e:
@@ -129,8 +146,13 @@ def test_common_datasets():
   with pytest.raises(ValueError, match="Unknown data set"):
     common.use_dataset(c, "imagenet22k")
   # FGVC-Aircraft trains on train + val (6667 images), as its protocol and the papers do; the others on train.
-  splits = {name: (common.use_dataset(common.get_config(), name).data.train_split,
-                   common.use_dataset(common.get_config(), name).data.eval_split) for name in common.DATASETS}
+  splits = {
+    name: (
+      common.use_dataset(common.get_config(), name).data.train_split,
+      common.use_dataset(common.get_config(), name).data.eval_split,
+    )
+    for name in common.DATASETS
+  }
   assert splits["aircraft"] == ("trainval", "test") and splits["cub"] == splits["cars"] == ("train", "test")
 
 

@@ -2,12 +2,12 @@
 formulations (ops.crops.RESAMPLE, the `resample` fixture), and the two formulations against each other."""
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
-
 from bilinear_reference import reference_crop, smooth_image
+
 from fgattn_jax.ops import crops, racnn
 from fgattn_jax.ops.crops import crop_parts, crop_resize, square_boxes
 
@@ -15,14 +15,17 @@ from fgattn_jax.ops.crops import crop_parts, crop_resize, square_boxes
 _crop = jax.jit(crop_resize, static_argnums=2)
 
 
-@pytest.mark.parametrize("box, out_hw", [
+@pytest.mark.parametrize(
+  "box, out_hw",
+  [
     ((2.0, 3.0, 10.0, 9.0), (6, 8)),  # inside, integer corners, non-square
     ((1.3, 0.7, 6.9, 4.2), (9, 13)),  # sub-pixel corners, upsampling
     ((0.25, 0.5, 15.6, 11.8), (5, 4)),  # nearly the whole image, downsampling
     ((-3.5, -2.2, 6.1, 5.4), (7, 7)),  # partly outside the top-left: zeros
     ((9.7, 6.3, 19.4, 15.1), (6, 10)),  # partly outside the bottom-right
     ((-8.0, -8.0, -1.0, -2.0), (3, 3)),  # entirely outside
-])
+  ],
+)
 @pytest.mark.usefixtures("resample")
 def test_crop_matches_reference(box, out_hw):
   rng = np.random.default_rng(1)
@@ -46,8 +49,9 @@ def test_integer_aligned_halving_is_block_mean():
   whole = _crop(image, np.array([[0.0, 0.0, 16.0, 12.0]], np.float32), (6, 8))
   np.testing.assert_allclose(np.asarray(whole), blocks, atol=1e-6)
   part = _crop(image, np.array([[2.0, 4.0, 10.0, 12.0]], np.float32), (4, 4))
-  np.testing.assert_allclose(np.asarray(part), image[:, 4:12, 2:10].reshape(1, 4, 2, 4, 2, 2).mean(axis=(2, 4)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(part), image[:, 4:12, 2:10].reshape(1, 4, 2, 4, 2, 2).mean(axis=(2, 4)), atol=1e-6
+  )
 
 
 @pytest.mark.usefixtures("resample")
@@ -55,8 +59,9 @@ def test_uint8_images_become_float32():
   image = np.random.default_rng(4).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
   crop = _crop(image, np.array([[1.2, 0.4, 7.5, 6.1]]), (5, 5))
   assert crop.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(crop[0]), reference_crop(image[0], (1.2, 0.4, 7.5, 6.1), (5, 5)),
-                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(crop[0]), reference_crop(image[0], (1.2, 0.4, 7.5, 6.1), (5, 5)), rtol=1e-5, atol=1e-4
+  )
 
 
 @pytest.mark.usefixtures("resample")
@@ -72,8 +77,9 @@ def test_box_gradient_matches_finite_differences(x64):
 
   grad = np.asarray(jax.grad(loss)(jnp.asarray(box)))
   eps = 1e-6
-  numeric = np.array([(loss(jnp.asarray(box + eps * e)) - loss(jnp.asarray(box - eps * e))) / (2 * eps)
-                      for e in np.eye(4)])
+  numeric = np.array(
+    [(loss(jnp.asarray(box + eps * e)) - loss(jnp.asarray(box - eps * e))) / (2 * eps) for e in np.eye(4)]
+  )
   assert np.all(np.abs(numeric) > 1e-3)  # the check is not vacuous
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
@@ -104,16 +110,21 @@ def test_square_boxes_shift_inside_each_border():
   centers = np.array([[[2.0, 10.0], [29.0, 10.0], [15.0, 1.0], [15.0, 19.5], [15.0, 10.0], [0.0, 0.0]]])
   boxes = np.asarray(square_boxes(centers, 5.0, image_hw))
   assert boxes.shape == (1, 6, 4)
-  np.testing.assert_allclose(boxes[0], [
+  np.testing.assert_allclose(
+    boxes[0],
+    [
       [0, 5, 10, 15],  # left border
       [20, 5, 30, 15],  # right border
       [10, 0, 20, 10],  # top border
       [10, 10, 20, 20],  # bottom border
       [10, 5, 20, 15],  # interior: untouched
       [0, 0, 10, 10],  # corner: both axes
-  ])
-  np.testing.assert_allclose(np.asarray(square_boxes(centers, 5.0, image_hw, keep_inside=False))[0],
-                             np.concatenate([centers[0] - 5, centers[0] + 5], axis=-1))
+    ],
+  )
+  np.testing.assert_allclose(
+    np.asarray(square_boxes(centers, 5.0, image_hw, keep_inside=False))[0],
+    np.concatenate([centers[0] - 5, centers[0] + 5], axis=-1),
+  )
 
 
 def test_square_boxes_per_box_sizes_and_too_large():
@@ -165,8 +176,10 @@ def test_gather_and_matmul_agree_with_their_gradients(x64):
   def both(mode, default=crops.RESAMPLE):
     crops.RESAMPLE = mode
     try:  # traced afresh per mode: the switch is read at trace time
-      return [jax.tree.leaves(jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(images, boxes))
-              for fn in (parts_loss, zoom_loss)]
+      return [
+        jax.tree.leaves(jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(images, boxes))
+        for fn in (parts_loss, zoom_loss)
+      ]
     finally:
       crops.RESAMPLE = default
 

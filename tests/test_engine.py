@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from engine_config import tiny
 from flax import nnx
 
-from engine_config import tiny
 from fgattn_jax import cli
 from fgattn_jax.training import checkpoint as ckpt_lib
 from fgattn_jax.training import loop, optim, phases, steps, writers
@@ -28,6 +28,7 @@ def test_same_seed_same_losses(tmp_path):
 
 class StopAfter:
   """Stands in for the signal handler: asks to stop before step `after` + 1."""
+
   after = 0
 
   def __init__(self):
@@ -83,6 +84,7 @@ def test_a_run_from_imagenet_weights_resumes_without_the_weight_file(tmp_path, m
   resumes where the torchvision file is gone, named or not, exactly as it would have with it."""
   import torch
   from torch_reference import TorchResNet, randomize_
+
   weights = tmp_path / "resnet18.pth"
   torch.save(randomize_(TorchResNet("resnet18", 1000, width=1 / 16)).state_dict(), weights)  # fc: 1000 classes
 
@@ -91,6 +93,7 @@ def test_a_run_from_imagenet_weights_resumes_without_the_weight_file(tmp_path, m
     c.model.pretrained, c.model.require_pretrained = pretrained, True
     c.checkpoint.every_steps = 2
     return c
+
   loop.run(cfg(), str(tmp_path / "straight"), progress=False)
   StopAfter.after = 3
   for name in ("named", "not named"):
@@ -105,8 +108,9 @@ def test_a_run_from_imagenet_weights_resumes_without_the_weight_file(tmp_path, m
   for name in ("named", "not named"):
     resumed = train_losses(tmp_path / name)
     assert sorted(resumed) == sorted(straight) == list(range(1, 7))
-    np.testing.assert_allclose([resumed[k] for k in sorted(resumed)], [straight[k] for k in sorted(straight)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      [resumed[k] for k in sorted(resumed)], [straight[k] for k in sorted(straight)], rtol=1e-6
+    )
   with pytest.raises(loop.ConfigError, match="pass the torchvision file"):  # a new run still needs the file
     loop.run(cfg(None), str(tmp_path / "new"), progress=False)
 
@@ -118,6 +122,7 @@ def test_a_resume_finds_its_phase_by_name_when_an_earlier_phase_is_cut_to_nothin
     c = tiny(a=3, b=3, c=3)
     c.phases.b.steps = b_steps
     return c
+
   loop.run(cfg(), str(tmp_path / "straight"), progress=False)
   StopAfter.after = 7  # inside phase c
   with monkeypatch.context() as m:
@@ -137,10 +142,12 @@ def test_a_resume_finds_its_phase_by_name_when_an_earlier_phase_is_cut_to_nothin
 def test_a_resumed_phase_keeps_its_plateau_history(tmp_path, monkeypatch):
   """With min_delta = 1 the rule stalls as soon as it has patience + 1 windows: at step 4 of the phase. A run
   interrupted after step 2 and resumed must stop there too, not 4 windows after the resume."""
+
   def cfg():
     c = tiny(main=8)
     c.phases.main.plateau.update(patience=3, min_delta=1.0)
     return c
+
   loop.run(cfg(), str(tmp_path / "straight"), progress=False)
   StopAfter.after = 2
   with monkeypatch.context() as m:
@@ -157,6 +164,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(loop.NonFiniteLoss, match="NaN or infinite in phase bad.*last good checkpoint, step 4, is intact"):
     loop.run(c, str(tmp_path), progress=False)
   from fgattn_jax.schemes import get_scheme
+
   model = get_scheme("baseline").build(tiny())
   assert ckpt_lib.load_model_weights(str(tmp_path), model, "latest") == 4
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
@@ -177,6 +185,7 @@ def poison_after(monkeypatch, call: int):
       if len(calls) == call:
         leaves = [x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x for x in leaves]
       return leaves, metrics
+
     return poisoned
 
   monkeypatch.setattr(steps, "make_train_step", making)
@@ -188,14 +197,20 @@ def test_a_checkpoint_of_diverged_weights_is_removed_and_the_run_resumes_from_th
   c = tiny(main=6)
   c.log.every_steps, c.checkpoint.every_steps = 3, 2
   poison_after(monkeypatch, 4)
-  with pytest.raises(loop.NonFiniteLoss, match=r"NaN or infinite in phase main at step 5, the first from the saved "
-                                               r"weights.*step 2, is intact.*removed the checkpoint at step 4"):
+  with pytest.raises(
+    loop.NonFiniteLoss,
+    match=r"NaN or infinite in phase main at step 5, the first from the saved "
+    r"weights.*step 2, is intact.*removed the checkpoint at step 4",
+  ):
     loop.run(c, str(tmp_path), progress=False)
   assert ckpt_lib.Checkpoints(str(tmp_path), 3).latest_step() == 2
   # The same command resumes from step 2; now the update of step 6 (the resumed step's 4th) diverges: found by the
   # phase's closing evaluation, before it is saved.
-  with pytest.raises(loop.NonFiniteLoss, match=r"outputs became NaN or infinite in phase main by step 6 \(its "
-                                               r"evaluation\).*step 4, is intact"):
+  with pytest.raises(
+    loop.NonFiniteLoss,
+    match=r"outputs became NaN or infinite in phase main by step 6 \(its "
+    r"evaluation\).*step 4, is intact",
+  ):
     loop.run(c, str(tmp_path), progress=False)
   assert ckpt_lib.Checkpoints(str(tmp_path), 3).latest_step() == 4
 
@@ -205,8 +220,11 @@ def test_a_workdir_resumes_only_under_settings_that_fit_its_checkpoints(tmp_path
   saved = (tmp_path / "config.json").read_text()
   wider = tiny(main=2)
   wider.model.width = 1 / 8
-  with pytest.raises(loop.ConfigError, match=r"holds checkpoints of another run \(model.width: 0.0625 there, "
-                                             r"0.125 now\).*new --workdir"):
+  with pytest.raises(
+    loop.ConfigError,
+    match=r"holds checkpoints of another run \(model.width: 0.0625 there, "
+    r"0.125 now\).*new --workdir",
+  ):
     loop.run(wider, str(tmp_path), progress=False)
   assert (tmp_path / "config.json").read_text() == saved  # refused before anything was written
   # A run saved when a preset's whole-number length was an int: the same length, not a change.
@@ -264,7 +282,14 @@ def test_a_cycle_reuses_its_compiled_steps_and_evaluation_compiles_once(tmp_path
   assert len(train) == 3 and all(f._cache_size() == 1 for f in train)  # one per phase key
   assert len(evaluation) == 1 and evaluation[0]._cache_size() == 1
   assert [r["phase"] for r in writers.read_metrics(tmp_path) if r["split"] == "eval"] == [
-      "warm", "a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
+    "warm",
+    "a#1",
+    "b#1",
+    "a#2",
+    "b#2",
+    "a#3",
+    "b#3",
+  ]
 
 
 def test_evaluation_more_often_than_every_step_means_every_step(tmp_path):
@@ -276,6 +301,7 @@ def test_evaluation_more_often_than_every_step_means_every_step(tmp_path):
 
 def test_evaluate_command_writes_results(tmp_path, capsys, monkeypatch):
   from fgattn_jax import evaluate
+
   loop.run(tiny(first=2, second=2), str(tmp_path), progress=False)
   # By default the trained model (what the run's summary reported), not the best evaluation of any phase: that
   # may predate the last phase (here, say, the first phase's end).
@@ -296,7 +322,12 @@ def test_phase_plan_cycles_and_checks_names():
   c.cycles = 2
   plan = phases.plan(c, 8, ("ce",), {"all": nnx.Param})
   assert [(p.name, p.steps) for p in plan] == [
-      ("init", 2), ("grouping#1", 3), ("classify#1", 4), ("grouping#2", 3), ("classify#2", 4)]
+    ("init", 2),
+    ("grouping#1", 3),
+    ("classify#1", 4),
+    ("grouping#2", 3),
+    ("classify#2", 4),
+  ]
   c.phases.init.trains = "parts"
   with pytest.raises(ValueError, match="trains='parts'.*groups are all"):
     phases.plan(c, 8, ("ce",), {"all": nnx.Param})
@@ -373,8 +404,10 @@ def test_running_a_finished_run_again_only_evaluates(tmp_path, caplog):
   # A longer phase does not extend a finished run (its schedule has run its course), and the run says so.
   loop.run(tiny(main=4), str(tmp_path), progress=False)
   assert max(train_losses(tmp_path)) == 2
-  assert ("had finished all its phases: the new length (phases.main.steps) does not extend it; to train longer, start "
-          f"a new --workdir (--config.init_from={tmp_path} starts") in caplog.text
+  assert (
+    "had finished all its phases: the new length (phases.main.steps) does not extend it; to train longer, start "
+    f"a new --workdir (--config.init_from={tmp_path} starts"
+  ) in caplog.text
 
 
 def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
@@ -416,8 +449,10 @@ def test_a_checkpoint_holds_the_position_as_it_was_when_saved(tmp_path):
 def test_a_process_the_run_was_not_saved_with_takes_process_0s_input_position(tmp_path, caplog):
   # Resumed on more hosts than it was saved from, process 1 has no position of its own: it used to start its share
   # of the data from the beginning, out of step with process 0 for the rest of the run.
-  for process, state in ((0, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [3]}),
-                         (2, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [5]})):
+  for process, state in (
+    (0, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [3]}),
+    (2, {"grain": {"next_index": 8}, "step": 8, "epoch_skipped": [5]}),
+  ):
     (tmp_path / f"process_{process}").mkdir()
     (tmp_path / f"process_{process}" / "8.json").write_text(json.dumps(state))
   with caplog.at_level("WARNING"):
@@ -452,6 +487,7 @@ def test_a_stop_just_after_a_save_keeps_it_and_every_save_has_its_input_position
   # And the input position used to be written after orbax had the checkpoint, so a kill in between left a
   # checkpoint whose resume silently restarted the data.
   import orbax.checkpoint as ocp
+
   saved, positions_first = [], []
   original = ocp.CheckpointManager.save
 
@@ -459,6 +495,7 @@ def test_a_stop_just_after_a_save_keeps_it_and_every_save_has_its_input_position
     saved.append(step)
     positions_first.append((tmp_path / "data_state" / "process_0" / f"{step}.json").exists())
     return original(self, step, *args, **kwargs)
+
   c = tiny(main=6)
   c.checkpoint.every_steps = 2
   StopAfter.after = 2
@@ -474,6 +511,7 @@ def test_a_damaged_checkpoint_names_the_step_to_fall_back_to(tmp_path, capsys, c
   import shutil
 
   from fgattn_jax import evaluate
+
   c = tiny(main=4)
   c.checkpoint.every_steps = 2
   loop.run(c, str(tmp_path), progress=False)  # checkpoints at steps 2 and 4
@@ -504,6 +542,7 @@ def test_a_damaged_checkpoint_names_the_step_to_fall_back_to(tmp_path, capsys, c
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
   from fgattn_jax import train
+
   monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   (tmp_path / "run").write_text("")
   with pytest.raises(SystemExit) as e:

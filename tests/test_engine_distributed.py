@@ -8,21 +8,34 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from engine_worker import fingerprint
+
+pytestmark = pytest.mark.slow  # several processes, each a fresh interpreter: `python -m pytest -m slow`
 
 WORKER = os.path.join(os.path.dirname(__file__), "engine_worker.py")
 
 
 def launch(workdir, *extra, devices=1, optimized=False, environment=(), **worker_env):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             **{f"ENGINE_WORKER_{k.upper()}": str(v) for k, v in worker_env.items()}, **dict(environment))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    **{f"ENGINE_WORKER_{k.upper()}": str(v) for k, v in worker_env.items()},
+    **dict(environment),
+  )
   # Without the suite's compilation cache (conftest.py): with it, one process could skip a compile the other
   # did, and the laggard reach the first collective more than gloo's 30 s after its peer (seen in CI).
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   if optimized:  # XLA's full optimisation, which conftest.py turns off for the suite
     env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-  return subprocess.Popen([sys.executable, WORKER, str(workdir), *map(str, extra)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, WORKER, str(workdir), *map(str, extra)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def result(proc, timeout=300):
@@ -77,9 +90,20 @@ def pair(workdir, slurm=False, **worker_env):
   nothing but its variables to find each other by."""
   if slurm:  # jax.distributed's coordinator port is SLURM_JOB_ID mod 4096 above 61439: a job id for a free one
     job = free_port(np.random.default_rng().permutation(np.arange(61440, 65536))) - 61440
-    procs = [launch(workdir, **worker_env, environment={
-        "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2", "SLURM_PROCID": str(i),
-        "SLURM_LOCALID": "0"}) for i in range(2)]
+    procs = [
+      launch(
+        workdir,
+        **worker_env,
+        environment={
+          "SLURM_JOB_ID": str(job),
+          "SLURM_STEP_NODELIST": "localhost",
+          "SLURM_NTASKS": "2",
+          "SLURM_PROCID": str(i),
+          "SLURM_LOCALID": "0",
+        },
+      )
+      for i in range(2)
+    ]
   else:
     port = free_port()
     procs = [launch(workdir, f"127.0.0.1:{port}", 2, i, **worker_env) for i in range(2)]
@@ -103,7 +127,9 @@ def test_two_processes_stop_together_resume_and_agree(tmp_path):
   # together.
   first, second = pair(tmp_path, slurm=True, steps=10)
   assert first["devices"] == second["devices"] == 2
-  assert sorted(map(int, first["losses"])) == list(range(1, 11)) and all(np.isfinite(v) for v in first["losses"].values())
+  assert sorted(map(int, first["losses"])) == list(range(1, 11)) and all(
+    np.isfinite(v) for v in first["losses"].values()
+  )
   # Both processes evaluated every test example once, and saw the same model.
   assert first["count"] == second["count"] == 30
   assert first["nll"] == second["nll"] and first["top1"] == second["top1"]
@@ -114,8 +140,12 @@ def test_two_processes_stop_together_resume_and_agree(tmp_path):
 def test_the_attention_schemes_gradients_on_two_devices_equal_one_devices():
   # Their crops, zooms and part losses over a batch split in two (tests/sharded_gradients.py: in evaluation mode,
   # where the two must agree to rounding; in training mode BatchNorm's batch sums legitimately part them).
-  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "sharded_gradients.py"), "macnn",
-                         "racnn"], capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(os.path.dirname(__file__), "sharded_gradients.py"), "macnn", "racnn"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   for scheme, r in results.items():

@@ -41,12 +41,15 @@ def _reference_ece(confidence, correct, bins):
 
 def test_hand_built_accuracies_and_confusion():
   # 6 classes, 4 examples; the true class is ranked 1st, 2nd, 6th and 1st.
-  logits = np.array([
+  logits = np.array(
+    [
       [9, 1, 2, 3, 4, 5],  # true 0, predicted 0
       [1, 9, 8, 0, 0, 0],  # true 2, predicted 1, true class second
       [0, 9, 8, 7, 6, 5],  # true 0, predicted 1, true class last: a top-5 miss
       [0, 0, 0, 9, 0, 0],  # true 3, predicted 3
-  ], np.float32)
+    ],
+    np.float32,
+  )
   labels = np.array([0, 2, 0, 3])
   acc = Accumulator(6)
   acc.add(logits, labels, np.ones(4, bool))
@@ -90,9 +93,11 @@ def test_padding_rows_change_nothing():
   # Padding may hold garbage: NaN logits, out-of-range labels.
   pad_logits = np.full((5, 10), np.nan, np.float32)
   padded = Accumulator(10)
-  padded.add(np.concatenate([logits[:7], pad_logits[:2], logits[7:], pad_logits[2:]]),
-             np.concatenate([labels[:7], [-1, 99], labels[7:], [-1, -1, 10]]),
-             np.concatenate([mask[:7], np.zeros(2, bool), mask[7:], np.zeros(3, bool)]))
+  padded.add(
+    np.concatenate([logits[:7], pad_logits[:2], logits[7:], pad_logits[2:]]),
+    np.concatenate([labels[:7], [-1, 99], labels[7:], [-1, -1, 10]]),
+    np.concatenate([mask[:7], np.zeros(2, bool), mask[7:], np.zeros(3, bool)]),
+  )
   padded.add(pad_logits, np.full(5, -1), np.zeros(5, bool))  # a batch of padding only
   _assert_same(plain.result(), padded.result())
 
@@ -178,7 +183,8 @@ def test_save_writes_exactly_four_readable_files(tmp_path):
   out = tmp_path / "new" / "dir"
   paths = save(result, out, prefix="test")
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["test_metrics.json", "test_confusion.csv", "test_confusion.npy", "test_confusion.png"])
+    ["test_metrics.json", "test_confusion.csv", "test_confusion.npy", "test_confusion.png"]
+  )
   assert sorted(paths) == ["confusion_csv", "confusion_npy", "confusion_png", "metrics"]
   assert list(tmp_path.iterdir()) == [tmp_path / "new"]
 

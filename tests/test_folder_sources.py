@@ -6,14 +6,22 @@ import pickle
 import re
 from pathlib import Path
 
+import data_trees as trees
 import numpy as np
 import pytest
 from PIL import Image
 
-import data_trees as trees
 from data_pipelines.sources.base import DataError, decode_image
-from data_pipelines.sources.folders import (ALIASES, FOLDER_SOURCES, CUB, Aircraft, Cars, Dogs, ImageFolder,
-                                            open_folder_source)
+from data_pipelines.sources.folders import (
+  ALIASES,
+  CUB,
+  FOLDER_SOURCES,
+  Aircraft,
+  Cars,
+  Dogs,
+  ImageFolder,
+  open_folder_source,
+)
 from data_pipelines.splits import stratified_split
 
 
@@ -102,7 +110,7 @@ def test_aircraft(tmp_path, parent):
   assert img.dtype == np.uint8 and img.shape == (trees.HEIGHT, trees.WIDTH, 3)  # the 20-row banner is gone
   with open(src.describe(0), "rb") as f:
     full = decode_image(f.read())
-  np.testing.assert_array_equal(img, full[:trees.HEIGHT])  # cut at the bottom, not the top
+  np.testing.assert_array_equal(img, full[: trees.HEIGHT])  # cut at the bottom, not the top
 
 
 def test_aircraft_levels(tmp_path):
@@ -119,8 +127,9 @@ def test_aircraft_levels(tmp_path):
 
 @pytest.mark.parametrize("variant", ["devkit", "test_labels_in_devkit", "kaggle"])
 def test_cars(tmp_path, variant):
-  written = trees.write_cars(tmp_path, test_labels_in_devkit=variant == "test_labels_in_devkit",
-                             kaggle=variant == "kaggle")
+  written = trees.write_cars(
+    tmp_path, test_labels_in_devkit=variant == "test_labels_in_devkit", kaggle=variant == "kaggle"
+  )
   for split in ("train", "test"):
     src = Cars(tmp_path, split)
     assert src.class_names == trees.CARS_CLASSES
@@ -139,8 +148,9 @@ def test_dogs(tmp_path):
   assert src.load_image(src[0]["image"]).shape == (trees.HEIGHT, trees.WIDTH, 3)
 
 
-@pytest.mark.parametrize("name, write, cls", [("stanford_cars", trees.write_cars, Cars),
-                                               ("stanford_dogs", trees.write_dogs, Dogs)])
+@pytest.mark.parametrize(
+  "name, write, cls", [("stanford_cars", trees.write_cars, Cars), ("stanford_dogs", trees.write_dogs, Dogs)]
+)
 def test_cars_and_dogs_from_the_folder_above(tmp_path, name, write, cls):
   written = write(tmp_path / name)  # torchvision's layout: root/stanford_cars/...
   src = cls(tmp_path, "train")
@@ -199,8 +209,11 @@ def test_image_folder_empty_split(tmp_path):
     ImageFolder(tmp_path, "val", val_fraction=0.0)
   (tmp_path / "classes" / "a").mkdir(parents=True)  # class folders without images: the message names them
   (tmp_path / "classes" / "b").mkdir()
-  with pytest.raises(DataError, match=re.escape(f"class folder(s) in {tmp_path / 'classes'} without a single image")
-                     + ".*: a, b. Add their images or remove the folders"):
+  with pytest.raises(
+    DataError,
+    match=re.escape(f"class folder(s) in {tmp_path / 'classes'} without a single image")
+    + ".*: a, b. Add their images or remove the folders",
+  ):
     ImageFolder(tmp_path / "classes", "train")
 
 
@@ -226,6 +239,7 @@ def test_image_folder_classes_are_folders_with_images(tmp_path, splits):
 def test_image_folder_of_only_unreadable_images(tmp_path):
   from configs import common
   from data_pipelines import pipeline
+
   for c in ("a", "b"):
     (tmp_path / "train" / c).mkdir(parents=True)
     for j in range(4):
@@ -233,8 +247,12 @@ def test_image_folder_of_only_unreadable_images(tmp_path):
   cfg = common.get_config()
   cfg.data.update(source="folder", name="folder", root=str(tmp_path), num_classes=2, batch_size=2)
   first = tmp_path / "train" / "a" / "0.jpg"
-  with pytest.raises(DataError, match=re.escape(f"No image of the 'train' split of folder in {tmp_path} could be "
-                                                f"decoded (8 tried; the first, {first}: ")):
+  with pytest.raises(
+    DataError,
+    match=re.escape(
+      f"No image of the 'train' split of folder in {tmp_path} could be decoded (8 tried; the first, {first}: "
+    ),
+  ):
     pipeline.build(cfg, "train")
   trees.pattern(0).save(tmp_path / "train" / "b" / "3.jpg")  # one readable image is enough: the rest are skipped
   assert pipeline.build(cfg, "train").steps_per_epoch == 4
@@ -254,14 +272,25 @@ def test_image_folder_errors(tmp_path):
 # Bad input: one DataError naming what was expected, where to download and where to point the config.
 
 LAYOUTS = {
-    "cub": (trees.write_cub, CUB, "https://www.vision.caltech.edu/datasets/cub_200_2011/",
-            ["images.txt", "image_class_labels.txt", "parts/part_locs.txt"]),
-    "aircraft": (trees.write_aircraft, Aircraft, "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/",
-                 ["data/images/", "data/images_variant_train.txt", "data/images_box.txt"]),
-    "cars": (trees.write_cars, Cars, "https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
-             ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train/"]),
-    "dogs": (trees.write_dogs, Dogs, "http://vision.stanford.edu/aditya86/ImageNetDogs/",
-             ["Images/", "train_list.mat"]),
+  "cub": (
+    trees.write_cub,
+    CUB,
+    "https://www.vision.caltech.edu/datasets/cub_200_2011/",
+    ["images.txt", "image_class_labels.txt", "parts/part_locs.txt"],
+  ),
+  "aircraft": (
+    trees.write_aircraft,
+    Aircraft,
+    "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/",
+    ["data/images/", "data/images_variant_train.txt", "data/images_box.txt"],
+  ),
+  "cars": (
+    trees.write_cars,
+    Cars,
+    "https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
+    ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_train/"],
+  ),
+  "dogs": (trees.write_dogs, Dogs, "http://vision.stanford.edu/aditya86/ImageNetDogs/", ["Images/", "train_list.mat"]),
 }
 
 
@@ -276,8 +305,12 @@ def test_missing_root(tmp_path, name):
 
 
 # The file each layout misses, and a name that must then not be reported missing.
-BROKEN = {"cub": ("parts/part_locs.txt", "images.txt"), "aircraft": ("data/images_box.txt", "data/variants.txt"),
-          "cars": ("devkit/cars_meta.mat", "cars_train/"), "dogs": ("train_list.mat", "Images/")}
+BROKEN = {
+  "cub": ("parts/part_locs.txt", "images.txt"),
+  "aircraft": ("data/images_box.txt", "data/variants.txt"),
+  "cars": ("devkit/cars_meta.mat", "cars_train/"),
+  "dogs": ("train_list.mat", "Images/"),
+}
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -53,6 +53,7 @@ def test_indicator_targets_and_errors():
 
 def test_class_sample_spans_every_class_of_a_split_stored_by_class():
   from data_pipelines.pipeline import class_sample
+
   labels = np.repeat(np.arange(200), 30)  # CUB-like: 200 classes, their files one class after another
   picked = class_sample(labels, 256, seed=0)
   assert len(picked) == 256 and len(set(picked.tolist())) == 256
@@ -68,6 +69,7 @@ def test_the_grouping_init_sees_every_class_of_a_folder_tree_stored_by_class(tmp
   evaluation batches in file order, here 32 images of the first 3 of 12 classes."""
   import data_trees as trees
   from engine_config import tiny
+
   from fgattn_jax.schemes.baseline import Baseline
   from fgattn_jax.training import loop
 
@@ -79,6 +81,7 @@ def test_the_grouping_init_sees_every_class_of_a_folder_tree_stored_by_class(tmp
 
   def before_phase(self, key, model, sample_batches):
     seen.extend(label for b in sample_batches() for label in b["label"][b["mask"]])
+
   monkeypatch.setattr(Baseline, "before_phase", before_phase)
   loop.run(c, str(tmp_path / "run"), progress=False)
   assert len(seen) == loop.SAMPLE_BATCHES * c.data.eval_batch_size  # 32 of the 120 training images

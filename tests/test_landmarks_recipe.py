@@ -9,22 +9,31 @@ import jax
 import numpy as np
 import pytest
 import torch
+from data_trees import write_landmarks
+from torch_reference import TorchVGG, randomize_
 
 from configs import abn as abn_config
 from configs import baseline as baseline_config
-from data_trees import write_landmarks
 from fgattn_jax import evaluate, train
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint
-from torch_reference import TorchVGG, randomize_
 
 # Six landmarks, the two smallest beyond top_classes=4; 20 images each split 70/15/15: 14 / 3 / 3.
 COUNTS = {11: 20, 23: 20, 37: 20, 42: 20, 50: 6, 64: 5}
-TINY = ["--config.model.width=0.0625", "--config.model.dtype=float32", "--config.data.image_size=64",
-        "--config.data.resize_size=72", "--config.data.top_classes=4", "--config.data.batch_size=8",
-        "--config.data.eval_batch_size=8", "--config.phases.main.steps=4",
-        "--config.phases.main.schedule.warmup_epochs=0",
-        "--config.log.every_steps=1", "--config.log.tensorboard=false", "--no-progress"]
+TINY = [
+  "--config.model.width=0.0625",
+  "--config.model.dtype=float32",
+  "--config.data.image_size=64",
+  "--config.data.resize_size=72",
+  "--config.data.top_classes=4",
+  "--config.data.batch_size=8",
+  "--config.data.eval_batch_size=8",
+  "--config.phases.main.steps=4",
+  "--config.phases.main.schedule.warmup_epochs=0",
+  "--config.log.every_steps=1",
+  "--config.log.tensorboard=false",
+  "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,18 @@ def test_presets_are_the_recipe():
 def test_the_recipe_runs_from_the_command_line(landmarks, tmp_path, config):
   root, weights = landmarks
   workdir = tmp_path / config
-  assert train.main([f"--config=configs/{config}.py:landmarks", f"--workdir={workdir}", f"--config.data.root={root}",
-                     f"--config.model.pretrained={weights}", *TINY]) == 0
+  assert (
+    train.main(
+      [
+        f"--config=configs/{config}.py:landmarks",
+        f"--workdir={workdir}",
+        f"--config.data.root={root}",
+        f"--config.model.pretrained={weights}",
+        *TINY,
+      ]
+    )
+    == 0
+  )
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["num_classes"] == 4  # follows top_classes
   names = json.loads((workdir / "class_names.json").read_text())
@@ -64,8 +83,10 @@ def test_the_recipe_runs_from_the_command_line(landmarks, tmp_path, config):
 
   # The features are the file's, frozen: every conv kernel as loaded; the classifier trained.
   from fgattn_jax import config as config_lib
-  cfg = config_lib.config_from_args(f"configs/{config}.py:landmarks", [("data.top_classes", "4"),
-                                                                       ("model.width", "0.0625")])
+
+  cfg = config_lib.config_from_args(
+    f"configs/{config}.py:landmarks", [("data.top_classes", "4"), ("model.width", "0.0625")]
+  )
   model = get_scheme(config).build(cfg)
   checkpoint.load_model_weights(str(workdir), model)
   backbone = model.backbone if config == "abn" else model
@@ -73,8 +94,9 @@ def test_the_recipe_runs_from_the_command_line(landmarks, tmp_path, config):
   convs = [(prefix, module) for prefix, module, _ in backbone.torchvision_modules() if prefix.startswith("features.")]
   assert len(convs) == 13
   for prefix, conv in convs:  # torch (out, in, kh, kw) -> layers.conv (out, kh, kw, in)
-    np.testing.assert_allclose(np.asarray(conv.kernel), reference[f"{prefix}.weight"].numpy().transpose(0, 2, 3, 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(conv.kernel), reference[f"{prefix}.weight"].numpy().transpose(0, 2, 3, 1), atol=1e-6
+    )
   fc2 = reference["classifier.3.weight"].numpy().T
   assert not np.allclose(np.asarray(backbone.head.fc2.kernel), fc2, atol=1e-6)  # the dropout classifier trains
   if config == "abn":

@@ -37,8 +37,13 @@ def test_nearest_part_hits_on_planted_peaks():
   maps[0, 0, 0, 0] = maps[0, 0, 0, 1] = 1.0  # two maps on the cell centred (4, 4); the third at (28, 4)
   maps[0, 0, 3, 2] = 1.0
   maps[1, 2, 2, :] = 1.0
-  parts = np.array([[[5, 5], [26, 4], [28, 5]],  # part 2 is nearest the third map's peak, but absent
-                    [[np.nan, np.nan]] * 3], np.float32)
+  parts = np.array(
+    [
+      [[5, 5], [26, 4], [28, 5]],  # part 2 is nearest the third map's peak, but absent
+      [[np.nan, np.nan]] * 3,
+    ],
+    np.float32,
+  )
   parts[0, 2] = np.nan
   found = {k: np.asarray(v) for k, v in localization.nearest_part_hits(maps, parts, (32, 32), radius=3.0).items()}
   np.testing.assert_array_equal(found["nearest"], [[0, 0, 1], [-1, -1, -1]])
@@ -64,7 +69,7 @@ def curves_by_hand(images, m, steps):
   for t in range(steps + 1):
     first = np.zeros((b, h * w), bool)
     for i in range(b):
-      first[i, np.argsort(-m[i].ravel(), kind="stable")[:round(t * h * w / steps)]] = True
+      first[i, np.argsort(-m[i].ravel(), kind="stable")[: round(t * h * w / steps)]] = True
     first = first.reshape(b, h, w, 1)
     out["deletion"].append(evidence_probs(np.where(first, 0.0, images))[:, 0])
     out["insertion"].append(evidence_probs(np.where(first, images, 0.0))[:, 0])
@@ -79,8 +84,10 @@ def test_deletion_and_insertion_reward_the_map_on_the_evidence():
   off = -((yy - 12) ** 2 + (xx - 12) ** 2).astype(np.float32)  # peaked in the far corner
   maps = np.stack([on, off])
   labels = np.zeros(2, np.int32)
-  got = {k: np.asarray(v) for k, v in
-         localization.deletion_insertion(evidence_probs, images, maps, labels, steps=8, baseline="zero").items()}
+  got = {
+    k: np.asarray(v)
+    for k, v in localization.deletion_insertion(evidence_probs, images, maps, labels, steps=8, baseline="zero").items()
+  }
   want = curves_by_hand(images, maps, 8)
   for name in ("deletion", "insertion"):
     assert got[f"{name}_curve"].shape == (2, 9)
@@ -113,8 +120,9 @@ def test_deletion_and_insertion_break_ties_by_flat_index_and_round_the_counts():
   # 256 / 3 and 256 / 7 pixels a step: at t = 1, ceil (86) and floor (36) would each take one more or one fewer
   # square pixel than rounding (85, 37).
   for steps in (3, 7):
-    got = localization.deletion_insertion(evidence_probs, images, maps, np.zeros(1, np.int32), steps=steps,
-                                          baseline="zero")
+    got = localization.deletion_insertion(
+      evidence_probs, images, maps, np.zeros(1, np.int32), steps=steps, baseline="zero"
+    )
     want = curves_by_hand(images, maps, steps)
     for name in ("deletion", "insertion"):
       np.testing.assert_allclose(np.asarray(got[f"{name}_curve"]), want[name], atol=1e-6)
@@ -127,8 +135,9 @@ def upsample_by_hand(m, hw):
   u = np.clip((np.arange(hw[1]) + 0.5) * w / hw[1] - 0.5, 0, w - 1)
   r0, c0 = np.minimum(v.astype(int), h - 2), np.minimum(u.astype(int), w - 2)
   fy, fx = (v - r0)[:, None], (u - c0)[None, :]
-  return ((1 - fy) * ((1 - fx) * m[:, r0][:, :, c0] + fx * m[:, r0][:, :, c0 + 1])
-          + fy * ((1 - fx) * m[:, r0 + 1][:, :, c0] + fx * m[:, r0 + 1][:, :, c0 + 1]))
+  return (1 - fy) * ((1 - fx) * m[:, r0][:, :, c0] + fx * m[:, r0][:, :, c0 + 1]) + fy * (
+    (1 - fx) * m[:, r0 + 1][:, :, c0] + fx * m[:, r0 + 1][:, :, c0 + 1]
+  )
 
 
 def test_deletion_and_insertion_rank_pixels_by_the_bilinearly_resized_map():
@@ -136,8 +145,7 @@ def test_deletion_and_insertion_rank_pixels_by_the_bilinearly_resized_map():
   images = np.zeros((2, 16, 16, 1), np.float32)
   images[:, 2:6, 2:6] = 1.0
   maps = rng.uniform(size=(2, 4, 4)).astype(np.float32)
-  got = localization.deletion_insertion(evidence_probs, images, maps, np.zeros(2, np.int32), steps=16,
-                                        baseline="zero")
+  got = localization.deletion_insertion(evidence_probs, images, maps, np.zeros(2, np.int32), steps=16, baseline="zero")
   want = curves_by_hand(images, upsample_by_hand(maps.astype(np.float64), (16, 16)), 16)
   for name in ("deletion", "insertion"):
     np.testing.assert_allclose(np.asarray(got[f"{name}_curve"]), want[name], atol=1e-6)
@@ -176,8 +184,10 @@ def test_deletion_and_insertion_curves_of_probabilities_lie_in_the_unit_square()
 
   labels = np.array([0, 2, 3])
   for baseline in ("blur", "zero", "mean"):
-    got = {k: np.asarray(v) for k, v in
-           localization.deletion_insertion(probs, images, maps, labels, steps=5, baseline=baseline).items()}
+    got = {
+      k: np.asarray(v)
+      for k, v in localization.deletion_insertion(probs, images, maps, labels, steps=5, baseline=baseline).items()
+    }
     for name in ("deletion", "insertion"):
       assert got[f"{name}_curve"].shape == (3, 6) and got[name].shape == (3,)
       np.testing.assert_allclose(got[name], np.trapezoid(got[f"{name}_curve"], dx=1 / 5, axis=1), atol=1e-6)

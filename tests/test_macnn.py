@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from gradient_routes import loss_jacobian, norm
+from phase_step import batch_stats, changed, train_once
 
 from configs import macnn as macnn_config
 from data_pipelines import pipeline as data
@@ -15,8 +17,6 @@ from fgattn_jax.config import load_config
 from fgattn_jax.ops import crops
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
-from gradient_routes import loss_jacobian, norm
-from phase_step import batch_stats, changed, train_once
 
 
 def tiny(part_streams=True, **macnn):
@@ -93,12 +93,14 @@ def test_part_features_keep_the_features_scale(built):
   # Each P_i lies within the range of the features it averages, whatever the maps' scale (here ~1e-2).
   assert float(m.mean()) < 0.05 and np.all(weighted <= f.max(axis=(1, 2))[:, None] + 1e-5)
   assert np.mean(np.abs(weighted)) > 0.2 * np.mean(np.abs(f))
-  np.testing.assert_allclose(np.asarray(model.pool_parts(0.001 * maps, jnp.asarray(f, jnp.float32))), weighted,
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(model.pool_parts(0.001 * maps, jnp.asarray(f, jnp.float32))), weighted, rtol=1e-4, atol=1e-6
+  )
   model.part_pooling = "sum"
   try:
-    np.testing.assert_allclose(np.asarray(model.pool_parts(maps, jnp.asarray(f, jnp.float32))), total, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(model.pool_parts(maps, jnp.asarray(f, jnp.float32))), total, rtol=1e-4, atol=1e-5
+    )
   finally:
     model.part_pooling = "weighted"
   with pytest.raises(ValueError, match="part_pooling"):
@@ -107,6 +109,7 @@ def test_part_features_keep_the_features_scale(built):
 
 def test_object_input_sees_a_coarse_view_while_the_crops_sample_the_full_image():
   from fgattn_jax.ops.images import resize_square
+
   model = get_scheme("macnn").build(tiny(object_input=48))
   model.eval()
   out = model(X)
@@ -148,8 +151,10 @@ def test_phases_run_only_what_their_losses_need(built):
   untouched by their steps."""
   scheme, model = built
   full, _ = scheme.forward(model, X, BATCH, train=True)
-  for wanted, computed, outputs in ((("cng",), {"parts", "cng", "group_init"}, set()),
-                                    (("cls", "parts"), {"parts", "cng", "group_init", "cls"}, {"object"})):
+  for wanted, computed, outputs in (
+    (("cng",), {"parts", "cng", "group_init"}, set()),
+    (("cls", "parts"), {"parts", "cng", "group_init", "cls"}, {"object"}),
+  ):
     losses, out = scheme.forward(model, X, BATCH, train=True, wanted=wanted)
     assert set(losses) == computed and set(out) == outputs
     for k in computed:
@@ -160,14 +165,17 @@ def test_phases_run_only_what_their_losses_need(built):
   # learning test's 'parts' phase.)
   images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3))
   streams, tail = batch_stats(model.part_nets), batch_stats(model.backbone.stages[-1])
-  for losses, trains, tail_runs in (({"cng": 1.0}, "grouping", False),
-                                    ({"cls": 1.0, "parts": 1.0, "streams": 0.0}, "convs", True)):  # 0: not run
+  for losses, trains, tail_runs in (
+    ({"cng": 1.0}, "grouping", False),
+    ({"cls": 1.0, "parts": 1.0, "streams": 0.0}, "convs", True),
+  ):  # 0: not run
     after, metrics = train_once(scheme, model, losses, trains, images)
     assert not changed(streams, batch_stats(after.part_nets)), losses
     assert changed(tail, batch_stats(after.backbone.stages[-1])) == tail_runs, losses
     assert ("accuracy" in metrics) == tail_runs  # the object stream's; the grouping phases compute no logits
     assert {k.removeprefix("loss/") for k in metrics if k.startswith("loss/")} == {"parts", "cng", "group_init"} | (
-        {"cls"} if tail_runs else set())
+      {"cls"} if tail_runs else set()
+    )
     assert metrics["loss"] == pytest.approx(sum(metrics[f"loss/{k}"] for k, w in losses.items() if w), rel=1e-5)
 
 
@@ -202,11 +210,21 @@ def test_crop_size_adapted_to_the_object():
   # crop_fraction 0.25 of the object's extent (the geometric mean of its sides), at least two 8-pixel cells
   np.testing.assert_allclose(side, [[24, 24], [16, 16], [16, 16]], rtol=1e-6)
   out = model(X)
-  np.testing.assert_allclose(out["boxes"][..., 2] - out["boxes"][..., 0],
-                             np.broadcast_to(np.clip(0.25 * np.sqrt(
-                                 (out["object_box"][:, 2] - out["object_box"][:, 0]) *
-                                 (out["object_box"][:, 3] - out["object_box"][:, 1])), 16, 96)[:, None], (2, 4)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    out["boxes"][..., 2] - out["boxes"][..., 0],
+    np.broadcast_to(
+      np.clip(
+        0.25
+        * np.sqrt(
+          (out["object_box"][:, 2] - out["object_box"][:, 0]) * (out["object_box"][:, 3] - out["object_box"][:, 1])
+        ),
+        16,
+        96,
+      )[:, None],
+      (2, 4),
+    ),
+    rtol=1e-5,
+  )
   with pytest.raises(ValueError, match="crop_reference"):
     get_scheme("macnn").build(tiny(crop_reference="bird"))
 
@@ -236,7 +254,9 @@ def test_configs_and_the_alternating_plan():
     c = macnn_config.get_config(preset or None)
     assert c.scheme == "macnn"
   c = macnn_config.get_config()
-  plan = phases.plan(c, 62, get_scheme("macnn").loss_names, {g: nnx.Param for g in ("all", "grouping", "convs", "parts")})
+  plan = phases.plan(
+    c, 62, get_scheme("macnn").loss_names, {g: nnx.Param for g in ("all", "grouping", "convs", "parts")}
+  )
   assert [p.name for p in plan] == ["object", "init", "grouping#1", "classify#1", "grouping#2", "classify#2", "parts"]
   cub = macnn_config.get_config("cub")
   assert (cub.data.image_size, cub.macnn.num_parts, round(cub.macnn.crop_fraction * 448)) == (448, 4, 128)
@@ -247,17 +267,20 @@ def test_configs_and_the_alternating_plan():
 def test_pretrained_weights_fill_every_stream(tmp_path):
   from safetensors.numpy import save_file
   from torch_reference import TorchVGG, randomize_
+
   ref = randomize_(TorchVGG("vgg11", 1000, bn=True, width=1 / 16))
   save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(tmp_path / "vgg11_bn.safetensors"))
   scheme = get_scheme("macnn")
   model = scheme.build(tiny(object_crop=True))
   loaded = scheme.load_pretrained(model, str(tmp_path / "vgg11_bn.safetensors"))
   streams = [("backbone",)] + [("part_nets", i) for i in range(4)] + [("object_net",)]
-  filled = [{p[len(s):] for p in loaded if p[:len(s)] == s} for s in streams]
+  filled = [{p[len(s) :] for p in loaded if p[: len(s)] == s} for s in streams]
   assert filled[0] and all(f == filled[0] for f in filled)  # the same layers in every stream
   assert any(p[0] == "stages" and p[-1] == "kernel" for p in filled[0])
   assert not any(p[0] in ("grouping", "part_fc", "joint") for p in loaded)
-  first = [np.asarray(jax.tree.leaves(nnx.state(net.stages[0], nnx.Param))[0])
-           for net in [model.backbone, *model.part_nets, model.object_net]]
+  first = [
+    np.asarray(jax.tree.leaves(nnx.state(net.stages[0], nnx.Param))[0])
+    for net in [model.backbone, *model.part_nets, model.object_net]
+  ]
   for w in first[1:]:
     np.testing.assert_array_equal(w, first[0])

@@ -4,6 +4,7 @@ classifier is at least as good as the object stream (end to end: test_macnn_e2e_
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import macnn as macnn_config
@@ -11,6 +12,8 @@ from data_pipelines import pipeline as data
 from fgattn_jax.ops.images import normalize
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint, loop, writers
+
+pytestmark = pytest.mark.slow  # a learning test (training runs to a threshold): `python -m pytest -m slow`
 
 RES = 64
 # A peak "hits" a part when it is within one part's side of the part's centre (the synthetic parts are squares
@@ -28,7 +31,7 @@ def parts_hit(points, parts):
   """(B, N, 2) points, (B, P, 2) parts -> (number of distinct parts hit per image (B,), fraction of points on a
   part). Four maps collapsed on one part hit at most one; four random points hit 0.4 on average."""
   d2 = ((parts[:, None] - points[:, :, None]) ** 2).sum(-1)  # (B, N, P)
-  near, on = d2.argmin(-1), d2.min(-1) <= HIT ** 2
+  near, on = d2.argmin(-1), d2.min(-1) <= HIT**2
   return np.array([len(set(n[o])) for n, o in zip(near, on)]), on.mean()
 
 
@@ -86,10 +89,12 @@ def test_macnn_alternating_schedule_learns_parts(tmp_path, optimized):
   # sat when the part features were the grid's mean of M_i * F (1e-3 of F).
   parts = [r["loss/parts"] for r in train if r["phase"].startswith("classify")]
   consistency, consistency_r, on, on_r, hit, hit_r = map_peaks_on_parts(c, tmp_path)
-  print(f"joint top-1 {joint:.3f}, object stream {obj:.3f}; L_cng in the grouping phases {before:.2f} -> {after:.2f}; "
-        f"part cross-entropy in the classify phases {parts[0]:.2f} -> {np.mean(parts[-2:]):.2f}; "
-        f"per-map consistency {np.round(consistency, 2)} vs {np.round(consistency_r, 2)} for random points; "
-        f"peaks on a part {on:.2f} vs {on_r:.2f}; distinct parts hit per image {hit:.2f} vs {hit_r:.2f}")
+  print(
+    f"joint top-1 {joint:.3f}, object stream {obj:.3f}; L_cng in the grouping phases {before:.2f} -> {after:.2f}; "
+    f"part cross-entropy in the classify phases {parts[0]:.2f} -> {np.mean(parts[-2:]):.2f}; "
+    f"per-map consistency {np.round(consistency, 2)} vs {np.round(consistency_r, 2)} for random points; "
+    f"peaks on a part {on:.2f} vs {on_r:.2f}; distinct parts hit per image {hit:.2f} vs {hit_r:.2f}"
+  )
   # Measured numbers: benchmarks/RESULTS.md, "MA-CNN and RA-CNN on the synthetic task". The bars are what the claim
   # needs: the part loss well below chance, peaks on parts four times as often as random points (0.10), more than
   # one part (maps collapsed on one part hit at most 1).

@@ -20,6 +20,7 @@ peaks_of_each = jax.jit(jax.vmap(macnn.peaks))
 
 # ---- an independent reference: plain loops over batch, parts and cells, float64 --------------------------------
 
+
 def reference(maps, lam=2.0, margin=0.02, clamp=False, eps=1e-6):
   """(dis, div, total) as the paper writes them, one cell at a time."""
   maps = np.asarray(maps, np.float64)
@@ -55,7 +56,7 @@ def random_maps(shape, seed=0):
 
 def gaussian(h, w, cy, cx, sigma):
   y, x = np.mgrid[:h, :w]
-  return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma ** 2))
+  return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
 
 
 def check(maps, ref_maps, rtol, **kw):
@@ -67,6 +68,7 @@ def check(maps, ref_maps, rtol, **kw):
 
 
 # ---- against the reference -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("clamp, margin", [(False, 0.02), (True, 0.3)])
@@ -95,6 +97,7 @@ def test_grid_coordinates_and_normalisation():
 
 
 # ---- edge cases --------------------------------------------------------------------------------------------------
+
 
 def test_one_part_has_no_diversity_term():
   maps = random_maps((2, 6, 5, 1))
@@ -137,6 +140,7 @@ def test_peak_on_border_or_corner(row, col):
 
 # ---- gradients ---------------------------------------------------------------------------------------------------
 
+
 def grad_points(shape, seed):
   """Random maps whose peak is clearly the largest cell, so that the argmax survives the perturbation."""
   rng = np.random.default_rng(seed)
@@ -149,10 +153,10 @@ def grad_points(shape, seed):
 
 
 LOSSES = {
-    "dis": macnn.distance_loss,
-    "div": lambda m: macnn.diversity_loss(m, margin=0.02),
-    "div_clamp": lambda m: macnn.diversity_loss(m, margin=0.3, clamp=True),
-    "cng": lambda m: macnn.channel_grouping_loss(m, lam=2.0)[0],
+  "dis": macnn.distance_loss,
+  "div": lambda m: macnn.diversity_loss(m, margin=0.02),
+  "div_clamp": lambda m: macnn.diversity_loss(m, margin=0.3, clamp=True),
+  "cng": lambda m: macnn.channel_grouping_loss(m, lam=2.0)[0],
 }
 
 
@@ -167,7 +171,7 @@ def test_gradients_match_finite_differences(x64, name):
   values, grads = jax.jit(jax.vmap(jax.value_and_grad(LOSSES[name])))(points)
   assert values.dtype == jnp.float64
   values, grad = np.asarray(values[1:]), np.asarray(grads[0])
-  numeric = ((values[:maps.size] - values[maps.size:]) / (2 * step)).reshape(maps.shape)
+  numeric = ((values[: maps.size] - values[maps.size :]) / (2 * step)).reshape(maps.shape)
   assert np.abs(grad).max() > 0
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
@@ -178,6 +182,7 @@ def test_peak_location_carries_no_gradient():
 
 
 # ---- behaviour ---------------------------------------------------------------------------------------------------
+
 
 def test_compact_map_has_lower_distance_than_spread_map():
   compact = gaussian(28, 28, 10, 14, 1.5)[None, :, :, None]
@@ -200,9 +205,9 @@ def test_batch_matches_per_example_calls():
   """The batch loss is the mean of per-example losses (every example has the same number of parts)."""
   maps = random_maps((4, 9, 6, 3), seed=6)
   total, parts = cng(maps, lam=0.5)
-  singles = [cng(maps[i:i + 1], lam=0.5) for i in range(4)]
+  singles = [cng(maps[i : i + 1], lam=0.5) for i in range(4)]
   np.testing.assert_allclose(float(total), np.mean([float(s[0]) for s in singles]), rtol=1e-5)
   for key in ("dis", "div"):
     np.testing.assert_allclose(float(parts[key]), np.mean([float(s[1][key]) for s in singles]), rtol=1e-5)
   per_example = np.asarray(peaks(maps))
-  np.testing.assert_array_equal(per_example, np.concatenate([np.asarray(peaks(maps[i:i + 1])) for i in range(4)]))
+  np.testing.assert_array_equal(per_example, np.concatenate([np.asarray(peaks(maps[i : i + 1])) for i in range(4)]))

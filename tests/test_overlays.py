@@ -109,8 +109,9 @@ def test_part_overlay_cycles_the_palette_and_takes_colours():
   out = overlays.part_overlay(IMAGE, maps, alpha=1.0)
   assert tuple(out[7, 7]) == overlays.PALETTE[0]
   assert len(set(overlays.PALETTE)) >= 8
-  out = overlays.part_overlay(IMAGE, maps[..., :2] + maps[..., 8:], colours=np.array([[0, 0, 0], [0, 0, 255]]),
-                              alpha=1.0)
+  out = overlays.part_overlay(
+    IMAGE, maps[..., :2] + maps[..., 8:], colours=np.array([[0, 0, 0], [0, 0, 255]]), alpha=1.0
+  )
   assert tuple(out[7, 7]) == (0, 0, 255)
 
 
@@ -118,7 +119,7 @@ def box_edge(x0, y0, x1, y1, width, shape=(20, 30)):
   """True on the `width` outermost rings of pixels columns x0..x1 - 1, rows y0..y1 - 1."""
   mask = np.zeros(shape, bool)
   mask[y0:y1, x0:x1] = True
-  mask[y0 + width:y1 - width, x0 + width:x1 - width] = False
+  mask[y0 + width : y1 - width, x0 + width : x1 - width] = False
   return mask
 
 
@@ -185,19 +186,22 @@ def test_panel_size_follows_its_formula_and_captions_are_drawn():
   height = overlays.TITLE_H + 2 * (overlays.CAPTION_H + th + g) + g + 2 * overlays.LINE_H
   assert out.shape == (height, width, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[0, 0], 255)  # white background
-  caption_band = np.s_[overlays.TITLE_H:overlays.TITLE_H + overlays.CAPTION_H, g:g + tw]
+  caption_band = np.s_[overlays.TITLE_H : overlays.TITLE_H + overlays.CAPTION_H, g : g + tw]
   assert (out[caption_band] < 128).any()  # text above the first tile
   bare = overlays.panel([("", t) for _, t in tiles], footer_lines=["top-5: 3 (0.81)", "b"])
   np.testing.assert_array_equal(bare[caption_band], 255)  # no caption, no text
-  assert (out[:overlays.TITLE_H] < 128).any() and (bare[:overlays.TITLE_H] == 255).all()  # the title
-  footer = out[height - 2 * overlays.LINE_H:]
+  assert (out[: overlays.TITLE_H] < 128).any() and (bare[: overlays.TITLE_H] == 255).all()  # the title
+  footer = out[height - 2 * overlays.LINE_H :]
   assert (footer < 128).any()
   top = overlays.TITLE_H + overlays.CAPTION_H
-  np.testing.assert_array_equal(out[top:top + th, g + tw + g:g + 2 * tw + g], 30)  # the second tile, enlarged
+  np.testing.assert_array_equal(out[top : top + th, g + tw + g : g + 2 * tw + g], 30)  # the second tile, enlarged
   second_row = top + th + g + overlays.CAPTION_H
-  np.testing.assert_array_equal(out[second_row:second_row + th, g + tw + g:g + 2 * tw + g], 30 * 7)  # wrapped
+  np.testing.assert_array_equal(out[second_row : second_row + th, g + tw + g : g + 2 * tw + g], 30 * 7)  # wrapped
   assert overlays.panel(tiles[:2], tile_size=(40, 50)).shape == (
-      overlays.TITLE_H + overlays.CAPTION_H + 40 + 2 * g, 2 * 50 + 3 * g, 3)
+    overlays.TITLE_H + overlays.CAPTION_H + 40 + 2 * g,
+    2 * 50 + 3 * g,
+    3,
+  )
   assert overlays.panel(tiles[:7]).shape[:2] == (height - 2 * overlays.LINE_H, width)  # 7 tiles: 6 + 1
   with pytest.raises(ValueError, match="at least one tile"):
     overlays.panel([])
@@ -213,7 +217,7 @@ def test_panel_enlarges_small_tiles_sharply_by_whole_factors():
   top = overlays.TITLE_H + overlays.CAPTION_H
 
   def tile(size):
-    return overlays.panel([("", checker)], tile_size=(size, size))[top:top + size, g:g + size]
+    return overlays.panel([("", checker)], tile_size=(size, size))[top : top + size, g : g + size]
 
   assert set(np.unique(tile(32))) == {0, 255}  # 2x: nearest, pixel blocks
   assert len(np.unique(tile(40))) > 2  # 2.5x: bilinear

@@ -178,6 +178,7 @@ def jpeg(colour):
 
 class Files(Source):
   """Five JPEG 'files', two of them corrupt (garbage, and a truncated JPEG)."""
+
   name, num_classes, class_names = "files", 2, ["a", "b"]
 
   def __init__(self):
@@ -207,8 +208,10 @@ def test_unreadable_images_are_skipped_counted_and_named(caplog):
   assert "attributes" not in batch and "parts" not in batch  # this source has neither
   assert batch["image"][0, 8, 8].tolist()[0] > 150 and not batch["image"][1].any()
   assert p.skipped == ["/data/img1.jpg", "/data/img3.jpg"]
-  assert "skipped 2 unreadable image(s) in the pass: /data/img1.jpg, /data/img3.jpg. The first could not be read: " \
-         "cannot identify image file" in caplog.text  # with the decoder's reason
+  assert (
+    "skipped 2 unreadable image(s) in the pass: /data/img1.jpg, /data/img3.jpg. The first could not be read: "
+    "cannot identify image file" in caplog.text
+  )  # with the decoder's reason
   # Training: reported at the end of each epoch, and training goes on.
   t = pipeline.build(c, "train", source=Files())
   take(t, 3)
@@ -219,8 +222,11 @@ def test_a_split_of_only_unreadable_images_stops_the_pipeline():
   # Otherwise training runs on blanks and evaluation fails later with nothing accumulated.
   bad = Files()
   bad.blobs = [b"not an image"] * 5
-  with pytest.raises(DataError, match=r"No image of the 'test' split of files could be decoded \(5 tried; the "
-                                      r"first, /data/img0.jpg: cannot identify"):
+  with pytest.raises(
+    DataError,
+    match=r"No image of the 'test' split of files could be decoded \(5 tried; the "
+    r"first, /data/img0.jpg: cannot identify",
+  ):
     pipeline.build(config(num_classes=2), "test", source=bad)
 
 
@@ -252,4 +258,3 @@ def test_bad_configs_are_clear():
     pipeline.build(c, "test")
   with pytest.raises(DataError, match="Unknown data.source"):
     pipeline.build(config(source="s3"), "train")
-

@@ -42,8 +42,9 @@ def test_max_pool_keeps_bf16_and_equals_xla_pooling():
   assert grad.dtype == jnp.bfloat16 and layers.max_pool(x, 2, 2).dtype == jnp.bfloat16
   try:
     layers.POOLING = "reduce_window"
-    ref_value, ref_grad = jax.jit(jax.value_and_grad(
-        lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))(x)
+    ref_value, ref_grad = jax.jit(
+      jax.value_and_grad(lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum())
+    )(x)
   finally:
     layers.POOLING = "auto"
   assert value == ref_value
@@ -92,6 +93,7 @@ def test_auto_picks_each_backends_formulations_and_a_setting_wins(monkeypatch):
   # On a TPU XLA's pooling and the crops' matrix products (the compiled programs there: RESULTS.md); elsewhere the
   # scatter-free pooling and the gathers. A formulation set by name (the benchmarks' --pool, --crop) is kept.
   from fgattn_jax.ops import crops
+
   assert (layers.POOLING, crops.RESAMPLE) == ("auto", "auto")
   assert (layers.pooling(), crops.formulation()) == ("slices", "gather")
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")

@@ -6,11 +6,11 @@ import json
 import jax
 import numpy as np
 import pytest
+from engine_config import tiny
 from flax import nnx
 from PIL import Image
 
 from data_pipelines import pipeline as data
-from engine_config import tiny
 from fgattn_jax import predict
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint, loop, steps
@@ -76,8 +76,19 @@ def test_without_the_workdirs_class_names_they_come_from_the_data_set_or_are_num
     (older / name).symlink_to(run_dir / name)
   assert predict.main(["--workdir", str(older), str(image), "--top", "1"]) == 0
   assert "class names: the data set (synthetic)" in capsys.readouterr().out
-  assert predict.main(["--workdir", str(older), str(image), "--config.data.source=folder",
-                       "--config.data.name=cub", f"--config.data.root={tmp_path / 'gone'}"]) == 0
+  assert (
+    predict.main(
+      [
+        "--workdir",
+        str(older),
+        str(image),
+        "--config.data.source=folder",
+        "--config.data.name=cub",
+        f"--config.data.root={tmp_path / 'gone'}",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "class names: none: " in out and "CUB-200-2011 not found" in out
   assert f"{image}: " in out and "%" in out and "(" not in out.split(f"{image}: ")[1]  # numbers, no names
@@ -101,6 +112,7 @@ def test_a_multi_task_run_is_refused_before_its_checkpoint_is_read(tmp_path, cap
   # A multi-task ABN run (attribute tasks, no single classifier) in a workdir without checkpoints: refused for what
   # it is, not for the checkpoint it would have read first.
   from configs import abn
+
   c = abn.get_config("synthetic_parts")
   c.model.width, c.model.backbone = 1 / 16, "vgg11_bn"
   assert c.abn.task_classes

@@ -7,18 +7,18 @@ import pytest
 import torch
 from flax import nnx
 from safetensors.numpy import save_file
+from torch_reference import TorchResNet, TorchVGG, randomize_
 
 from fgattn_jax.models import build_backbone
 from fgattn_jax.models.pretrained import WeightImportError, load_torchvision, read_state_dict
-from torch_reference import TorchResNet, TorchVGG, randomize_
 
 # name -> (width, reference factory); the ResNets at full width, the VGGs at a quarter (their FC-4096 head
 # at full width is 120M parameters, which only slows the test down: the key mapping does not depend on it).
 MODELS = {
-    "vgg16_bn": (0.25, lambda: TorchVGG("vgg16", 10, bn=True, width=0.25)),
-    "vgg19": (0.25, lambda: TorchVGG("vgg19", 10, width=0.25)),
-    "resnet18": (1.0, lambda: TorchResNet("resnet18", 10)),
-    "resnet50": (1.0, lambda: TorchResNet("resnet50", 10)),
+  "vgg16_bn": (0.25, lambda: TorchVGG("vgg16", 10, bn=True, width=0.25)),
+  "vgg19": (0.25, lambda: TorchVGG("vgg19", 10, width=0.25)),
+  "resnet18": (1.0, lambda: TorchResNet("resnet18", 10)),
+  "resnet50": (1.0, lambda: TorchResNet("resnet50", 10)),
 }
 
 
@@ -49,8 +49,11 @@ def run_both(ref, ours, hw, seed=0):
 def converted(request):
   width, factory = MODELS[request.param]
   ref = randomize_(factory(), seed=len(request.param))
-  ours = build_backbone(request.param, 10, width=width, head="classifier", rngs=1) if "vgg" in request.param \
-      else build_backbone(request.param, 10, width=width, rngs=1)
+  ours = (
+    build_backbone(request.param, 10, width=width, head="classifier", rngs=1)
+    if "vgg" in request.param
+    else build_backbone(request.param, 10, width=width, rngs=1)
+  )
   report = load_torchvision(ours, state_dict_arrays(ref))
   return ref, ours, report
 
@@ -63,8 +66,9 @@ def test_logits_and_every_stage_match_pytorch(converted, hw):
   assert set(j_feats) == set(t_feats)
   assert rel_err(j_logits, t_logits) < 1e-4
   for name in t_feats:
-    assert j_feats[name].shape == tuple(t_feats[name].permute(0, 2, 3, 1).shape if t_feats[name].ndim == 4
-                                        else t_feats[name].shape)
+    assert j_feats[name].shape == tuple(
+      t_feats[name].permute(0, 2, 3, 1).shape if t_feats[name].ndim == 4 else t_feats[name].shape
+    )
     assert rel_err(j_feats[name], t_feats[name]) < 1e-4, name
 
 
@@ -85,7 +89,8 @@ def test_vgg_gap_head_takes_the_convolutions_and_drops_the_fc_classifier():
   ours = build_backbone("vgg16_bn", 10, width=0.25, head="gap", rngs=0)
   report = load_torchvision(ours, state_dict_arrays(ref))
   assert {k for k, why in report.dropped.items() if "gap" in why} == {
-      f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")}
+    f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")
+  }
   (_, j_feats), (_, t_feats) = run_both(ref, ours, (64, 80))
   assert rel_err(j_feats["conv5_3"], t_feats["conv5_3"]) < 1e-4
 
@@ -152,8 +157,10 @@ def test_a_file_for_another_architecture_is_named_with_the_backbone_to_set(file_
     load_torchvision(model, sd)
   message = str(e.value)
   held, ours = ("vgg16_bn", "vgg19") if file_bn else ("vgg11", "vgg16_bn")
-  assert (f"the file holds torchvision's {held} and the model is a {ours}: set model.backbone={held} to use this "
-          f"file, or point model.pretrained at a {ours} file") in message
+  assert (
+    f"the file holds torchvision's {held} and the model is a {ours}: set model.backbone={held} to use this "
+    f"file, or point model.pretrained at a {ours} file"
+  ) in message
   assert len(message) < 1500  # the first keys of each kind, and how many more
   # Depth and block kind name a ResNet whatever its width.
   r18 = state_dict_arrays(randomize_(TorchResNet("resnet18", 10, width=0.25)))
@@ -181,9 +188,15 @@ def test_training_checkpoints_and_state_dicts_in_memory_load_like_files(tmp_path
   torch.save({"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 5}, tmp_path / "tutorial.pth")
   torch.save({"net": sd, "epoch": 5, "acc": 0.5}, tmp_path / "net.pth")
   torch.save({"model": {"state_dict": sd}}, tmp_path / "nested.pth")
-  sources = [tmp_path / "tutorial.pth", tmp_path / "net.pth", tmp_path / "nested.pth",
-             sd, {"module." + k: v for k, v in sd.items()}, {"state_dict": sd, "epoch": 1},  # in memory
-             {k: v.numpy() for k, v in sd.items()}]
+  sources = [
+    tmp_path / "tutorial.pth",
+    tmp_path / "net.pth",
+    tmp_path / "nested.pth",
+    sd,
+    {"module." + k: v for k, v in sd.items()},
+    {"state_dict": sd, "epoch": 1},  # in memory
+    {k: v.numpy() for k, v in sd.items()},
+  ]
   for source in sources:
     model = build_backbone("resnet18", 10, width=0.25, rngs=2)
     load_torchvision(model, source)
@@ -191,11 +204,17 @@ def test_training_checkpoints_and_state_dicts_in_memory_load_like_files(tmp_path
       np.testing.assert_array_equal(x, y)
   # Two dicts of tensors, or none: the keys there are, and what to save.
   torch.save({"student": sd, "teacher": sd}, tmp_path / "two.pth")
-  with pytest.raises(WeightImportError, match=r"keys 'student', 'teacher': several hold tensors .*"
-                                              r"torch.save\(checkpoint\['student'\], PATH\)"):
+  with pytest.raises(
+    WeightImportError,
+    match=r"keys 'student', 'teacher': several hold tensors .*"
+    r"torch.save\(checkpoint\['student'\], PATH\)",
+  ):
     read_state_dict(tmp_path / "two.pth")
-  with pytest.raises(WeightImportError, match=r"state dict given to load_torchvision is not usable: it holds a "
-                                              r"dict with the keys 'epoch': none of them holds"):
+  with pytest.raises(
+    WeightImportError,
+    match=r"state dict given to load_torchvision is not usable: it holds a "
+    r"dict with the keys 'epoch': none of them holds",
+  ):
     load_torchvision(build_backbone("resnet18", 10, width=0.25), {"epoch": 5})
 
 
@@ -212,7 +231,7 @@ def test_unreadable_weight_files_are_one_line_errors(tmp_path):
   torch.save(TorchResNet("resnet18", 10, width=0.25).state_dict(), tmp_path / "full.pth")
   assert read_state_dict(tmp_path / "full.pth")  # whole, it reads
   data = (tmp_path / "full.pth").read_bytes()
-  (tmp_path / "truncated.pth").write_bytes(data[:len(data) // 2])
+  (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
   (tmp_path / "junk.pth").write_text("junk\n")
   (tmp_path / "junk.safetensors").write_text("junk\n")
   torch.save([1, 2], tmp_path / "list.pth")

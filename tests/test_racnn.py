@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from gradient_routes import loss_jacobian, norm
+from phase_step import batch_stats, changed, train_once
 
 from configs import racnn as racnn_config
 from fgattn_jax.config import load_config
 from fgattn_jax.ops import racnn
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
-from gradient_routes import loss_jacobian, norm
-from phase_step import batch_stats, changed, train_once
 
 
 def tiny(**options):
@@ -37,7 +37,7 @@ def built():
 def test_outputs(built):
   scheme, model = built
   out = model(X)
-  assert out["logits"].shape == (2, 10) and [l.shape for l in out["scale_logits"]] == [(2, 10)] * 3
+  assert out["logits"].shape == (2, 10) and [lg.shape for lg in out["scale_logits"]] == [(2, 10)] * 3
   assert [b.shape for b in out["boxes"]] == [(2, 4)] * 2 and [t.shape for t in out["txyl"]] == [(2, 3)] * 2
   assert [t.shape for t in out["apn_targets"]] == [(2, 3)] * 2 and out["input_hw"] == [(96, 96), (64, 64)]
   assert out["features"]["conv5_2"].shape[1:3] == (6, 6) and "pre_logits" in out["features"]
@@ -46,7 +46,7 @@ def test_outputs(built):
   losses, outputs = scheme.forward(model, X, BATCH, train=True)
   assert set(losses) == set(scheme.loss_names) and all(np.isfinite(float(v)) for v in losses.values())
   assert list(outputs) == ["logits", "scale1", "scale2", "scale3", "average"]
-  probs = jnp.mean(jnp.stack([jax.nn.softmax(l) for l in out["scale_logits"]]), axis=0)
+  probs = jnp.mean(jnp.stack([jax.nn.softmax(lg) for lg in out["scale_logits"]]), axis=0)
   np.testing.assert_allclose(np.exp(outputs["average"]), probs, rtol=1e-5, atol=1e-7)
 
 
@@ -55,8 +55,9 @@ def test_each_scale_sees_the_previous_scales_attended_crop(built):
   out = model(X)
   crop = racnn.attention_crop(X, out["boxes"][0], (64, 64), model.k)
   f, _ = model.nets[0].features(X)
-  np.testing.assert_allclose(out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop)[0])[1],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop)[0])[1], rtol=1e-4, atol=1e-5
+  )
   np.testing.assert_allclose(out["apn_targets"][0], racnn.apn_targets(f, (96, 96), 1 / 3), rtol=1e-6)
   np.testing.assert_allclose(out["boxes"][0], racnn.square_box(out["txyl"][0]))
   f2, _ = model.nets[1].features(crop)
@@ -66,8 +67,9 @@ def test_each_scale_sees_the_previous_scales_attended_crop(built):
   np.testing.assert_allclose(out["image_boxes"][0], out["boxes"][0], rtol=1e-6)
   b2 = np.asarray(out["boxes"][0])
   unit = (b2[:, 2:] - b2[:, :2]) / 64
-  np.testing.assert_allclose(out["image_boxes"][1], np.tile(b2[:, :2], 2) + np.tile(unit, 2) * out["boxes"][1],
-                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    out["image_boxes"][1], np.tile(b2[:, :2], 2) + np.tile(unit, 2) * out["boxes"][1], rtol=1e-5, atol=1e-4
+  )
 
 
 def test_zooms_sample_the_full_resolution_image():
@@ -77,24 +79,29 @@ def test_zooms_sample_the_full_resolution_image():
   out = model(X)
   assert out["input_hw"] == [(48, 48), (32, 32)]
   small = jax.image.resize(X, (2, 48, 48, 3), "linear", antialias=True)
-  np.testing.assert_allclose(out["scale_logits"][0], model.nets[0].head(model.nets[0].features(small)[0])[1],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    out["scale_logits"][0], model.nets[0].head(model.nets[0].features(small)[0])[1], rtol=1e-4, atol=1e-5
+  )
   box2 = out["boxes"][0] * 2.0  # 96 / 48
   crop2 = racnn.attention_crop(X, box2, (32, 32), model.k)
-  np.testing.assert_allclose(out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop2)[0])[1],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    out["scale_logits"][1], model.nets[1].head(model.nets[1].features(crop2)[0])[1], rtol=1e-4, atol=1e-5
+  )
   side = (box2[:, 2:] - box2[:, :2]) / 32  # one pixel of scale 2's input, in the image's pixels
   box3 = jnp.tile(box2[:, :2], 2) + jnp.tile(side, 2) * out["boxes"][1]
   box2, box3 = np.asarray(box2), np.asarray(box3)
   assert np.all(box3[:, :2] >= box2[:, :2] - 1e-4) and np.all(box3[:, 2:] <= box2[:, 2:] + 1e-4)  # nested
   np.testing.assert_allclose(out["image_boxes"][1], box3, rtol=1e-5, atol=1e-4)
   crop3 = racnn.attention_crop(X, box3, (32, 32), model.k)
-  np.testing.assert_allclose(out["scale_logits"][2], model.nets[2].head(model.nets[2].features(crop3)[0])[1],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    out["scale_logits"][2], model.nets[2].head(model.nets[2].features(crop3)[0])[1], rtol=1e-4, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("bias,bounds", [(-20.0, (0.25, 0.5)), (0.0, (0.25, 0.5)), (20.0, (0.25, 0.5)),
-                                         (-20.0, (0.15, 0.25)), (20.0, (0.15, 0.25))])
+@pytest.mark.parametrize(
+  "bias,bounds",
+  [(-20.0, (0.25, 0.5)), (0.0, (0.25, 0.5)), (20.0, (0.25, 0.5)), (-20.0, (0.15, 0.25)), (20.0, (0.15, 0.25))],
+)
 def test_boxes_lie_inside_each_scales_image(bias, bounds):
   lo, hi = bounds
   model = get_scheme("racnn").build(tiny(min_half_fraction=lo, max_half_fraction=hi))
@@ -128,9 +135,17 @@ def test_parameter_groups_partition_the_model(built):
 def grad_norms(scheme, model):
   """{loss: {part: sum of |d loss / d parameter|}}, every loss in one jitted Jacobian."""
   jac = loss_jacobian(scheme, model, X, BATCH, scheme.loss_names)
-  return {n: {"apn0": norm(jac["apns"][0], i), "apn1": norm(jac["apns"][1], i), "net0": norm(jac["nets"][0], i),
-              "net1": norm(jac["nets"][1], i), "net2": norm(jac["nets"][2], i), "fused": norm(jac["fused"], i)}
-          for i, n in enumerate(scheme.loss_names)}
+  return {
+    n: {
+      "apn0": norm(jac["apns"][0], i),
+      "apn1": norm(jac["apns"][1], i),
+      "net0": norm(jac["nets"][0], i),
+      "net1": norm(jac["nets"][1], i),
+      "net2": norm(jac["nets"][2], i),
+      "fused": norm(jac["fused"], i),
+    }
+    for i, n in enumerate(scheme.loss_names)
+  }
 
 
 def test_where_each_loss_trains(built):
@@ -148,8 +163,9 @@ def test_apn_init_is_resolution_independent(built):
   scheme, model = built
   out = model(X)
   pred, target = out["apn_out"][0], out["apn_targets"][0]
-  expected = np.mean([racnn.smooth_l1(p / min(hw), t / min(hw))
-                      for p, t, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])])
+  expected = np.mean(
+    [racnn.smooth_l1(p / min(hw), t / min(hw)) for p, t, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])]
+  )
   losses, _ = scheme.forward(model, X, BATCH, train=True)
   np.testing.assert_allclose(float(losses["apn_init"]), expected, rtol=1e-5)
   assert float(racnn.smooth_l1(pred / 96, target / 96)) <= 0.5  # side-normalised: |d| <= 1
@@ -173,6 +189,7 @@ def test_apn_pretraining_skips_the_last_scale(built):
 def test_pretrained_weights_fill_every_scale(tmp_path):
   from safetensors.numpy import save_file
   from torch_reference import TorchVGG, randomize_
+
   ref = randomize_(TorchVGG("vgg11", 1000, bn=True, width=1 / 16))
   save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(tmp_path / "vgg11_bn.safetensors"))
   model = get_scheme("racnn").build(tiny())
@@ -199,13 +216,21 @@ def test_configs_and_the_alternating_plan():
   assert [p.trains for p in plan] == ["convs", "apn", "convs", "apn", "convs", "apn"]
   assert plan[3].losses == {"rank": 1.0} and plan[1].losses == {"apn_init": 1.0}
   e2e = racnn_config.get_config("e2e")
-  assert set(phases.plan(e2e, 62, get_scheme("racnn").loss_names, groups)[0].losses) == {"cls", "rank", "fused",
-                                                                                         "apn_init"}
+  assert set(phases.plan(e2e, 62, get_scheme("racnn").loss_names, groups)[0].losses) == {
+    "cls",
+    "rank",
+    "fused",
+    "apn_init",
+  }
   closer = racnn_config.get_config("closer")  # scale 1 on a reduced copy, the zoom on the full image
   assert closer.racnn.scale1_input < closer.data.image_size and closer.racnn.num_scales == 2
   cub = racnn_config.get_config("cub")
   assert (cub.data.image_size, cub.racnn.scale_input, cub.model.backbone, cub.model.require_pretrained) == (
-      448, 224, "vgg19", True)
+    448,
+    224,
+    "vgg19",
+    True,
+  )
   assert cub.racnn.min_half_fraction < cub.racnn.apn_init_half_fraction
   # The paper's plateau rule on the alternating phases of the real presets; off in the short synthetic run.
   assert cub.phases.apn.plateau.patience > 0 and cub.phases.classify.plateau.patience > 0

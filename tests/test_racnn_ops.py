@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from bilinear_reference import reference_crop, smooth_image
+
 from fgattn_jax.ops import racnn
 
 # Compiled whole: op-by-op dispatch compiles every primitive separately, seconds per test on a busy CPU.
-apn_box = jax.jit(racnn.apn_box, static_argnums=1, static_argnames=("min_half_fraction", "max_half_fraction",
-                                                                     "keep_inside"))
+apn_box = jax.jit(
+  racnn.apn_box, static_argnums=1, static_argnames=("min_half_fraction", "max_half_fraction", "keep_inside")
+)
 square_box = jax.jit(racnn.square_box)
 box_mask = jax.jit(racnn.box_mask, static_argnums=1)
 attention_crop = jax.jit(racnn.attention_crop, static_argnums=2)
@@ -22,6 +23,7 @@ smooth_l1 = jax.jit(racnn.smooth_l1)
 
 
 # ---- independent float64 references ----------------------------------------------------------------------------
+
 
 def sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
@@ -104,6 +106,7 @@ def test_mask_inside_outside_edge_and_hard_limit():
 
 # ---- the crop --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.usefixtures("resample")
 def test_attention_crop_with_large_k_is_bilinear_resize_of_the_masked_box():
   rng = np.random.default_rng(0)
@@ -163,13 +166,15 @@ def test_zoom_gradient_to_the_apn_box_matches_finite_differences(x64):
   # One box from the APN's map (half side in [0.25, 0.5] of the side), one with its edges 0.07 or 0.08 px from
   # pixel centres, where the mask's step is steepest. Zoomed in (as RA-CNN does), so that the outer samples' taps
   # reach the pixels on the edges: a coarser sampling would skip them and the mask's route with them.
-  t = np.concatenate([np.asarray(apn_box(np.array([[0.31, 0.64, 0.27]]), (32, 32), min_half_fraction=0.25)),
-                      [[14.995, 17.995, 11.425]]])
+  t = np.concatenate(
+    [np.asarray(apn_box(np.array([[0.31, 0.64, 0.27]]), (32, 32), min_half_fraction=0.25)), [[14.995, 17.995, 11.425]]]
+  )
   edges = np.asarray(square_box(t))
   near = np.abs((edges[1] - 0.5) - np.round(edges[1] - 0.5))
   assert np.all((near >= 0.05) & (near <= 0.1)), edges[1]
   pos = [e[0] + (np.arange(24) + 0.5) * (e[2] - e[0]) / 24 for e in edges] + [
-      e[1] + (np.arange(24) + 0.5) * (e[3] - e[1]) / 24 for e in edges]
+    e[1] + (np.arange(24) + 0.5) * (e[3] - e[1]) / 24 for e in edges
+  ]
   kink = min(np.abs((p - 0.5) - np.round(p - 0.5)).min() for p in pos)
   assert kink > 1e-3  # bilinear sampling has kinks where a sample crosses a pixel centre: none within eps
 
@@ -231,8 +236,9 @@ def test_gradient_reaches_the_box_through_the_mask_and_through_the_sampling():
   hard = indicator(np.asarray(box[0]), (16, 16))[None, :, :, None]
   sampled = grad_of(lambda im, b: racnn.crops.crop_resize(im * hard, b, (8, 8)), ramp)
   assert np.abs(sampled).max() > 0.1
-  np.testing.assert_allclose(grad_of(lambda im, b: racnn.attention_crop(im, b, (8, 8), 1000.0), ramp), sampled,
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    grad_of(lambda im, b: racnn.attention_crop(im, b, (8, 8), 1000.0), ramp), sampled, atol=1e-3
+  )
 
 
 @pytest.mark.usefixtures("resample")
@@ -264,12 +270,20 @@ def test_end_to_end_under_jit():
 
 # ---- the APN box -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("image_hw", [(16, 16), (20, 30)])
 def test_apn_box_bounds_hold_for_any_output(image_hw):
   h, w = image_hw
   rng = np.random.default_rng(5)
-  s = np.concatenate([rng.uniform(0, 1, (500, 3)), rng.normal(0.5, 3.0, (500, 3)),  # in range, and far outside
-                      np.zeros((1, 3)), np.ones((1, 3)), rng.integers(0, 2, (30, 3))]).astype(np.float32)
+  s = np.concatenate(
+    [
+      rng.uniform(0, 1, (500, 3)),
+      rng.normal(0.5, 3.0, (500, 3)),  # in range, and far outside
+      np.zeros((1, 3)),
+      np.ones((1, 3)),
+      rng.integers(0, 2, (30, 3)),
+    ]
+  ).astype(np.float32)
   side = min(h, w)
   for lo, keep in [(1 / 3, True), (1 / 3, False), (0.0, True)]:
     t = np.asarray(apn_box(s, image_hw, min_half_fraction=lo, keep_inside=keep))
@@ -290,8 +304,7 @@ def test_apn_box_values():
   t = np.asarray(apn_box(s, (20, 30)))  # the centre mapped into [t_l, W - t_l]: t_l + s_x (W - 2 t_l)
   low = [20 / 3 + 0.1 * 50 / 3, 20 / 3 + 0.9 * 20 / 3, 20 / 3]  # t_l = 20 / 3: W - 2 t_l = 50 / 3, H - 2 t_l = 20 / 3
   np.testing.assert_allclose(t, [[15, 25 / 3 + 0.25 * 10 / 3, 25 / 3], low, low], rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(square_box(t[:1])), [[15 - 25 / 3, 2.5 / 3, 15 + 25 / 3, 52.5 / 3]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(square_box(t[:1])), [[15 - 25 / 3, 2.5 / 3, 15 + 25 / 3, 52.5 / 3]], rtol=1e-6)
   # The centre has a gradient for every s_x, at the edges too (a clip would give none there): W - 2 t_l.
   for s_x in (0.001, 0.02, 0.5, 0.999):
     grad = jax.grad(lambda s: jnp.sum(racnn.apn_box(s, (20, 30))[:, 0]))(jnp.asarray([[s_x, 0.5, 0.5]]))
@@ -299,11 +312,13 @@ def test_apn_box_values():
   # A lower bound above the upper one is capped at it; t_l has a gradient (hi - lo) everywhere inside [0, 1].
   np.testing.assert_allclose(np.asarray(apn_box(s, (20, 30), min_half_fraction=0.7))[:, 2], 10.0)
   grad = jax.grad(lambda s: jnp.sum(racnn.apn_box(s, (20, 30), keep_inside=False)[:, 2]))(
-      jnp.asarray([[0.5, 0.5, 0.02]]))
+    jnp.asarray([[0.5, 0.5, 0.02]])
+  )
   np.testing.assert_allclose(np.asarray(grad), [[0, 0, 10 - 20 / 3]], rtol=1e-5)
 
 
 # ---- the ranking loss ------------------------------------------------------------------------------------------
+
 
 def test_ranking_loss_matches_reference():
   rng = np.random.default_rng(6)
@@ -314,13 +329,19 @@ def test_ranking_loss_matches_reference():
     got = ranking_loss(coarse, fine, labels, margin)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(float(got), reference_ranking(coarse, fine, labels, margin), rtol=1e-5)
-    np.testing.assert_allclose(float(ranking_loss(coarse, fine, labels, margin, mask)),
-                               reference_ranking(coarse, fine, labels, margin, mask), rtol=1e-5)
+    np.testing.assert_allclose(
+      float(ranking_loss(coarse, fine, labels, margin, mask)),
+      reference_ranking(coarse, fine, labels, margin, mask),
+      rtol=1e-5,
+    )
   # Masked examples are ignored whatever they hold; all masked -> 0, and a finite gradient.
   wild = fine.copy()
   wild[~mask] = 1e4
-  np.testing.assert_allclose(float(ranking_loss(coarse, wild, labels, 0.05, mask)),
-                             float(ranking_loss(coarse, fine, labels, 0.05, mask)), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(ranking_loss(coarse, wild, labels, 0.05, mask)),
+    float(ranking_loss(coarse, fine, labels, 0.05, mask)),
+    rtol=1e-6,
+  )
   none = np.zeros(8, bool)
   assert float(ranking_loss(coarse, fine, labels, 0.05, none)) == 0.0
   grad = jax.grad(racnn.ranking_loss)(jnp.asarray(coarse), jnp.asarray(fine), labels, 0.05, none)
@@ -333,8 +354,7 @@ def test_ranking_loss_hinge_on_probabilities():
   coarse = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
   fine = np.array([[3.0, 0.0], [0.0, 0.0]], np.float32)
   np.testing.assert_allclose(float(ranking_loss(coarse[:1], fine[:1], labels[:1])), 0.0)
-  np.testing.assert_allclose(float(ranking_loss(coarse[1:], fine[1:], labels[1:])), sigmoid(1) - 0.5 + 0.05,
-                             rtol=1e-6)
+  np.testing.assert_allclose(float(ranking_loss(coarse[1:], fine[1:], labels[1:])), sigmoid(1) - 0.5 + 0.05, rtol=1e-6)
   np.testing.assert_allclose(float(ranking_loss(coarse, fine, labels)), (sigmoid(1) - 0.5 + 0.05) / 2, rtol=1e-6)
   # The true class's logit is higher at the fine scale (2 > 1) but its probability is lower (1/3 < 0.576).
   c, f = np.array([[1.0, 0.0, 0.0]], np.float32), np.array([[2.0, 2.0, 2.0]], np.float32)
@@ -349,6 +369,7 @@ def test_ranking_loss_hinge_on_probabilities():
 
 # ---- the APN pretraining target --------------------------------------------------------------------------------
 
+
 def test_apn_targets_square_on_the_planted_peak():
   features = np.random.default_rng(7).uniform(0, 0.1, (3, 7, 7, 4)).astype(np.float32)
   features[0, 2, 5, 1] = 5.0  # row 2, column 5
@@ -357,8 +378,9 @@ def test_apn_targets_square_on_the_planted_peak():
   image_hw = (224, 280)  # cells are 32 x 40 pixels; the shorter side is 224
   t = np.asarray(apn_targets(features, image_hw, 1 / 3, keep_inside=False))
   half = 224 / 3
-  np.testing.assert_allclose(t, [[5.5 * 40, 2.5 * 32, half], [3.5 * 40, 3.5 * 32, half], [6.5 * 40, 0.5 * 32, half]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    t, [[5.5 * 40, 2.5 * 32, half], [3.5 * 40, 3.5 * 32, half], [6.5 * 40, 0.5 * 32, half]], rtol=1e-6
+  )
   inside = np.asarray(apn_targets(features, image_hw, 1 / 4))
   np.testing.assert_allclose(inside[:, 2], 56.0)
   np.testing.assert_allclose(inside[2], [280 - 56, 56, 56], rtol=1e-6)  # the corner peak, clipped inside
@@ -372,8 +394,8 @@ def test_smooth_l1():
   pred, target = rng.normal(0, 2, (2, 6, 3)).astype(np.float32)
   d = np.abs(pred.astype(np.float64) - target)
   for beta in (1.0, 0.5):
-    want = np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta)
+    want = np.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta)
     np.testing.assert_allclose(float(smooth_l1(pred, target, beta)), want.mean(), rtol=1e-5)
   mask = np.array([1, 1, 0, 1, 0, 0], bool)
-  want = np.where(d < 1, 0.5 * d ** 2, d - 0.5)
+  want = np.where(d < 1, 0.5 * d**2, d - 0.5)
   np.testing.assert_allclose(float(smooth_l1(pred, target, 1.0, mask)), want[mask].mean(), rtol=1e-5)

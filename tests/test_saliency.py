@@ -32,13 +32,15 @@ class Toy(Backbone):
 
 
 def params(toy):
-  p = [(np.asarray(s.conv.kernel[...], np.float64)[0, 0], np.asarray(s.conv.bias[...], np.float64))
-       for s in toy.stages]
+  p = [(np.asarray(s.conv.kernel[...], np.float64)[0, 0], np.asarray(s.conv.bias[...], np.float64)) for s in toy.stages]
   return p, np.asarray(toy.head.fc.kernel[...], np.float64)
 
 
-RULES = {"plain": lambda z, g: g * (z > 0), "deconvnet": lambda z, g: g * (g > 0),
-         "guided": lambda z, g: g * (z > 0) * (g > 0)}
+RULES = {
+  "plain": lambda z, g: g * (z > 0),
+  "deconvnet": lambda z, g: g * (g > 0),
+  "guided": lambda z, g: g * (z > 0) * (g > 0),
+}
 
 
 def by_hand(toy, x, classes, rule="plain"):
@@ -68,8 +70,10 @@ def test_grad_cam_equals_the_hand_computation_at_every_stage(toy_case):
   toy, x, classes, fn = toy_case
   a1, a2, da1, _ = by_hand(toy, x, classes)
   ((_, _), _), wf = params(toy)
-  want = {"s1": np.maximum(np.einsum("bhwc,bc->bhw", a1, da1.mean(axis=(1, 2))), 0),
-          "s2": np.maximum(np.einsum("bhwc,cb->bhw", a2, wf[:, classes]) / (5 * 6), 0)}
+  want = {
+    "s1": np.maximum(np.einsum("bhwc,bc->bhw", a1, da1.mean(axis=(1, 2))), 0),
+    "s2": np.maximum(np.einsum("bhwc,cb->bhw", a2, wf[:, classes]) / (5 * 6), 0),
+  }
   for layer, expected in want.items():
     got = jax.jit(lambda im: saliency.grad_cam(fn, im, classes, layer))(x)
     assert got.shape == (3, 5, 6) and got.dtype == jnp.float32
@@ -119,8 +123,9 @@ def test_guided_grad_cam_is_guided_gradient_times_upsampled_grad_cam(toy_case):
   toy, x, classes, fn = toy_case
   ggc = saliency.guided_grad_cam(fn, x, classes, "s1")
   gc = jax.image.resize(saliency.grad_cam(fn, x, classes, "s1"), (3, 5, 6), "bilinear")  # same size: identity
-  np.testing.assert_allclose(ggc, by_hand(toy, x, classes, "guided")[3] * np.asarray(gc)[..., None], rtol=1e-4,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    ggc, by_hand(toy, x, classes, "guided")[3] * np.asarray(gc)[..., None], rtol=1e-4, atol=1e-7
+  )
 
 
 def test_layers_of_repeated_backbones_are_named_by_occurrence():
@@ -143,8 +148,9 @@ def test_amplify_raises_its_objective_and_keeps_the_range(toy_case):
   def objective(im, channel):
     return float(jnp.mean(toy.features(im)[1]["s2"][..., channel]))
 
-  out = jax.jit(lambda im: saliency.amplify(fn, im, layer="s2", channel=1, steps=10, step_size=0.1, low=-2.0,
-                                            high=2.0))(x)
+  out = jax.jit(
+    lambda im: saliency.amplify(fn, im, layer="s2", channel=1, steps=10, step_size=0.1, low=-2.0, high=2.0)
+  )(x)
   assert objective(out, 1) > objective(x, 1) + 0.1
   assert float(out.min()) >= -2.0 and float(out.max()) <= 2.0
   out = saliency.amplify(fn, x, classes=classes, steps=5)

@@ -13,8 +13,9 @@ from benchmarks import same_work, throughput
 EXPENSIVE = {("macnn", "resnet50"), ("racnn", "resnet50")}
 
 
-@pytest.mark.parametrize("row", [r for r in throughput.STANDARD if r[:2] not in EXPENSIVE], ids=lambda r: "-".join(
-    map(str, r[:2])))
+@pytest.mark.parametrize(
+  "row", [r for r in throughput.STANDARD if r[:2] not in EXPENSIVE], ids=lambda r: "-".join(map(str, r[:2]))
+)
 def test_both_sides_do_the_same_work(row):
   r = same_work.compare(*row)
   assert r["jax_params"] == r["torch_params"]
@@ -25,10 +26,17 @@ def test_both_sides_do_the_same_work(row):
 def test_a_different_network_is_caught(monkeypatch):
   """The check can fail: a PyTorch MA-CNN with one part stream fewer has fewer parameters and FLOPs."""
   from benchmarks.torch_reference import schemes
+
   build = schemes.build
-  monkeypatch.setattr(schemes, "build", lambda scheme, *a, **k: schemes.MACNN(a[0], a[1], k.get("width", 1.0),
-                                                                               num_parts=3, part_input=a[2] // 2)
-                      if scheme == "macnn" else build(scheme, *a, **k))
+  monkeypatch.setattr(
+    schemes,
+    "build",
+    lambda scheme, *a, **k: (
+      schemes.MACNN(a[0], a[1], k.get("width", 1.0), num_parts=3, part_input=a[2] // 2)
+      if scheme == "macnn"
+      else build(scheme, *a, **k)
+    ),
+  )
   r = same_work.compare("macnn", "vgg11", 128, 2)
   assert r["torch_params"] < r["jax_params"] and r["torch_gflop_per_image"] < r["jax_gflop_per_image"]
   assert not r["same"]

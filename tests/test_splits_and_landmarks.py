@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import data_trees as trees
 import numpy as np
 import pytest
 
-import data_trees as trees
 from configs import common
 from data_pipelines import pipeline
 from data_pipelines.sources.base import DataError
@@ -53,8 +53,10 @@ def test_landmarks_reads_the_layout(tmp_path, categories):
   truth = by_path(written)
   for s, src in srcs.items():
     assert src.class_names == want and src.num_classes == 3 and src.landmark_ids == [3, 7, 12]
-    assert np.bincount(src.labels, minlength=3).tolist() == {"train": [14] * 3, "val": [3] * 3, "test": [3] * 3,
-                                                              "trainval": [17] * 3}[s]
+    assert (
+      np.bincount(src.labels, minlength=3).tolist()
+      == {"train": [14] * 3, "val": [3] * 3, "test": [3] * 3, "trainval": [17] * 3}[s]
+    )
     for i in range(len(src)):
       ex = truth[src.describe(i)]
       assert src.labels[i] == ex["label"] and src.class_names[src.labels[i]] == ex["class_name"]
@@ -76,8 +78,9 @@ def test_landmarks_split_configured_through_the_pipeline(tmp_path):
 
 def test_landmarks_top_classes_keep_the_largest_ties_to_the_smaller_id(tmp_path):
   # Listed counts are not what counts: landmark 1 lists 30 images, of which 2 are present.
-  trees.write_landmarks(tmp_path, {11: 10, 9: 8, 5: 8, 2: 3, 4: 1, 1: 30}, present={11: 10, 9: 8, 5: 8, 2: 3, 4: 1,
-                                                                                     1: 2})
+  trees.write_landmarks(
+    tmp_path, {11: 10, 9: 8, 5: 8, 2: 3, 4: 1, 1: 30}, present={11: 10, 9: 8, 5: 8, 2: 3, 4: 1, 1: 2}
+  )
   src = Landmarks(tmp_path, "trainval", top_classes=2)  # 11 (10 images), then 5 and 9 tie at 8: 5
   assert src.landmark_ids == [5, 11] and src.class_names == [trees.landmark_category(k) for k in (5, 11)]
   assert sorted(np.bincount(src.labels).tolist()) == [7, 9]  # (trainval: 10% of each class is test)
@@ -99,8 +102,12 @@ def test_landmarks_absent_images_are_not_examples(tmp_path, caplog):
 
 def test_landmarks_without_images_or_train_csv_name_the_layout(tmp_path):
   trees.write_landmarks(tmp_path, {1: 3, 2: 3}, present={})
-  layout = ["train.csv", "train/<a>/<b>/<c>/<id>.jpg", "https://github.com/cvdfoundation/google-landmark",
-            "--config.data.root=/path/to/gldv2"]
+  layout = [
+    "train.csv",
+    "train/<a>/<b>/<c>/<id>.jpg",
+    "https://github.com/cvdfoundation/google-landmark",
+    "--config.data.root=/path/to/gldv2",
+  ]
   with pytest.raises(DataError, match="none of the images .*train.csv lists is in") as err:
     Landmarks(tmp_path, "train")
   assert all(e in str(err.value) for e in layout), err.value
@@ -140,11 +147,15 @@ def test_split_options_are_validated(tmp_path):
 
 def test_top_classes_refused_where_the_classes_are_fixed(tmp_path):
   trees.write_cub(tmp_path)
-  cases = [config("cub", tmp_path, top=2), config("synthetic", "", top=2, source="synthetic"),
-           config("cifar10", tmp_path, top=2, source="tfds")]
+  cases = [
+    config("cub", tmp_path, top=2),
+    config("synthetic", "", top=2, source="synthetic"),
+    config("cifar10", tmp_path, top=2, source="tfds"),
+  ]
   for cfg, what in zip(cases, ("data.name='cub'", "data.source='synthetic'", "data.source='tfds'")):
-    with pytest.raises(DataError, match=re.escape(f"data.top_classes=2: only") + ".*" + re.escape(what) +
-                       ".*--config.data.top_classes=0"):
+    with pytest.raises(
+      DataError, match=re.escape("data.top_classes=2: only") + ".*" + re.escape(what) + ".*--config.data.top_classes=0"
+    ):
       pipeline.open_source(cfg, "train")
   assert len(pipeline.open_source(config("cub", tmp_path), "train")) == 6  # 0: every class, as before
 
@@ -209,8 +220,14 @@ def test_the_split_never_leaks(tmp_path, kind):
   assert other != first and {s: len(v) for s, v in other.items()} == {s: len(v) for s, v in first.items()}
   # Another process (another string hash seed) computes the same split.
   env = dict(os.environ, PYTHONHASHSEED="123", PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, "-c", SPLIT_OF, kind, str(tmp_path), "0"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", SPLIT_OF, kind, str(tmp_path), "0"],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   assert {line.split()[0]: line.split()[1:] for line in out.splitlines()} == first
 
 
@@ -230,8 +247,14 @@ def written_tree(out) -> dict:
 
 def test_write_split_reads_back_as_the_same_split(tmp_path, capsys):
   trees.write_landmarks(tmp_path / "gld", {12: 9, 3: 7, 7: 11, 30: 2}, present={12: 9, 3: 7, 7: 8, 30: 2})
-  overrides = ["--config.data.source=folder", "--config.data.name=landmarks", f"--config.data.root={tmp_path / 'gld'}",
-               "--config.data.num_classes=3", "--config.data.top_classes=3", "--config.data.split.seed=4"]
+  overrides = [
+    "--config.data.source=folder",
+    "--config.data.name=landmarks",
+    f"--config.data.root={tmp_path / 'gld'}",
+    "--config.data.num_classes=3",
+    "--config.data.top_classes=3",
+    "--config.data.split.seed=4",
+  ]
   out = tmp_path / "split"
   assert write_split.main(["--config", BASELINE, *overrides, "--out", str(out)]) == 0
   summary = capsys.readouterr().out
@@ -239,8 +262,9 @@ def test_write_split_reads_back_as_the_same_split(tmp_path, capsys):
   assert "3 listed images were absent" in summary
 
   source = {s: pipeline.open_source(config("landmarks", tmp_path / "gld", seed=4, top=3), s) for s in SPLITS}
-  want = {s: {(Path(p).name, src.class_names[k], int(k)) for p, k in zip(paths(src), src.labels)}
-          for s, src in source.items()}
+  want = {
+    s: {(Path(p).name, src.class_names[k], int(k)) for p, k in zip(paths(src), src.labels)} for s, src in source.items()
+  }
   got = written_tree(out)
   # The category names do not sort in landmark_id order: each folder starts with its label, '001.Name'.
   assert {s: {(f, re.sub(r"^\d{3}\.", "", c), k) for f, c, k in v} for s, v in got.items()} == want
@@ -252,7 +276,8 @@ def test_write_split_reads_back_as_the_same_split(tmp_path, capsys):
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == ["split", "label", "class_name", "path"]
   assert sorted((r["split"], Path(r["path"]).name, r["class_name"], int(r["label"])) for r in rows) == sorted(
-      (s, f, c, k) for s, v in want.items() for f, c, k in v)
+    (s, f, c, k) for s, v in want.items() for f, c, k in v
+  )
   assert all(r["path"].startswith("train/") for r in rows)  # relative to the data root
 
   # A folder that exists and holds anything is never written into.
@@ -265,9 +290,17 @@ def test_write_split_reads_back_as_the_same_split(tmp_path, capsys):
 def test_write_split_copies_a_folder_tree_and_keeps_its_names(tmp_path, capsys):
   written = trees.write_image_folder(tmp_path / "tree", counts={"cat": 6, "dog": 5, "eel": 3})
   (tmp_path / "out").mkdir()  # an empty folder may be written into
-  argv = ["--config", BASELINE, "--config.data.source=folder", "--config.data.name=folder",
-          f"--config.data.root={tmp_path / 'tree'}", "--config.data.split.val_fraction=0", "--out",
-          str(tmp_path / "out"), "--copy"]
+  argv = [
+    "--config",
+    BASELINE,
+    "--config.data.source=folder",
+    "--config.data.name=folder",
+    f"--config.data.root={tmp_path / 'tree'}",
+    "--config.data.split.val_fraction=0",
+    "--out",
+    str(tmp_path / "out"),
+    "--copy",
+  ]
   with pytest.raises(SystemExit) as exit_:  # inside the tree, the written folders would become classes of it
     write_split.main(argv[:-3] + ["--out", str(tmp_path / "tree" / "split"), "--copy"])
   assert exit_.value.code == 2 and "the written tree would become part of the data set" in capsys.readouterr().err
@@ -279,7 +312,8 @@ def test_write_split_copies_a_folder_tree_and_keeps_its_names(tmp_path, capsys):
   for s in src:  # the names sort in label order already: the folders are the class names
     assert back[s].class_names == src[s].class_names == ["cat", "dog", "eel"]
     assert sorted(zip(map(lambda p: Path(p).name, paths(back[s])), back[s].labels.tolist())) == sorted(
-        zip(map(lambda p: Path(p).name, paths(src[s])), src[s].labels.tolist()))
+      zip(map(lambda p: Path(p).name, paths(src[s])), src[s].labels.tolist())
+    )
     assert not any(Path(p).is_symlink() for p in paths(back[s]))
   assert sum(len(v) for v in back.values()) == len(written)
   assert not (tmp_path / "out" / "val").exists()
@@ -291,8 +325,17 @@ def test_write_split_refuses_what_has_no_files(tmp_path, capsys):
       write_split.main(["--config", BASELINE, f"--config.data.source={source}", "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert f"data.source='{source}' has no image files to write" in capsys.readouterr().err
-  code = write_split.main(["--config", BASELINE, "--config.data.source=folder", "--config.data.name=landmarks",
-                           f"--config.data.root={tmp_path / 'nowhere'}", "--out", str(tmp_path / "out")])
+  code = write_split.main(
+    [
+      "--config",
+      BASELINE,
+      "--config.data.source=folder",
+      "--config.data.name=landmarks",
+      f"--config.data.root={tmp_path / 'nowhere'}",
+      "--out",
+      str(tmp_path / "out"),
+    ]
+  )
   err = capsys.readouterr().err
   assert code == 2 and err.startswith("error: Google Landmarks v2 not found") and len(err.splitlines()) == 1
   assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))

@@ -35,7 +35,7 @@ def test_each_part_shows_its_class_pattern():
     ex = src[i]
     code = src.codes[ex["label"]]
     for (x, y), pattern in zip(ex["parts"], code):
-      patch = ex["image"][int(y) - 3:int(y) + 3, int(x) - 3:int(x) + 3].astype(float).sum(-1)
+      patch = ex["image"][int(y) - 3 : int(y) + 3, int(x) - 3 : int(x) + 3].astype(float).sum(-1)
       rows_flat = np.ptp(patch, axis=1).max() < 1  # horizontal stripes: each row one colour
       cols_flat = np.ptp(patch, axis=0).max() < 1
       assert rows_flat == (PATTERNS[pattern] == "horizontal"), (i, pattern)
@@ -62,10 +62,11 @@ def test_class_codes_are_distinct_and_fixed():
 
 def test_drawn_examples_are_kept_within_the_budget(monkeypatch):
   from data_pipelines.sources import synthetic
+
   drawn = []
   render = synthetic.render
   monkeypatch.setattr(synthetic, "render", lambda *a: drawn.append(1) or render(*a))
-  monkeypatch.setattr(synthetic, "CACHE_BYTES", 2 * 3 * 48 ** 2)  # room for two 48-pixel images
+  monkeypatch.setattr(synthetic, "CACHE_BYTES", 2 * 3 * 48**2)  # room for two 48-pixel images
   src = SyntheticBirds("train", num_examples=6, resolution=48)
   first = [src[i] for i in range(4)]
   again = [src[i] for i in range(4)]
@@ -77,6 +78,7 @@ def test_drawn_examples_are_kept_within_the_budget(monkeypatch):
   with pytest.raises(ValueError, match="read-only"):  # a shared image cannot be changed by one reader
     first[0]["image"][0, 0] = 0
   import pickle
+
   sent = pickle.dumps(src)  # what a worker process receives: the recipe, not the two kept images
   assert len(sent) < 48 * 48 * 3
   np.testing.assert_array_equal(pickle.loads(sent)[0]["image"], first[0]["image"])
@@ -91,8 +93,16 @@ def test_detail_task_hides_the_stripes_at_the_backbones_side_and_keeps_them_at_f
   def part_contrast(config, half):
     config.data.synthetic.num_test = 12
     batch = next(iter(pipeline.build(config, "test", training=False)))
-    return np.mean([batch["image"][i, int(y) - half:int(y) + half, int(x) - half:int(x) + half].astype(float)
-                    .std(axis=(0, 1)).mean() for i in range(12) for x, y in batch["parts"][i]])
+    return np.mean(
+      [
+        batch["image"][i, int(y) - half : int(y) + half, int(x) - half : int(x) + half]
+        .astype(float)
+        .std(axis=(0, 1))
+        .mean()
+        for i in range(12)
+        for x, y in batch["parts"][i]
+      ]
+    )
 
   assert part_contrast(baseline.get_config("detail"), 2) < 0.5  # 4-pixel squares at 64 of 6.5-pixel parts: flat
   assert part_contrast(macnn.get_config("detail"), 8) > 20  # 16-pixel squares of 26-pixel parts: striped

@@ -28,8 +28,12 @@ from data_pipelines.sources.tfds_source import TFDSSource
 
 BIRD_NAMES = ["albatross", "booby", "cormorant"]
 # (height, width, label, normalised box (ymin, xmin, ymax, xmax)) of each training image.
-BIRDS_TRAIN = [(20, 30, 0, (0.1, 0.2, 0.5, 0.6)), (24, 16, 2, (0.0, 0.0, 1.0, 1.0)),
-               (10, 40, 1, (0.25, 0.5, 0.75, 1.0)), (32, 32, 2, (0.5, 0.25, 1.0, 0.75))]
+BIRDS_TRAIN = [
+  (20, 30, 0, (0.1, 0.2, 0.5, 0.6)),
+  (24, 16, 2, (0.0, 0.0, 1.0, 1.0)),
+  (10, 40, 1, (0.25, 0.5, 0.75, 1.0)),
+  (32, 32, 2, (0.5, 0.25, 1.0, 0.75)),
+]
 DOG_BOXES = [[], [(0.25, 0.25, 0.5, 0.5)], [(0.5, 0.0, 0.75, 0.5), (0.0, 0.5, 0.25, 1.0)]]
 
 
@@ -43,48 +47,73 @@ class TfdsTinyBirds(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    features = tfds.features.FeaturesDict({
+    features = tfds.features.FeaturesDict(
+      {
         # A mask first: the image must be found through the supervised keys, not by position.
         "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
         "image": tfds.features.Image(shape=(None, None, 3)),
         "image/filename": tfds.features.Text(),
         "label": tfds.features.ClassLabel(names=BIRD_NAMES),
         "bbox": tfds.features.BBoxFeature(),
-    })
+      }
+    )
     return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
 
   def _split_generators(self, dl_manager):
     good = [(h, w, y, box, _png(h, w, 10 * i + y)) for i, (h, w, y, box) in enumerate(BIRDS_TRAIN)]
     box = (0.0, 0.0, 1.0, 1.0)
     broken = [(8, 8, 0, box, b"not an image"), (8, 8, 1, box, _png(8, 8, 7)[:50])]
-    return {"train": self._generate_examples(good), "test": self._generate_examples(good[:2]),
-            "broken": self._generate_examples(broken)}
+    return {
+      "train": self._generate_examples(good),
+      "test": self._generate_examples(good[:2]),
+      "broken": self._generate_examples(broken),
+    }
 
   def _generate_examples(self, rows):
     # Encoded bytes, not arrays: TFDS encodes arrays with TensorFlow, bytes are stored as they are.
     for i, (h, w, label, box, data) in enumerate(rows):
-      yield i, {"image": data, "segmentation_mask": _png(h, w, 1, channels=1), "image/filename": f"bird_{i}.png",
-                "label": label, "bbox": tfds.features.BBox(*box)}
+      yield (
+        i,
+        {
+          "image": data,
+          "segmentation_mask": _png(h, w, 1, channels=1),
+          "image/filename": f"bird_{i}.png",
+          "label": label,
+          "bbox": tfds.features.BBox(*box),
+        },
+      )
 
 
 class TfdsTinyDogs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(8, 12, 3)),  # a static size, as in CIFAR
-        "coarse_label": tfds.features.ClassLabel(names=["small", "large"]),
-        "label": tfds.features.ClassLabel(names=["pug", "beagle", "husky"]),
-        "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
-    }))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(8, 12, 3)),  # a static size, as in CIFAR
+          "coarse_label": tfds.features.ClassLabel(names=["small", "large"]),
+          "label": tfds.features.ClassLabel(names=["pug", "beagle", "husky"]),
+          "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
     for i in range(3):
-      yield i, {"image": _png(8, 12, 50 * i), "coarse_label": i % 2, "label": i,
-                "objects": {"bbox": [tfds.features.BBox(*b) for b in DOG_BOXES[i]]}}
+      yield (
+        i,
+        {
+          "image": _png(8, 12, 50 * i),
+          "coarse_label": i % 2,
+          "label": i,
+          "objects": {"bbox": [tfds.features.BBox(*b) for b in DOG_BOXES[i]]},
+        },
+      )
 
 
 # CelebA's shape: no ClassLabel, a FeaturesDict of booleans ("attributes"), landmarks beside it.
@@ -101,22 +130,37 @@ class TfdsTinyFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(12, 10, 3)),
-        "attributes": tfds.features.FeaturesDict({"Smiling": np.bool_, "Male": np.bool_,
-                                                  "Hair": tfds.features.ClassLabel(names=["dark", "fair", "grey"]),
-                                                  "Score": np.float32}),  # not a class: left out
-        "landmarks": tfds.features.FeaturesDict({"nose_x": np.int64, "nose_y": np.int64}),
-    }))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(12, 10, 3)),
+          "attributes": tfds.features.FeaturesDict(
+            {
+              "Smiling": np.bool_,
+              "Male": np.bool_,
+              "Hair": tfds.features.ClassLabel(names=["dark", "fair", "grey"]),
+              "Score": np.float32,
+            }
+          ),  # not a class: left out
+          "landmarks": tfds.features.FeaturesDict({"nose_x": np.int64, "nose_y": np.int64}),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
     for i, (smiling, male) in enumerate(FACE_ATTRIBUTES):
-      yield i, {"image": _png(12, 10, 40 * i), "attributes": {"Smiling": smiling, "Male": male, "Hair": i % 3,
-                                                              "Score": 0.5},
-                "landmarks": {"nose_x": 5, "nose_y": 6}}
+      yield (
+        i,
+        {
+          "image": _png(12, 10, 40 * i),
+          "attributes": {"Smiling": smiling, "Male": male, "Hair": i % 3, "Score": 0.5},
+          "landmarks": {"nose_x": 5, "nose_y": 6},
+        },
+      )
 
 
 def _no_network(*args, **kwargs):
@@ -238,8 +282,12 @@ def test_not_prepared_names_dir_and_how_to_build(tmp_path):
   with pytest.raises(DataError) as err:
     TFDSSource("tfds_tiny_birds", "train", data_dir=tmp_path)
   msg = str(err.value)
-  for part in ("tfds_tiny_birds", str(tmp_path), "fgattn-jax[prepare]",
-               f"tfds build tfds_tiny_birds --data_dir {tmp_path} --file_format=array_record"):
+  for part in (
+    "tfds_tiny_birds",
+    str(tmp_path),
+    "fgattn-jax[prepare]",
+    f"tfds build tfds_tiny_birds --data_dir {tmp_path} --file_format=array_record",
+  ):
     assert part in msg
   # A real data set whose files must be downloaded by hand: where they go.
   with pytest.raises(DataError, match=r"imagenet2012.*downloads/manual.*ILSVRC2012_img_train\.tar"):
@@ -250,8 +298,11 @@ def test_not_prepared_names_dir_and_how_to_build(tmp_path):
 
 def test_a_root_inside_the_prepared_data_set_says_where_to_point(data_dir, monkeypatch):
   for inside in (data_dir / "tfds_tiny_dogs", data_dir / "tfds_tiny_dogs" / "1.0.0"):
-    with pytest.raises(DataError, match=re.escape(f"prepared in {data_dir.resolve()}, above the data.root given "
-                                                  f"({inside})") + ".*holds tfds_tiny_dogs/"):
+    with pytest.raises(
+      DataError,
+      match=re.escape(f"prepared in {data_dir.resolve()}, above the data.root given ({inside})")
+      + ".*holds tfds_tiny_dogs/",
+    ):
       TFDSSource("tfds_tiny_dogs", "train", data_dir=inside)
   monkeypatch.setenv("HOME", str(data_dir.parent))  # '~' is the user's home, as for the folder layouts
   assert len(TFDSSource("tfds_tiny_dogs", "train", data_dir=f"~/{data_dir.name}")) == 3
@@ -308,4 +359,5 @@ def test_faces_attributes_are_tasks_and_the_first_is_the_label(data_dir, monkeyp
   batch = next(iter(pipeline.build(c, "train", training=False, source=src)))
   assert batch["attributes"].shape == (8, 3) and batch["attributes"].dtype == np.int32
   assert sorted(map(tuple, batch["attributes"][batch["mask"]].tolist())) == sorted(
-      tuple(face_attributes(k)[n] for n in names) for k in range(len(FACE_ATTRIBUTES)))
+    tuple(face_attributes(k)[n] for n in names) for k in range(len(FACE_ATTRIBUTES))
+  )

@@ -31,15 +31,25 @@ def test_crop_and_mask_match_ours():
   want = np.asarray(crops.crop_resize(images, boxes, (9, 9)))
   got = schemes.crop_resize(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(boxes), 9)
   np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), want, atol=1e-5)
-  np.testing.assert_allclose(schemes.box_mask(torch.from_numpy(boxes), (20, 24), 10.0)[:, 0].numpy(),
-                             np.asarray(racnn.box_mask(boxes, (20, 24), 10.0)), atol=1e-6)
+  np.testing.assert_allclose(
+    schemes.box_mask(torch.from_numpy(boxes), (20, 24), 10.0)[:, 0].numpy(),
+    np.asarray(racnn.box_mask(boxes, (20, 24), 10.0)),
+    atol=1e-6,
+  )
 
 
 def test_many_crops_in_one_call_equal_one_call_each():
   rng = np.random.default_rng(1)
   images = torch.from_numpy(rng.normal(size=(2, 3, 20, 24)).astype(np.float32))
-  boxes = torch.from_numpy(np.array([[[2.3, 1.7, 15.1, 13.9], [0, 0, 24, 20], [5, 6, 9, 10]],
-                                     [[-3.0, 4.0, 20.0, 27.0], [1, 2, 3, 4], [10, 0, 24, 14]]], np.float32))
+  boxes = torch.from_numpy(
+    np.array(
+      [
+        [[2.3, 1.7, 15.1, 13.9], [0, 0, 24, 20], [5, 6, 9, 10]],
+        [[-3.0, 4.0, 20.0, 27.0], [1, 2, 3, 4], [10, 0, 24, 14]],
+      ],
+      np.float32,
+    )
+  )
   many = schemes.crop_resize_many(images, boxes, 9)
   assert many.shape == (3, 2, 3, 9, 9)
   for i in range(3):
@@ -54,13 +64,17 @@ def test_pytorch_at_its_best():
   assert (r["steps"], r["warmup"], r["optimizer"], r["compile_s"]) == (2, 1, "sgd foreach", None)
 
 
-LEARNS = {"baseline": ["net.stages.0"], "abn": ["net.stages.0", "att_conv", "att_map", "att_stage"],
-          "macnn": ["net.stages.0", "grouping.0", "part_nets.3.stages.0", "object_net.stages.0", "joint"],
-          "racnn": ["nets.0.stages.0", "nets.2.stages.0", "apns.0", "apns.1", "fused"]}
+LEARNS = {
+  "baseline": ["net.stages.0"],
+  "abn": ["net.stages.0", "att_conv", "att_map", "att_stage"],
+  "macnn": ["net.stages.0", "grouping.0", "part_nets.3.stages.0", "object_net.stages.0", "joint"],
+  "racnn": ["nets.0.stages.0", "nets.2.stages.0", "apns.0", "apns.1", "fused"],
+}
 
 
-@pytest.mark.parametrize("scheme,name", [("baseline", "resnet18"), ("abn", "resnet18"), ("macnn", "vgg11_bn"),
-                                         ("racnn", "vgg11_bn")])
+@pytest.mark.parametrize(
+  "scheme,name", [("baseline", "resnet18"), ("abn", "resnet18"), ("macnn", "vgg11_bn"), ("racnn", "vgg11_bn")]
+)
 def test_loss_is_finite_and_reaches_every_part(scheme, name):
   torch.manual_seed(0)
   model = schemes.build(scheme, name, 5, 64, width=1 / 16)

@@ -16,7 +16,7 @@ def planted(h=150, w=200):
   img[30:100, 60:150] = RED
   parts = np.array([[70.5, 40.5], [140.5, 90.5], [20.5, 120.5]], np.float32)
   for x, y in parts:
-    img[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3] = GREEN
+    img[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3] = GREEN
   return img, box, parts
 
 
@@ -137,8 +137,9 @@ def test_cifar_pad_and_crop_shifts_the_image_by_whole_pixels_into_black_borders(
     dy = y0 if y0 > 0 else rows.max() + 1 - 32
     shifts.add((dx, dy))
     expected = np.zeros_like(img)
-    expected[max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)] = img[max(-dy, 0):32 - max(dy, 0),
-                                                                           max(-dx, 0):32 - max(dx, 0)]
+    expected[max(dy, 0) : 32 + min(dy, 0), max(dx, 0) : 32 + min(dx, 0)] = img[
+      max(-dy, 0) : 32 - max(dy, 0), max(-dx, 0) : 32 - max(dx, 0)
+    ]
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_allclose(p, part + [dx, dy], atol=1e-5)
     np.testing.assert_allclose(b, [max(dx, 0), max(dy, 0), 32 + min(dx, 0), 32 + min(dy, 0)], atol=1e-5)
@@ -150,8 +151,9 @@ def test_a_crop_at_the_far_edge_survives_the_rounded_resize():
   # reaches 500.24 source pixels, past the image; it is clamped and the coordinates follow the clamp.
   img = np.zeros((375, 500, 3), np.uint8)
   img[:, 497:] = GREEN  # the last three columns
-  out, _, p = T._crop_resize(img, np.zeros(4, np.float32), np.array([[498.5, 200.0]], np.float32), 512, 448,
-                             (683 - 448, 0))
+  out, _, p = T._crop_resize(
+    img, np.zeros(4, np.float32), np.array([[498.5, 200.0]], np.float32), 512, 448, (683 - 448, 0)
+  )
   assert out.shape == (448, 448, 3)
   assert 444 < p[0, 0] < 448 and out[int(p[0, 1]), int(p[0, 0]), 1] > 150
 
@@ -176,8 +178,9 @@ def test_random_resized_crop_draws_torchvisions_window():
   """The window's area fraction is uniform on crop_area and its aspect ratio log-uniform on crop_ratio (torchvision's
   RandomResizedCrop), anywhere in the image; an impossible draw falls back to the centre window."""
   img = np.zeros((300, 400, 3), np.uint8)
-  windows = np.array([T._random_resized_region(img, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(s))
-                      for s in range(2000)])
+  windows = np.array(
+    [T._random_resized_region(img, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(s)) for s in range(2000)]
+  )
   w, h = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
   area, aspect = w * h / (300 * 400), w / h
   assert (windows[:, :2] >= 0).all() and (windows[:, 2] <= 400).all() and (windows[:, 3] <= 300).all()
@@ -208,8 +211,7 @@ def test_evaluation_rotation_turns_the_centre_crop_with_its_coordinates():
     for x, y in p[:2]:
       assert out[int(y), int(x), 1] > 150 and out[int(y), int(x), 0] < 100, (x, y)  # the dots turned with them
     # The turned point lies at the reference point's distance from the centre.
-    np.testing.assert_allclose(np.linalg.norm(p[:2] - 56, axis=1), np.linalg.norm(ref[2][:2] - 56, axis=1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(p[:2] - 56, axis=1), np.linalg.norm(ref[2][:2] - 56, axis=1), rtol=1e-4)
     angles.add(round(float(np.degrees(np.arctan2(*(p[0] - 56)[::-1]) - np.arctan2(*(ref[2][0] - 56)[::-1]))), 1))
   assert len(angles) == 6
   with pytest.raises(ValueError, match="eval_rotation"):

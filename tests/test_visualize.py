@@ -73,7 +73,7 @@ def test_visualize_draws_your_own_images_with_the_predicted_class_only(tmp_path_
   assert sorted(os.listdir(out)) == ["files_000000.png", "files_000001.png", "index.html"]
   index = (out / "index.html").read_text()
   assert "my_bird_0.png: predicted " in index and "my_bird_1.png: predicted " in index and "true" not in index
-  (width, _), = {Image.open(out / p).size for p in ("files_000000.png", "files_000001.png")}
+  ((width, _),) = {Image.open(out / p).size for p in ("files_000000.png", "files_000001.png")}
   tile = 160  # input, CAM, Grad-CAM and guided Grad-CAM of the predicted class: 4 tiles (no true class)
   assert 4 * tile <= width < 4 * (tile + 40)
   with pytest.raises(SystemExit):
@@ -83,14 +83,16 @@ def test_visualize_draws_your_own_images_with_the_predicted_class_only(tmp_path_
 
 def json_config(workdir):
   import ml_collections
+
   return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
 
 
 def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys):
   scheme, workdir = run
   out = tmp_path / "nested" / "panels"
-  assert visualize.main(["--workdir", str(workdir), "--num-images", "5", "--out", str(out), "--checkpoint",
-                         "latest"]) == 0
+  assert (
+    visualize.main(["--workdir", str(workdir), "--num-images", "5", "--out", str(out), "--checkpoint", "latest"]) == 0
+  )
   assert "5 panels" in capsys.readouterr().out
   pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
   assert len(pngs) == 5  # over two batches of 4
@@ -99,7 +101,7 @@ def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys)
   assert all(p in index for p in pngs)
   sizes = {Image.open(out / p).size for p in pngs}
   assert len(sizes) == 1  # the same layout for every image of the run
-  (width, _), = sizes
+  ((width, _),) = sizes
   tile = 160  # 32-pixel images are enlarged to 160 (overlays.panel's minimum tile side)
   per_row = min(TILES[scheme], 6)
   assert width >= per_row * tile and width < per_row * (tile + 40)
@@ -108,8 +110,23 @@ def test_visualize_writes_a_panel_per_image_and_the_index(run, tmp_path, capsys)
 
 def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, capsys, monkeypatch):
   workdir = trained("baseline", tmp_path_factory)
-  assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--layer", "conv3_2", "--amplify",
-                         "conv4_2:0", "--checkpoint", "latest"]) == 0
+  assert (
+    visualize.main(
+      [
+        "--workdir",
+        str(workdir),
+        "--num-images",
+        "2",
+        "--layer",
+        "conv3_2",
+        "--amplify",
+        "conv4_2:0",
+        "--checkpoint",
+        "latest",
+      ]
+    )
+    == 0
+  )
   out = workdir / "visualize" / "test_step1"
   assert len(list(out.glob("*.png"))) == 2 and (out / "index.html").exists()
   shutil.rmtree(out.parent)  # the other tests check that nothing else is written into the run
@@ -123,9 +140,11 @@ def test_visualize_default_folder_layer_choice_and_amplify(tmp_path_factory, cap
     assert f"conv4_2 has 32 channels (0..31); there is no channel {channel}" in capsys.readouterr().err
   # Refused before any work, each with the reason: a channel with 'class', no steps, an --out under a file.
   (workdir.parent / "a_file").write_text("")
-  for argv, message in [(["--amplify", "class:3"], "a channel goes with a stage"),
-                        (["--amplify", "class", "--amplify-steps", "0"], "--amplify-steps must be at least 1"),
-                        (["--out", str(workdir.parent / "a_file" / "panels")], "a_file is a file, not a folder")]:
+  for argv, message in [
+    (["--amplify", "class:3"], "a channel goes with a stage"),
+    (["--amplify", "class", "--amplify-steps", "0"], "--amplify-steps must be at least 1"),
+    (["--out", str(workdir.parent / "a_file" / "panels")], "a_file is a file, not a folder"),
+  ]:
     with pytest.raises(SystemExit):
       visualize.main(["--workdir", str(workdir), *argv])
     assert message in capsys.readouterr().err
@@ -154,25 +173,36 @@ def test_a_multi_task_runs_panels_number_the_tasks_classes_and_name_the_task(tmp
   assert not any(name in c for c in captions for name in names)
 
 
-def test_a_zoomed_streams_grad_cam_is_drawn_on_its_own_input_and_not_scored(tmp_path_factory, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_a_zoomed_streams_grad_cam_is_drawn_on_its_own_input_and_not_scored(
+  tmp_path_factory, tmp_path, capsys, monkeypatch
+):
   workdir = trained("racnn", tmp_path_factory)
   drawn = []
   panel = visualize.overlays.panel
   monkeypatch.setattr(visualize.overlays, "panel", lambda tiles, **kw: drawn.append(tiles) or panel(tiles, **kw))
-  assert visualize.main(["--workdir", str(workdir), "--num-images", "1", "--layer", "conv5_2#3", "--out",
-                         str(tmp_path / "p")]) == 0
+  assert (
+    visualize.main(
+      ["--workdir", str(workdir), "--num-images", "1", "--layer", "conv5_2#3", "--out", str(tmp_path / "p")]
+    )
+    == 0
+  )
   (tiles,) = drawn
   gradcams = {caption: tile.shape for caption, tile in tiles if "Grad-CAM" in caption}
   # Scale 3's stage sees the 24-pixel zoom, not the 32-pixel image: its map is drawn on that input; no guided
   # Grad-CAM (the image's gradient times a map of another frame).
-  assert gradcams == {"scale 3 input: Grad-CAM, predicted class": (24, 24, 3),
-                      "scale 3 input: Grad-CAM, true class": (24, 24, 3)}
+  assert gradcams == {
+    "scale 3 input: Grad-CAM, predicted class": (24, 24, 3),
+    "scale 3 input: Grad-CAM, true class": (24, 24, 3),
+  }
   assert any(caption.startswith("CAM (scale1 head)") for caption, _ in tiles)  # CAM reads scale 1's own head
   # The localisation metrics score maps in the image's frame: refused up front, before the evaluation runs.
-  for layer, message in [("conv5_2#2", "'conv5_2#2' sees a crop, not the image: the metrics score maps in the "
-                                       "image; stages on the image: conv1_1,"),
-                         ("bogus", "layer 'bogus' does not run in this model")]:
+  for layer, message in [
+    (
+      "conv5_2#2",
+      "'conv5_2#2' sees a crop, not the image: the metrics score maps in the image; stages on the image: conv1_1,",
+    ),
+    ("bogus", "layer 'bogus' does not run in this model"),
+  ]:
     with pytest.raises(SystemExit):
       evaluate.main(["--workdir", str(workdir), "--localization", "--layer", layer, "--out", str(tmp_path / "e")])
     assert message in capsys.readouterr().err
@@ -181,13 +211,31 @@ def test_a_zoomed_streams_grad_cam_is_drawn_on_its_own_input_and_not_scored(tmp_
 
 def test_evaluate_localization_scores_every_map_kind(run, tmp_path, capsys):
   scheme, workdir = run
-  assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--out", str(tmp_path),
-                        "--localization", "--deletion-steps", "4"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(workdir),
+        "--checkpoint",
+        "latest",
+        "--out",
+        str(tmp_path),
+        "--localization",
+        "--deletion-steps",
+        "4",
+      ]
+    )
+    == 0
+  )
   assert "pointing" in capsys.readouterr().out
   (path,) = tmp_path.glob("*_localization.json")
   maps = json.loads(path.read_text())["maps"]
-  kinds = {"baseline": {"cam", "gradcam"}, "abn": {"attention", "cam", "gradcam"},
-           "macnn": {"attention", "cam", "gradcam"}, "racnn": {"attention", "cam", "gradcam"}}[scheme]
+  kinds = {
+    "baseline": {"cam", "gradcam"},
+    "abn": {"attention", "cam", "gradcam"},
+    "macnn": {"attention", "cam", "gradcam"},
+    "racnn": {"attention", "cam", "gradcam"},
+  }[scheme]
   assert set(maps) == kinds
   for kind, m in maps.items():
     assert m["count"] == 6
@@ -219,11 +267,31 @@ def test_visualize_and_localization_on_a_data_set_without_part_points(tmp_path_f
   workdir = trained("macnn", tmp_path_factory)  # the scheme with part maps, scored against part points if any
   opened = pipeline.open_source
   monkeypatch.setattr(pipeline, "open_source", lambda config, split: WithoutParts(opened(config, split)))
-  assert visualize.main(["--workdir", str(workdir), "--num-images", "2", "--out", str(tmp_path / "panels"),
-                         "--checkpoint", "latest"]) == 0
+  assert (
+    visualize.main(
+      ["--workdir", str(workdir), "--num-images", "2", "--out", str(tmp_path / "panels"), "--checkpoint", "latest"]
+    )
+    == 0
+  )
   assert len(list((tmp_path / "panels").glob("*.png"))) == 2
-  assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--out", str(tmp_path),
-                        "--localization", "--deletion-steps", "2", "--num-images", "2"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(workdir),
+        "--checkpoint",
+        "latest",
+        "--out",
+        str(tmp_path),
+        "--localization",
+        "--deletion-steps",
+        "2",
+        "--num-images",
+        "2",
+      ]
+    )
+    == 0
+  )
   (path,) = tmp_path.glob("*_localization.json")
   attention = json.loads(path.read_text())["maps"]["attention"]
   assert attention["count"] == 2 and 0 <= attention["pointing"] <= 1 and "part_hit" not in attention
@@ -231,12 +299,23 @@ def test_visualize_and_localization_on_a_data_set_without_part_points(tmp_path_f
 
 def test_a_grad_cam_that_is_zero_everywhere_is_said_to_be():
   import numpy as np
+
   batch = {"image": np.full((1, 8, 8, 3), 128, np.uint8), "box": np.full((1, 4), np.nan, np.float32)}
-  maps = {"attention": {}, "probs": np.array([[0.7, 0.3]]), "classes": {"pred": [0], "true": [1]},
-          "gradcam_pred": np.zeros((1, 2, 2)), "guided_pred": np.zeros((1, 8, 8, 3)),
-          "gradcam_true": np.array([[[0.0, 1.0], [0.5, 0.0]]]), "guided_true": np.ones((1, 8, 8, 3))}
+  maps = {
+    "attention": {},
+    "probs": np.array([[0.7, 0.3]]),
+    "classes": {"pred": [0], "true": [1]},
+    "gradcam_pred": np.zeros((1, 2, 2)),
+    "guided_pred": np.zeros((1, 8, 8, 3)),
+    "gradcam_true": np.array([[[0.0, 1.0], [0.5, 0.0]]]),
+    "guided_true": np.ones((1, 8, 8, 3)),
+  }
   tiles, footer = visualize.panel_tiles(batch, maps, None, 0, "conv5_4", ["a", "b"])
   assert [caption for caption, _ in tiles] == [
-      "input, ground truth", "[all zero] Grad-CAM (conv5_4), predicted class",
-      "[all zero] guided Grad-CAM, predicted class", "Grad-CAM (conv5_4), true class", "guided Grad-CAM, true class"]
+    "input, ground truth",
+    "[all zero] Grad-CAM (conv5_4), predicted class",
+    "[all zero] guided Grad-CAM, predicted class",
+    "Grad-CAM (conv5_4), true class",
+    "guided Grad-CAM, true class",
+  ]
   assert footer[0] == "predicted a (0), true b (1)"

@@ -23,11 +23,11 @@ def read_events(path):
     data = f.read()
   pos = 0
   while pos < len(data):
-    header = data[pos:pos + 8]
+    header = data[pos : pos + 8]
     (length,) = struct.unpack("<Q", header)
-    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
-    body = data[pos + 12:pos + 12 + length]
-    assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(body)
+    assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
+    body = data[pos + 12 : pos + 12 + length]
+    assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == masked_crc32c(body)
     events.append(Event.FromString(body))
     pos += 16 + length
   return events
@@ -142,8 +142,11 @@ def test_plot_curves_without_any_curve(tmp_path):
 
 def test_plot_curves_after_a_resume_does_not_double_back(tmp_path):
   from fgattn_jax.training.writers import _phase_spans, _series
-  records = [{"step": s, "split": "train", "phase": p, "loss": v}
-             for s, p, v in [(1, "a", 3.0), (2, "a", 2.0), (3, "b", 1.0), (2, "a", 2.5), (3, "b", 1.5)]]
+
+  records = [
+    {"step": s, "split": "train", "phase": p, "loss": v}
+    for s, p, v in [(1, "a", 3.0), (2, "a", 2.0), (3, "b", 1.0), (2, "a", 2.5), (3, "b", 1.5)]
+  ]
   assert _series(records, "train", "loss") == ([1, 2, 3], [3.0, 2.5, 1.5])
   assert _phase_spans(records) == [("a", 1, 2.5), ("b", 2.5, 3)]
 
@@ -191,8 +194,9 @@ def test_progress_bar_on_a_terminal(monkeypatch):
 
 
 def test_summary_aligns_keys():
-  text = summary({"final top-1": "83.2%", "checkpoints": "/w/ckpt",
-                  "evaluate": "python -m fgattn_jax.evaluate --workdir /w"})
+  text = summary(
+    {"final top-1": "83.2%", "checkpoints": "/w/ckpt", "evaluate": "python -m fgattn_jax.evaluate --workdir /w"}
+  )
   lines = text.splitlines()
   assert len(lines) == 5 and lines[0] == lines[-1] and set(lines[0]) == {"+", "-"}
   assert len({len(line) for line in lines}) == 1

@@ -13,7 +13,6 @@ def _scaled(c, width):
 
 
 class TorchVGG(nn.Module):
-
   def __init__(self, name, num_classes, bn=False, width=1.0):
     super().__init__()
     self.depths = VGG_DEPTHS[name]
@@ -31,9 +30,15 @@ class TorchVGG(nn.Module):
     self.features = nn.Sequential(*mods)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     hidden = _scaled(4096, width)
-    self.classifier = nn.Sequential(nn.Linear(cin * 49, hidden), nn.ReLU(), nn.Dropout(),
-                                    nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
-                                    nn.Linear(hidden, num_classes))
+    self.classifier = nn.Sequential(
+      nn.Linear(cin * 49, hidden),
+      nn.ReLU(),
+      nn.Dropout(),
+      nn.Linear(hidden, hidden),
+      nn.ReLU(),
+      nn.Dropout(),
+      nn.Linear(hidden, num_classes),
+    )
 
   def forward(self, x):
     feats, taps = {}, dict(self.taps)
@@ -86,12 +91,15 @@ class Bottleneck(nn.Module):
     return self.relu(self.bn3(self.conv3(out)) + idt)
 
 
-RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
-           "resnet50": (Bottleneck, (3, 4, 6, 3)), "resnet101": (Bottleneck, (3, 4, 23, 3))}
+RESNETS = {
+  "resnet18": (BasicBlock, (2, 2, 2, 2)),
+  "resnet34": (BasicBlock, (3, 4, 6, 3)),
+  "resnet50": (Bottleneck, (3, 4, 6, 3)),
+  "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
 
 
 class TorchResNet(nn.Module):
-
   def __init__(self, name, num_classes, width=1.0):
     super().__init__()
     block, counts = RESNETS[name]
@@ -109,8 +117,10 @@ class TorchResNet(nn.Module):
   def _make_layer(self, block, planes, n, stride):
     down = None
     if stride != 1 or self.inplanes != planes * block.expansion:
-      down = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                           nn.BatchNorm2d(planes * block.expansion))
+      down = nn.Sequential(
+        nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+        nn.BatchNorm2d(planes * block.expansion),
+      )
     layers = [block(self.inplanes, planes, stride, down)]
     self.inplanes = planes * block.expansion
     layers += [block(self.inplanes, planes) for _ in range(1, n)]

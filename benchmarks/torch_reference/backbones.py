@@ -11,9 +11,13 @@ import torch
 from torch import nn
 
 VGG_DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-RESNET = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
-          "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3)),
-          "resnet152": ("bottleneck", (3, 8, 36, 3))}
+RESNET = {
+  "resnet18": ("basic", (2, 2, 2, 2)),
+  "resnet34": ("basic", (3, 4, 6, 3)),
+  "resnet50": ("bottleneck", (3, 4, 6, 3)),
+  "resnet101": ("bottleneck", (3, 4, 23, 3)),
+  "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
 
 
 def _c(channels: int, width: float) -> int:
@@ -45,13 +49,14 @@ def _vgg_stages(name: str, width: float, bn: bool) -> tuple[list[nn.Module], int
     if width != 1.0:
       raise ImportError
     import torchvision
+
     features = list(getattr(torchvision.models, name + ("_bn" if bn else ""))().features)
   except ImportError:
     features, cin = [], 3
     for block, depth in enumerate(VGG_DEPTHS[name]):
       if block:
         features.append(nn.MaxPool2d(2, 2))
-      cout = _c(min(64 * 2 ** block, 512), width)
+      cout = _c(min(64 * 2**block, 512), width)
       for _ in range(depth):
         features += [nn.Conv2d(cin, cout, 3, padding=1)] + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU(True)]
         cin = cout
@@ -71,14 +76,29 @@ class _Block(nn.Module):
     super().__init__()
     out = planes * (4 if kind == "bottleneck" else 1)
     if kind == "basic":
-      self.body = nn.Sequential(nn.Conv2d(cin, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes),
-                                nn.ReLU(True), nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes))
+      self.body = nn.Sequential(
+        nn.Conv2d(cin, planes, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(planes),
+        nn.ReLU(True),
+        nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(planes),
+      )
     else:
-      self.body = nn.Sequential(nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(True),
-                                nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes),
-                                nn.ReLU(True), nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out))
-    self.downsample = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                       if stride != 1 or cin != out else None)
+      self.body = nn.Sequential(
+        nn.Conv2d(cin, planes, 1, bias=False),
+        nn.BatchNorm2d(planes),
+        nn.ReLU(True),
+        nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(planes),
+        nn.ReLU(True),
+        nn.Conv2d(planes, out, 1, bias=False),
+        nn.BatchNorm2d(out),
+      )
+    self.downsample = (
+      nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+      if stride != 1 or cin != out
+      else None
+    )
 
   def forward(self, x):
     return torch.relu(self.body(x) + (x if self.downsample is None else self.downsample(x)))
@@ -89,16 +109,18 @@ def _resnet_stages(name: str, width: float) -> tuple[list[nn.Module], int]:
     if width != 1.0:
       raise ImportError
     import torchvision
+
     m = getattr(torchvision.models, name)()
     stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
     return [stem, m.layer1, m.layer2, m.layer3, m.layer4], m.fc.in_features
   except ImportError:
     kind, depths = RESNET[name]
     cin = _c(64, width)
-    stages = [nn.Sequential(nn.Conv2d(3, cin, 7, 2, 3, bias=False), nn.BatchNorm2d(cin), nn.ReLU(True),
-                            nn.MaxPool2d(3, 2, 1))]
+    stages = [
+      nn.Sequential(nn.Conv2d(3, cin, 7, 2, 3, bias=False), nn.BatchNorm2d(cin), nn.ReLU(True), nn.MaxPool2d(3, 2, 1))
+    ]
     for i, depth in enumerate(depths):
-      planes, blocks = _c(64 * 2 ** i, width), []
+      planes, blocks = _c(64 * 2**i, width), []
       for j in range(depth):
         blocks.append(_Block(kind, cin, planes, 2 if i and not j else 1))
         cin = planes * (4 if kind == "bottleneck" else 1)

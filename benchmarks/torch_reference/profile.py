@@ -38,14 +38,30 @@ def device_events(prof, device: str) -> list[dict]:
       prof.export_chrome_trace(path)
       with open(path) as f:
         events = json.load(f)["traceEvents"]
-    return [{"name": e["name"], "dur": e["dur"]} for e in events
-            if e.get("ph") == "X" and e.get("cat") in DEVICE_EVENTS]
-  return [{"name": a.key, "dur": a.self_cpu_time_total / a.count} for a in prof.key_averages()
-          if a.self_cpu_time_total > 0 for _ in range(a.count)]  # one event a call, as in a trace
+    return [
+      {"name": e["name"], "dur": e["dur"]} for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_EVENTS
+    ]
+  return [
+    {"name": a.key, "dur": a.self_cpu_time_total / a.count}
+    for a in prof.key_averages()
+    if a.self_cpu_time_total > 0
+    for _ in range(a.count)
+  ]  # one event a call, as in a trace
 
 
-def profile(scheme: str, backbone: str, res: int, batch: int, *, mode: str = "eager", steps: int = 5,
-            warmup: int = 3, top: int = 25, device: str = "cuda", width: float = 1.0) -> tuple[str, dict]:
+def profile(
+  scheme: str,
+  backbone: str,
+  res: int,
+  batch: int,
+  *,
+  mode: str = "eager",
+  steps: int = 5,
+  warmup: int = 3,
+  top: int = 25,
+  device: str = "cuda",
+  width: float = 1.0,
+) -> tuple[str, dict]:
   step = setup(scheme, backbone, res, batch, mode=mode, device=device, width=width)
   for _ in range(warmup):
     step()
@@ -61,15 +77,20 @@ def profile(scheme: str, backbone: str, res: int, batch: int, *, mode: str = "ea
   wall_ms = (time.perf_counter() - start) * 1e3 / steps  # includes the profiler's own cost
   text, totals = summarise(device_events(prof, device), steps, top)
   name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-  head = (f"PyTorch {mode} {scheme} {backbone} {res} px, batch {batch}, {name}: {wall_ms:.2f} ms/step wall (under the "
-          f"profiler), device busy {totals['busy_ms']:.2f} ms/step over {totals['operations']} "
-          f"{'kernels' if device == 'cuda' else 'operators'}")
+  head = (
+    f"PyTorch {mode} {scheme} {backbone} {res} px, batch {batch}, {name}: {wall_ms:.2f} ms/step wall (under the "
+    f"profiler), device busy {totals['busy_ms']:.2f} ms/step over {totals['operations']} "
+    f"{'kernels' if device == 'cuda' else 'operators'}"
+  )
   return head + "\n\n" + text, totals
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.profile", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.torch_reference.profile",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   profile_arguments(p)
   p.add_argument("--mode", default="eager", choices=tuple(MODES))
   p.add_argument("--cpu", action="store_true", help="toy sizes on the CPU (width 1/16, 32 px, batch 2, float32)")
@@ -79,8 +100,18 @@ def main(argv=None) -> int:
     device, width, args.res, args.batch, args.steps, args.warmup = "cpu", 1 / 16, 32, 2, 2, 1
   elif device == "cpu":
     p.error("no CUDA device: profiling the full size on a CPU says nothing about a GPU; pass --cpu for the toy run")
-  text, _ = profile(args.scheme, args.backbone, args.res, args.batch, mode=args.mode, steps=args.steps,
-                    warmup=args.warmup, top=args.top, device=device, width=width)
+  text, _ = profile(
+    args.scheme,
+    args.backbone,
+    args.res,
+    args.batch,
+    mode=args.mode,
+    steps=args.steps,
+    warmup=args.warmup,
+    top=args.top,
+    device=device,
+    width=width,
+  )
   print(text)
   return 0
 

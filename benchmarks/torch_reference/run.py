@@ -28,7 +28,6 @@ import torch
 from benchmarks.throughput import CPU, LARGEST_BATCH, standard  # no JAX import: the table's sizes only
 from benchmarks.torch_reference.schemes import build
 
-
 # --mode -> torch.compile's mode (None: eager, no compilation).
 MODES = {"eager": None, "compile": "default", "graphs": "reduce-overhead", "autotune": "max-autotune"}
 
@@ -53,8 +52,11 @@ def setup(scheme, backbone, res, batch, *, mode="eager", device="cuda", width=1.
   forward = model if MODES[mode] is None else torch.compile(model, mode=MODES[mode])
   model.train(train)
   # CUDA graphs keep their outputs in a static pool: a new step must say so, or the next replay overwrites them.
-  mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None) if device == "cuda" and mode in (
-      "graphs", "autotune") else None
+  mark = (
+    getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if device == "cuda" and mode in ("graphs", "autotune")
+    else None
+  )
 
   def step():
     if mark is not None:
@@ -77,10 +79,23 @@ def sgd_options(device: str) -> dict:
   return {"fused": True} if device == "cuda" else {"foreach": True}
 
 
-def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", device="cuda", width=1.0,
-            num_classes=200, train=True) -> dict:
-  step = setup(scheme, backbone, res, batch, mode=mode, device=device, width=width, num_classes=num_classes,
-               train=train)
+def measure(
+  scheme,
+  backbone,
+  res,
+  batch,
+  *,
+  steps=50,
+  warmup=5,
+  mode="eager",
+  device="cuda",
+  width=1.0,
+  num_classes=200,
+  train=True,
+) -> dict:
+  step = setup(
+    scheme, backbone, res, batch, mode=mode, device=device, width=width, num_classes=num_classes, train=train
+  )
   start = time.perf_counter()
   for _ in range(warmup):
     step()
@@ -93,11 +108,23 @@ def measure(scheme, backbone, res, batch, *, steps=50, warmup=5, mode="eager", d
     _sync(device)
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "mode": mode, "device": device,
-          "train": train, "step_ms_median": 1e3 * median, "images_per_s": batch / median,
-          "peak_mem_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
-          "compile_s": warm_s if MODES[mode] else None, "steps": steps, "warmup": warmup,
-          "optimizer": "sgd " + next(iter(sgd_options(device))), "torch": torch.__version__}
+  return {
+    "scheme": scheme,
+    "backbone": backbone,
+    "res": res,
+    "batch": batch,
+    "mode": mode,
+    "device": device,
+    "train": train,
+    "step_ms_median": 1e3 * median,
+    "images_per_s": batch / median,
+    "peak_mem_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+    "compile_s": warm_s if MODES[mode] else None,
+    "steps": steps,
+    "warmup": warmup,
+    "optimizer": "sgd " + next(iter(sgd_options(device))),
+    "torch": torch.__version__,
+  }
 
 
 def measure_eval(*args, **kwargs) -> dict:
@@ -106,20 +133,30 @@ def measure_eval(*args, **kwargs) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference.run", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m benchmarks.torch_reference.run",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--scheme", choices=("baseline", "abn", "macnn", "racnn"))
   p.add_argument("--all", action="store_true", help="the standard table (benchmarks/throughput.py's), one process")
-  p.add_argument("--largest", choices=sorted(LARGEST_BATCH),
-                 help="with --all: at the largest batches that fit JAX's step on this card (throughput.LARGEST_BATCH)")
+  p.add_argument(
+    "--largest",
+    choices=sorted(LARGEST_BATCH),
+    help="with --all: at the largest batches that fit JAX's step on this card (throughput.LARGEST_BATCH)",
+  )
   p.add_argument("--json", help="append the results (one object per line) to this file")
   p.add_argument("--cpu", action="store_true", help="with --all: its toy version on the CPU (a smoke test)")
   p.add_argument("--backbone", default="vgg19")
   p.add_argument("--res", type=int, default=448)
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--mode", default="eager", choices=tuple(MODES),
-                 help="eager, or torch.compile: 'compile' (default mode), 'graphs' (reduce-overhead: CUDA graphs), "
-                      "'autotune' (max-autotune)")
+  p.add_argument(
+    "--mode",
+    default="eager",
+    choices=tuple(MODES),
+    help="eager, or torch.compile: 'compile' (default mode), 'graphs' (reduce-overhead: CUDA graphs), "
+    "'autotune' (max-autotune)",
+  )
   p.add_argument("--steps", type=int, help="timed steps (default 50; --cpu: 3)")
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--width", type=float, default=1.0)
@@ -138,14 +175,30 @@ def main(argv=None) -> int:
   failed = False
   for scheme, backbone, res, batch in runs:
     try:
-      r = measure(scheme, backbone, res, batch, steps=args.steps, warmup=args.warmup, mode=args.mode,
-                  device=args.device, width=args.width, train=not args.eval)
+      r = measure(
+        scheme,
+        backbone,
+        res,
+        batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        mode=args.mode,
+        device=args.device,
+        width=args.width,
+        train=not args.eval,
+      )
     except Exception as e:  # e.g. out of memory, or torch.compile lacking a compiler: say so, measure the rest
       if not args.all:
         raise
       failed = True
-      r = {"scheme": scheme, "backbone": backbone, "res": res, "batch": batch, "mode": args.mode,
-           "error": f"{type(e).__name__}: {str(e)[:300]}"}
+      r = {
+        "scheme": scheme,
+        "backbone": backbone,
+        "res": res,
+        "batch": batch,
+        "mode": args.mode,
+        "error": f"{type(e).__name__}: {str(e)[:300]}",
+      }
     if args.device == "cuda":
       torch.cuda.empty_cache()
     print(json.dumps(r), flush=True)

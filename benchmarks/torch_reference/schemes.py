@@ -7,8 +7,9 @@ benchmarks/throughput.py weighs ours; the pretraining regressions left out on bo
               ReLU; logits: 1x1 conv K -> K, global average pool; map: 1x1 conv K -> 1 -> BN -> sigmoid) and the
               perception branch on g * (1 + M); CE of both (ResNet: branch after layer3; VGG: after the last block)
     macnn     the 'cub' preset: grouping FCs per part on the last conv stage, centred part maps, map-weighted part
-              features, part classifiers, Dis + 2 Div, part crops (squares of 128/448 of the side on the maps' peaks) and the object crop (the
-              SCDA box) resampled to part_input, one backbone per stream, the joint classifier
+              features, part classifiers, Dis + 2 Div, part crops (squares of 128/448 of the side on the maps'
+              peaks) and the object crop (the SCDA box) resampled to part_input, one backbone per stream, the joint
+              classifier
     racnn     three backbones; APN (7x7 pool -> FC 1024 -> tanh -> FC 3 -> sigmoid -> the kept-inside square,
               half side in [1/4, 1/2] of the side); soft box mask (k = 10 per pixel) times the image,
               resampled bilinearly to scale_input; CE per scale, ranking loss on probabilities, fused CE
@@ -45,8 +46,9 @@ def crop_resize_many(images, boxes, size: int):
   xs = boxes[..., 0:1] + t * (boxes[..., 2:3] - boxes[..., 0:1])  # (B, N, size)
   ys = boxes[..., 1:2] + t * (boxes[..., 3:4] - boxes[..., 1:2])
   grid = torch.stack(torch.broadcast_tensors(xs[:, :, None, :] / w * 2 - 1, ys[:, :, :, None] / h * 2 - 1), dim=-1)
-  out = F.grid_sample(images, grid.reshape(b, n * size, size, 2), mode="bilinear", padding_mode="zeros",
-                      align_corners=False)
+  out = F.grid_sample(
+    images, grid.reshape(b, n * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+  )
   return out.reshape(b, -1, n, size, size).permute(2, 0, 1, 3, 4)
 
 
@@ -93,8 +95,11 @@ class ABN(nn.Module):
 
 
 def _normalised_grid(h, w, device, dtype):
-  ys, xs = torch.meshgrid((torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
-                          (torch.arange(w, device=device, dtype=dtype) + 0.5) / w, indexing="ij")
+  ys, xs = torch.meshgrid(
+    (torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
+    (torch.arange(w, device=device, dtype=dtype) + 0.5) / w,
+    indexing="ij",
+  )
   return xs, ys
 
 
@@ -139,13 +144,13 @@ def _object_boxes(f, hw):
 
 
 class MACNN(nn.Module):
-  def __init__(self, name, num_classes, width, num_parts=4, part_input=224, crop_fraction=128 / 448,
-               object_crop=True):
+  def __init__(self, name, num_classes, width, num_parts=4, part_input=224, crop_fraction=128 / 448, object_crop=True):
     super().__init__()
     self.net, self.part_input, self.crop_fraction = backbone(name, num_classes, width), part_input, crop_fraction
     c = self.net.width
-    self.grouping = nn.ModuleList([nn.Sequential(nn.Linear(c, c), nn.Tanh(), nn.Linear(c, c), nn.Sigmoid())
-                                   for _ in range(num_parts)])
+    self.grouping = nn.ModuleList(
+      [nn.Sequential(nn.Linear(c, c), nn.Tanh(), nn.Linear(c, c), nn.Sigmoid()) for _ in range(num_parts)]
+    )
     self.part_fc = nn.ModuleList([nn.Linear(c, num_classes) for _ in range(num_parts)])
     self.part_nets = nn.ModuleList([backbone(name, num_classes, width) for _ in range(num_parts)])
     self.object_net = backbone(name, num_classes, width) if object_crop else None
@@ -160,11 +165,11 @@ class MACNN(nn.Module):
     centred = f - f.mean(dim=(2, 3), keepdim=True)
     maps = torch.relu(torch.tanh(torch.einsum("bchw,bnc->bnhw", centred, d) / f.shape[1])).float()
     # The map-weighted mean of the features (ours: MACNN.pool_parts, part_pooling='weighted')
-    part_feats = (torch.einsum("bnhw,bchw->bnc", maps.to(f.dtype), f)
-                  / maps.sum(dim=(2, 3)).clamp_min(1e-6)[..., None].to(f.dtype))
+    part_feats = torch.einsum("bnhw,bchw->bnc", maps.to(f.dtype), f) / maps.sum(dim=(2, 3)).clamp_min(1e-6)[
+      ..., None
+    ].to(f.dtype)
     loss = F.cross_entropy(obj_logits, y) + channel_grouping_loss(maps)
-    loss = loss + sum(F.cross_entropy(fc(part_feats[:, i]), y) for i, fc in enumerate(self.part_fc)) / len(
-        self.part_fc)
+    loss = loss + sum(F.cross_entropy(fc(part_feats[:, i]), y) for i, fc in enumerate(self.part_fc)) / len(self.part_fc)
     with torch.no_grad():
       boxes = _squares(_peaks(maps, hw), self.crop_fraction * min(hw) / 2, hw)  # (B, N, 4)
     pre, stream_losses = [obj_pre], []
@@ -191,15 +196,35 @@ def box_mask(boxes, hw, k=10.0):
 
 
 class RACNN(nn.Module):
-  def __init__(self, name, num_classes, width, num_scales=3, scale_input=224, apn_grid=7, apn_hidden=1024, k=10.0,
-               min_half=0.25, max_half=0.5):
+  def __init__(
+    self,
+    name,
+    num_classes,
+    width,
+    num_scales=3,
+    scale_input=224,
+    apn_grid=7,
+    apn_hidden=1024,
+    k=10.0,
+    min_half=0.25,
+    max_half=0.5,
+  ):
     super().__init__()
     self.nets = nn.ModuleList([backbone(name, num_classes, width) for _ in range(num_scales)])
     c = self.nets[0].width
-    self.apns = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(apn_grid), nn.Flatten(),
-                                             nn.Linear(c * apn_grid ** 2, apn_hidden), nn.Tanh(),
-                                             nn.Linear(apn_hidden, 3), nn.Sigmoid())
-                               for _ in range(num_scales - 1)])
+    self.apns = nn.ModuleList(
+      [
+        nn.Sequential(
+          nn.AdaptiveAvgPool2d(apn_grid),
+          nn.Flatten(),
+          nn.Linear(c * apn_grid**2, apn_hidden),
+          nn.Tanh(),
+          nn.Linear(apn_hidden, 3),
+          nn.Sigmoid(),
+        )
+        for _ in range(num_scales - 1)
+      ]
+    )
     self.fused = nn.Linear(c * num_scales, num_classes)
     self.scale_input, self.k, self.min_half, self.max_half = scale_input, k, min_half, max_half
 

@@ -89,15 +89,21 @@ class Source:
     ex = self._example(int(index))
     box = ex.get("box")
     parts = ex.get("parts")
-    attributes = {"attributes": np.asarray(ex["attributes"], np.int32).reshape(len(self.attribute_classes))} \
-        if self.attribute_classes else {}
+    attributes = (
+      {"attributes": np.asarray(ex["attributes"], np.int32).reshape(len(self.attribute_classes))}
+      if self.attribute_classes
+      else {}
+    )
     return attributes | {
-        "image": ex["image"],
-        "label": int(ex["label"]),
-        "box": np.full(4, np.nan, np.float32) if box is None else np.asarray(box, np.float32).reshape(4),
-        "parts": (np.full((self.num_parts, 2), np.nan, np.float32) if parts is None
-                  else np.asarray(parts, np.float32).reshape(self.num_parts, 2)),
-        "index": int(index),
+      "image": ex["image"],
+      "label": int(ex["label"]),
+      "box": np.full(4, np.nan, np.float32) if box is None else np.asarray(box, np.float32).reshape(4),
+      "parts": (
+        np.full((self.num_parts, 2), np.nan, np.float32)
+        if parts is None
+        else np.asarray(parts, np.float32).reshape(self.num_parts, 2)
+      ),
+      "index": int(index),
     }
 
   def __repr__(self):
@@ -110,8 +116,7 @@ def _where(source: Source) -> str:
 
 def check_nonempty(source: Source, split: str) -> Source:
   if len(source) == 0:
-    raise DataError(f"The {split!r} split of {_where(source)} is empty: check the data directory and the split "
-                    "name.")
+    raise DataError(f"The {split!r} split of {_where(source)} is empty: check the data directory and the split name.")
   return source
 
 
@@ -135,6 +140,8 @@ def check_decodable(source: Source, split: str) -> Source:
     if error is None:
       return source
     first = first or f"{source.describe(i)}: {error}"
-  raise DataError(f"No image of the {split!r} split of {_where(source)} could be decoded ({len(source)} tried; "
-                  f"the first, {first}): check that the files are images, not e.g. Git LFS pointers or partial "
-                  "downloads.")
+  raise DataError(
+    f"No image of the {split!r} split of {_where(source)} could be decoded ({len(source)} tried; "
+    f"the first, {first}): check that the files are images, not e.g. Git LFS pointers or partial "
+    "downloads."
+  )

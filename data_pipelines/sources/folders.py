@@ -37,8 +37,10 @@ ARCHIVE_LEFTOVERS = ("__MACOSX",)
 
 def _check_split(source: type | Source, split: str, valid) -> None:
   if split not in valid:
-    raise DataError(f"{source.name}: unknown split {split!r}; valid splits: {', '.join(valid)} (set "
-                    "--config.data.train_split or --config.data.eval_split to one of them)")
+    raise DataError(
+      f"{source.name}: unknown split {split!r}; valid splits: {', '.join(valid)} (set "
+      "--config.data.train_split or --config.data.eval_split to one of them)"
+    )
 
 
 def _root(root, title: str, url: str | None = None) -> Path:
@@ -50,10 +52,15 @@ def _root(root, title: str, url: str | None = None) -> Path:
 
 def _missing(base: Path, expected) -> list[str]:
   """The expected entries absent under base; 'x/' must be a folder, a tuple means any one of its entries."""
+
   def there(entry):
     return (base / entry).is_dir() if entry.endswith("/") else (base / entry).is_file()
-  return [" or ".join(e) if isinstance(e, tuple) else e
-          for e in expected if not any(there(x) for x in (e if isinstance(e, tuple) else (e,)))]
+
+  return [
+    " or ".join(e) if isinstance(e, tuple) else e
+    for e in expected
+    if not any(there(x) for x in (e if isinstance(e, tuple) else (e,)))
+  ]
 
 
 def _locate(root, expected, *, title: str, url: str, folder: str, subdir: str | None = None) -> Path:
@@ -72,8 +79,9 @@ def _locate(root, expected, *, title: str, url: str, folder: str, subdir: str | 
     problem = f"{base} lacks {', '.join(_missing(base, expected))}"
   also = f" (or in its subfolder {subdir}/)" if subdir else ""
   raise DataError(
-      f"{title} not found: {problem}. Expected in the data root{also}: {names}. Download the data set from "
-      f"{url}, extract it and point the config at the extracted folder: --config.data.root=/path/to/{folder}")
+    f"{title} not found: {problem}. Expected in the data root{also}: {names}. Download the data set from "
+    f"{url}, extract it and point the config at the extracted folder: --config.data.root=/path/to/{folder}"
+  )
 
 
 def _rows(path: Path, ncols: int, rest: bool = False) -> list[list[str]]:
@@ -158,22 +166,28 @@ def _check_classes_have_images(root: Path, class_names: list[str], folders: list
   empty = [c for c in class_names if not any(next(_walk_images(f / c), None) for f in folders if (f / c).is_dir())]
   if empty:
     shown = ", ".join(empty[:10]) + (f" ... ({len(empty)} in all)" if len(empty) > 10 else "")
-    raise DataError(f"image folder: class folder(s) in {root} without a single image ({', '.join(IMAGE_EXTENSIONS)}):"
-                    f" {shown}. Add their images or remove the folders: each folder is a class.")
+    raise DataError(
+      f"image folder: class folder(s) in {root} without a single image ({', '.join(IMAGE_EXTENSIONS)}):"
+      f" {shown}. Add their images or remove the folders: each folder is a class."
+    )
 
 
 def _check_fractions(title: str, val_fraction: float, test_fraction: float) -> None:
   """The split of a data set that ships without one (configs/common.py: data.split)."""
   if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-    raise DataError(f"{title}: val_fraction {val_fraction} and test_fraction {test_fraction} must be non-negative and "
-                    "leave some of each class for training: set --config.data.split.val_fraction and "
-                    "--config.data.split.test_fraction (e.g. 0.1 each)")
+    raise DataError(
+      f"{title}: val_fraction {val_fraction} and test_fraction {test_fraction} must be non-negative and "
+      "leave some of each class for training: set --config.data.split.val_fraction and "
+      "--config.data.split.test_fraction (e.g. 0.1 each)"
+    )
 
 
 def _check_top_classes(title: str, top_classes: int) -> None:
   if isinstance(top_classes, bool) or not isinstance(top_classes, (int, np.integer)) or top_classes < 0:
-    raise DataError(f"{title}: top_classes={top_classes!r} must be a whole number, 0 (every class) or more: set "
-                    "--config.data.top_classes")
+    raise DataError(
+      f"{title}: top_classes={top_classes!r} must be a whole number, 0 (every class) or more: set "
+      "--config.data.top_classes"
+    )
 
 
 def _top_classes(counts, top_classes: int) -> list[int]:
@@ -187,8 +201,9 @@ def _top_classes(counts, top_classes: int) -> list[int]:
 def _stratified_pick(labels, split: str, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
   """The sorted indices of `split` ('train', 'val', 'test' or 'trainval' = train + val) in the class-stratified split
   of `labels`: the same for every process and call given the same labels, fractions and seed."""
-  parts = stratified_split(labels, {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
-                                    "test": test_fraction}, seed)
+  parts = stratified_split(
+    labels, {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}, seed
+  )
   return np.sort(np.concatenate([parts["train"], parts["val"]])) if split == "trainval" else parts[split]
 
 
@@ -215,15 +230,19 @@ class _FileSource(Source):
     bad = (self._labels < 0) | (self._labels >= self.num_classes)
     if bad.any():
       i = int(np.flatnonzero(bad)[0])
-      raise DataError(f"{self.name}: label {self._labels[i] + 1} (1-based) of {self._paths[i]} is outside the "
-                      f"{self.num_classes} classes")
+      raise DataError(
+        f"{self.name}: label {self._labels[i] + 1} (1-based) of {self._paths[i]} is outside the "
+        f"{self.num_classes} classes"
+      )
     check_nonempty(self, split)
     # Only the first few files are looked at (not 10k stats on a network disk): none of them there means an image
     # folder in the wrong place; a missing file or two is skipped when its example is read, naming the file.
     if not any(os.path.isfile(p) for p in self._paths[:20]):
-      raise DataError(f"{self.name}: the annotations list images that are not there (none of the first "
-                      f"{min(20, len(self._paths))}), e.g. {self._paths[0]}; check that the image archive is "
-                      "extracted inside the data root")
+      raise DataError(
+        f"{self.name}: the annotations list images that are not there (none of the first "
+        f"{min(20, len(self._paths))}), e.g. {self._paths[0]}; check that the image archive is "
+        "extracted inside the data root"
+      )
 
   def __len__(self) -> int:
     return len(self._paths)
@@ -242,9 +261,12 @@ class _FileSource(Source):
   def _example(self, index: int) -> dict:
     with open(self._paths[index], "rb") as f:
       raw = f.read()
-    return {"image": raw, "label": self._labels[index],
-            "box": None if self._boxes is None else self._boxes[index],
-            "parts": None if self._parts is None else self._parts[index]}
+    return {
+      "image": raw,
+      "label": self._labels[index],
+      "box": None if self._boxes is None else self._boxes[index],
+      "parts": None if self._parts is None else self._parts[index],
+    }
 
 
 def _one_based_box(xmin, ymin, xmax, ymax) -> tuple[float, float, float, float]:
@@ -269,19 +291,27 @@ class CUB(_FileSource):
   name = "cub"
   SPLITS = ("train", "test")
   num_parts = 15
-  EXPECTED = ("images/", "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
-              "classes.txt", "parts/part_locs.txt")
+  EXPECTED = (
+    "images/",
+    "images.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "classes.txt",
+    "parts/part_locs.txt",
+  )
 
   def __init__(self, root, split: str):
     _check_split(self, split, self.SPLITS)
-    base = _locate(root, self.EXPECTED, title="CUB-200-2011", url=CUB_URL, folder="CUB_200_2011",
-                   subdir="CUB_200_2011")
+    base = _locate(root, self.EXPECTED, title="CUB-200-2011", url=CUB_URL, folder="CUB_200_2011", subdir="CUB_200_2011")
     images = _rows(base / "images.txt", 2)
     is_train = dict(_rows(base / "train_test_split.txt", 2))
     odd = sorted(set(is_train.values()) - {"0", "1"})
     if odd:  # otherwise those images would silently belong to neither split
-      raise DataError(f"{base / 'train_test_split.txt'}: the second column holds {', '.join(odd[:3])}; CUB's is 1 "
-                      "(train) or 0 (test): restore the file from the data set's archive")
+      raise DataError(
+        f"{base / 'train_test_split.txt'}: the second column holds {', '.join(odd[:3])}; CUB's is 1 "
+        "(train) or 0 (test): restore the file from the data set's archive"
+      )
     want = "1" if split == "train" else "0"
     ids = [i for i, _ in images if _lookup(is_train, i, base / "train_test_split.txt") == want]
     row = {i: n for n, i in enumerate(ids)}
@@ -334,8 +364,14 @@ class Aircraft(_FileSource):
       raise DataError(f"aircraft: unknown level {level!r}; valid levels: {', '.join(self.LEVELS)}")
     listing = f"data/images_{level}_{split}.txt"
     expected = ("data/images/", f"data/{self.LEVELS[level]}", listing, "data/images_box.txt")
-    base = _locate(root, expected, title="FGVC-Aircraft", url=AIRCRAFT_URL, folder="fgvc-aircraft-2013b",
-                   subdir="fgvc-aircraft-2013b")
+    base = _locate(
+      root,
+      expected,
+      title="FGVC-Aircraft",
+      url=AIRCRAFT_URL,
+      folder="fgvc-aircraft-2013b",
+      subdir="fgvc-aircraft-2013b",
+    )
     data = base / "data"
     with open(data / self.LEVELS[level], encoding="utf-8") as f:
       class_names = [line.strip() for line in f if line.strip()]
@@ -346,18 +382,25 @@ class Aircraft(_FileSource):
     if unknown:
       raise DataError(f"{base / listing} names classes missing from {data / self.LEVELS[level]}: {unknown[:5]}")
     box_rows = _rows(data / "images_box.txt", 5)
-    box_of = {r[0]: _one_based_box(*b) for r, b in zip(box_rows, _numbers(data / "images_box.txt",
-                                                                          [r[1:] for r in box_rows]))}
+    box_of = {
+      r[0]: _one_based_box(*b) for r, b in zip(box_rows, _numbers(data / "images_box.txt", [r[1:] for r in box_rows]))
+    }
     nan_box = (np.nan,) * 4
-    self._set(split, base, [data / "images" / f"{i}.jpg" for i, _ in rows], [index[name] for _, name in rows],
-              class_names, [box_of.get(i, nan_box) for i, _ in rows])
+    self._set(
+      split,
+      base,
+      [data / "images" / f"{i}.jpg" for i, _ in rows],
+      [index[name] for _, name in rows],
+      class_names,
+      [box_of.get(i, nan_box) for i, _ in rows],
+    )
     self.level = level
 
   def load_image(self, raw) -> np.ndarray:
     img = decode_image(raw)
     if img.shape[0] <= self.BANNER_ROWS:
       raise ValueError(f"image of {img.shape[0]} rows is no taller than the {self.BANNER_ROWS}-row banner")
-    return img[:-self.BANNER_ROWS]
+    return img[: -self.BANNER_ROWS]
 
 
 class Cars(_FileSource):
@@ -370,20 +413,26 @@ class Cars(_FileSource):
 
   def __init__(self, root, split: str):
     _check_split(self, split, self.SPLITS)
-    annos = ("devkit/cars_train_annos.mat" if split == "train"
-             else ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat"))
+    annos = (
+      "devkit/cars_train_annos.mat"
+      if split == "train"
+      else ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat")
+    )
     expected = ("devkit/cars_meta.mat", annos, f"cars_{split}/")
     try:
-      base = _locate(root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars",
-                     subdir="stanford_cars")  # (torchvision's layout: root/stanford_cars/)
+      base = _locate(
+        root, expected, title="Stanford Cars", url=CARS_URL, folder="stanford_cars", subdir="stanford_cars"
+      )  # (torchvision's layout: root/stanford_cars/)
     except DataError as e:
       if split != "test" or not root:
         raise
       r = _root(root, "Stanford Cars", CARS_URL)
       if any((b / "devkit" / "cars_test_annos.mat").is_file() for b in (r, r / "stanford_cars")):
-        raise DataError(f"{e} The devkit's cars_test_annos.mat holds no class labels: the test labels are the "
-                        "separate file cars_test_annos_withlabels.mat (from the same page), in the data root or "
-                        "devkit/.") from None
+        raise DataError(
+          f"{e} The devkit's cars_test_annos.mat holds no class labels: the test labels are the "
+          "separate file cars_test_annos_withlabels.mat (from the same page), in the data root or "
+          "devkit/."
+        ) from None
       raise
     annos_path = next(base / a for a in ((annos,) if isinstance(annos, str) else annos) if (base / a).is_file())
     meta_path = base / "devkit" / "cars_meta.mat"
@@ -398,8 +447,9 @@ class Cars(_FileSource):
     if (images / f"cars_{split}").is_dir():  # the Kaggle mirror's extra level
       images = images / f"cars_{split}"
     boxes = [_one_based_box(*b) for b in zip(col["bbox_x1"], col["bbox_y1"], col["bbox_x2"], col["bbox_y2"])]
-    self._set(split, base, [images / str(f) for f in col["fname"]], [int(c) - 1 for c in col["class"]], class_names,
-              boxes)
+    self._set(
+      split, base, [images / str(f) for f in col["fname"]], [int(c) - 1 for c in col["class"]], class_names, boxes
+    )
 
 
 class Dogs(_FileSource):
@@ -415,8 +465,9 @@ class Dogs(_FileSource):
   def __init__(self, root, split: str):
     _check_split(self, split, self.SPLITS)
     listing = f"{split}_list.mat"
-    base = _locate(root, ("Images/", listing), title="Stanford Dogs", url=DOGS_URL, folder="stanford_dogs",
-                   subdir="stanford_dogs")
+    base = _locate(
+      root, ("Images/", listing), title="Stanford Dogs", url=DOGS_URL, folder="stanford_dogs", subdir="stanford_dogs"
+    )
     table = _loadmat(base / listing)
     files = [str(f) for f in _mat_column(table, "file_list", base / listing)]
     labels = [int(v) - 1 for v in _mat_column(table, "labels", base / listing)]
@@ -424,12 +475,15 @@ class Dogs(_FileSource):
     for f, label in zip(files, labels):
       folder = f.replace("\\", "/").split("/")[0]
       if not 0 <= label < len(folders) or folders[label] != folder:
-        raise DataError(f"{base / listing}: {f} has label {label + 1}, which is not its folder's place among the "
-                        f"{len(folders)} sorted class folders of {base / 'Images'}")
+        raise DataError(
+          f"{base / listing}: {f} has label {label + 1}, which is not its folder's place among the "
+          f"{len(folders)} sorted class folders of {base / 'Images'}"
+        )
     self._annotations = None
     if (base / "Annotation").is_dir() and "annotation_list" in table:
-      self._annotations = [str(base / "Annotation" / str(a))
-                           for a in _mat_column(table, "annotation_list", base / listing)]
+      self._annotations = [
+        str(base / "Annotation" / str(a)) for a in _mat_column(table, "annotation_list", base / listing)
+      ]
     self._set(split, base, [base / "Images" / f for f in files], labels, [f.split("-", 1)[-1] for f in folders])
 
   def _example(self, index: int) -> dict:
@@ -442,8 +496,9 @@ class Dogs(_FileSource):
 def _voc_union_box(path: str):
   """The smallest box holding every <object><bndbox> of a VOC XML file, or None if there is none to read."""
   try:
-    boxes = [[float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-             for b in ET.parse(path).getroot().iter("bndbox")]
+    boxes = [
+      [float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")] for b in ET.parse(path).getroot().iter("bndbox")
+    ]
   except (OSError, ET.ParseError, TypeError, ValueError):
     return None  # an annotation is optional: the box is then unknown, the image is still used
   if not boxes:
@@ -464,11 +519,14 @@ class ImageFolder(_FileSource):
   SPLIT_DIRS = ("train", "val", "test")
   makes_split = True
 
-  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-               top_classes: int = 0):
+  def __init__(
+    self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, top_classes: int = 0
+  ):
     root = _root(root, "image folder")
-    layout = ("one folder per class holding its images, root/<class>/<image>.jpg, or root/<split>/<class>/<image> "
-              f"with split in {', '.join(self.SPLIT_DIRS)}; set --config.data.root=/path/to/root")
+    layout = (
+      "one folder per class holding its images, root/<class>/<image>.jpg, or root/<split>/<class>/<image> "
+      f"with split in {', '.join(self.SPLIT_DIRS)}; set --config.data.root=/path/to/root"
+    )
     if not root.is_dir():
       raise DataError(f"image folder: {root} does not exist. Expected {layout}")
     _check_top_classes("image folder", top_classes)
@@ -479,11 +537,13 @@ class ImageFolder(_FileSource):
       class_names = sorted(set().union(*(_subfolders(root / s) for s in present)))
       _check_classes_have_images(root, class_names, [root / s for s in present])
       if top_classes:  # counted over every split folder, so that each split keeps the same classes
-        counts = [sum(sum(1 for _ in _walk_images(root / s / c)) for s in present if (root / s / c).is_dir())
-                  for c in class_names]
+        counts = [
+          sum(sum(1 for _ in _walk_images(root / s / c)) for s in present if (root / s / c).is_dir())
+          for c in class_names
+        ]
         class_names = [class_names[k] for k in _top_classes(counts, top_classes)]
       paths, labels = [], []
-      for s in (["train", "val"] if split == "trainval" else [split]):
+      for s in ["train", "val"] if split == "trainval" else [split]:
         for k, c in enumerate(class_names):
           files = _image_files(root / s / c) if (root / s / c).is_dir() else []
           paths += files
@@ -523,11 +583,14 @@ class Landmarks(_FileSource):
   SPLITS = ("train", "val", "test", "trainval")
   makes_split = True
   TITLE = "Google Landmarks v2"
-  LAYOUT = ("train.csv (header id,url,landmark_id) and the images at train/<a>/<b>/<c>/<id>.jpg, a, b and c being "
-            "the id's first three characters (each images_NNN.tar extracted inside train/)")
+  LAYOUT = (
+    "train.csv (header id,url,landmark_id) and the images at train/<a>/<b>/<c>/<id>.jpg, a, b and c being "
+    "the id's first three characters (each images_NNN.tar extracted inside train/)"
+  )
 
-  def __init__(self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-               top_classes: int = 0):
+  def __init__(
+    self, root, split: str, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, top_classes: int = 0
+  ):
     _check_split(self, split, self.SPLITS)
     base = _root(root, self.TITLE, GLDV2_URL)
     _check_fractions(self.TITLE, val_fraction, test_fraction)
@@ -535,22 +598,32 @@ class Landmarks(_FileSource):
     listing = base / "train.csv"
     if not listing.is_file():
       problem = f"{base} does not exist" if not base.is_dir() else f"{base} has no train.csv"
-      raise DataError(f"{self.TITLE} not found: {problem}. Expected in the data root: {self.LAYOUT}. Download "
-                      f"train.csv and some or all of the image tars from {GLDV2_URL}, extract the tars inside "
-                      "root/train/ and point the config at the root: --config.data.root=/path/to/gldv2")
+      raise DataError(
+        f"{self.TITLE} not found: {problem}. Expected in the data root: {self.LAYOUT}. Download "
+        f"train.csv and some or all of the image tars from {GLDV2_URL}, extract the tars inside "
+        "root/train/ and point the config at the root: --config.data.root=/path/to/gldv2"
+      )
     present = self._present(base / "train")
     landmark_of, absent, again = self._listing(listing, present)
     ids = [i for i in present if i in landmark_of]  # sorted path order: the walk's, not the csv's
     if not ids:
-      raise DataError(f"{self.TITLE}: none of the images {listing} lists is in {base / 'train'} (found "
-                      f"{len(present)} .jpg files there). Expected {self.LAYOUT}. Download the image tars from "
-                      f"{GLDV2_URL}, extract them inside {base / 'train'}, and point the config at the folder holding "
-                      "train.csv and train/: --config.data.root=/path/to/gldv2")
-    log.info("%s: %d of the %d images listed in %s are present; %d are absent (not under %s)%s%s", self.TITLE,
-             len(ids), len(ids) + absent, listing, absent, base / "train",
-             f"; {again} rows list an image again (its first row counts)" if again else "",
-             f"; {len(present) - len(ids)} .jpg files there are not listed (ignored)" if len(present) > len(ids)
-             else "")
+      raise DataError(
+        f"{self.TITLE}: none of the images {listing} lists is in {base / 'train'} (found "
+        f"{len(present)} .jpg files there). Expected {self.LAYOUT}. Download the image tars from "
+        f"{GLDV2_URL}, extract them inside {base / 'train'}, and point the config at the folder holding "
+        "train.csv and train/: --config.data.root=/path/to/gldv2"
+      )
+    log.info(
+      "%s: %d of the %d images listed in %s are present; %d are absent (not under %s)%s%s",
+      self.TITLE,
+      len(ids),
+      len(ids) + absent,
+      listing,
+      absent,
+      base / "train",
+      f"; {again} rows list an image again (its first row counts)" if again else "",
+      f"; {len(present) - len(ids)} .jpg files there are not listed (ignored)" if len(present) > len(ids) else "",
+    )
     landmark = np.fromiter((landmark_of[i] for i in ids), np.int64, len(ids))
     classes, counts = np.unique(landmark, return_counts=True)  # ascending landmark_id
     classes = classes[_top_classes(counts.tolist(), top_classes)]
@@ -584,16 +657,19 @@ class Landmarks(_FileSource):
       reader = csv.reader(f)
       header = [h.strip() for h in next(reader, [])]
       if "id" not in header or "landmark_id" not in header:
-        raise DataError(f"{path}: the header is {','.join(header)!r}, not id,url,landmark_id: expected the v2 "
-                        f"release's train.csv ({GLDV2_URL}; train_clean.csv has another layout)")
+        raise DataError(
+          f"{path}: the header is {','.join(header)!r}, not id,url,landmark_id: expected the v2 "
+          f"release's train.csv ({GLDV2_URL}; train_clean.csv has another layout)"
+        )
       i, j = header.index("id"), header.index("landmark_id")
       width = max(i, j) + 1
       for row in reader:
         if not row:
           continue
         if len(row) < width:
-          raise DataError(f"{path}, line {reader.line_num}: expected {len(header)} fields ({','.join(header)}), got "
-                          f"{','.join(row)!r}")
+          raise DataError(
+            f"{path}, line {reader.line_num}: expected {len(header)} fields ({','.join(header)}), got {','.join(row)!r}"
+          )
         image_id = row[i]
         if image_id not in present:
           absent += 1
@@ -615,8 +691,10 @@ class Landmarks(_FileSource):
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if "landmark_id" not in header or "category" not in header:
-          raise DataError(f"{path}: the header is {','.join(header)!r}, not landmark_id,category: restore the "
-                          f"release's file ({GLDV2_URL}) or remove it (classes are then named by landmark_id)")
+          raise DataError(
+            f"{path}: the header is {','.join(header)!r}, not landmark_id,category: restore the "
+            f"release's file ({GLDV2_URL}) or remove it (classes are then named by landmark_id)"
+          )
         i, j = header.index("landmark_id"), header.index("category")
         for row in reader:
           if len(row) > max(i, j) and row[i].strip().lstrip("-").isdigit():
@@ -627,11 +705,24 @@ class Landmarks(_FileSource):
 
 # ---------------------------------------------------------------------------------------------------------------
 
-FOLDER_SOURCES = {"cub": CUB, "aircraft": Aircraft, "cars": Cars, "dogs": Dogs, "folder": ImageFolder,
-                  "landmarks": Landmarks}
+FOLDER_SOURCES = {
+  "cub": CUB,
+  "aircraft": Aircraft,
+  "cars": Cars,
+  "dogs": Dogs,
+  "folder": ImageFolder,
+  "landmarks": Landmarks,
+}
 # The names configs/common.py gives the layouts (c.data.name) open the same sources.
-ALIASES = {"cub200": "cub", "fgvc_aircraft": "aircraft", "stanford_cars": "cars", "stanford_dogs": "dogs",
-           "imagefolder": "folder", "gldv2": "landmarks", "google_landmarks": "landmarks"}
+ALIASES = {
+  "cub200": "cub",
+  "fgvc_aircraft": "aircraft",
+  "stanford_cars": "cars",
+  "stanford_dogs": "dogs",
+  "imagefolder": "folder",
+  "gldv2": "landmarks",
+  "google_landmarks": "landmarks",
+}
 
 
 def folder_source_class(name: str) -> type:

@@ -31,7 +31,7 @@ from data_pipelines.sources.base import DataError, Source
 PATTERNS = ("horizontal", "vertical", "checker")
 # Part k's hue (k modulo 4), the same in every image, class and split: its stripes are a light and a dark
 # shade of it. Everything else in the image is nearly grey, so a part's colour names it.
-PART_HUES = np.array([[1, .15, .15], [.15, 1, .15], [.2, .35, 1], [1, .9, .1]], np.float64)
+PART_HUES = np.array([[1, 0.15, 0.15], [0.15, 1, 0.15], [0.2, 0.35, 1], [1, 0.9, 0.1]], np.float64)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 # Drawn examples are kept, up to this many bytes of images per source and process: a training run draws every
 # example once per epoch, and drawing one costs more than augmenting it (1.4 ms at 72 pixels, 13 ms at 256; the
@@ -44,8 +44,10 @@ def class_codes(num_classes: int, num_parts: int) -> np.ndarray:
   split and seed, so that train and test agree on what a class is)."""
   total = len(PATTERNS) ** num_parts
   if num_classes > total:
-    raise DataError(f"The synthetic set with {num_parts} parts has at most {total} classes; "
-                    f"asked for {num_classes}. Raise data.synthetic.num_parts.")
+    raise DataError(
+      f"The synthetic set with {num_parts} parts has at most {total} classes; "
+      f"asked for {num_classes}. Raise data.synthetic.num_parts."
+    )
   order = np.random.default_rng(1234).permutation(total)[:num_classes]
   return np.array(list(itertools.product(range(len(PATTERNS)), repeat=num_parts)))[order]
 
@@ -59,8 +61,17 @@ def _texture(pattern: int, size: int, period: int) -> np.ndarray:
 class SyntheticBirds(Source):
   name = "synthetic"
 
-  def __init__(self, split: str = "train", *, num_examples: int = 2000, resolution: int = 112,
-               num_classes: int = 10, num_parts: int = 4, seed: int = 0, stripe: int = 0):
+  def __init__(
+    self,
+    split: str = "train",
+    *,
+    num_examples: int = 2000,
+    resolution: int = 112,
+    num_classes: int = 10,
+    num_parts: int = 4,
+    seed: int = 0,
+    stripe: int = 0,
+  ):
     if split not in SPLITS:
       raise DataError(f"The synthetic set has no split {split!r}; use one of {', '.join(SPLITS)}.")
     if resolution < 32:
@@ -74,7 +85,7 @@ class SyntheticBirds(Source):
     self.codes = class_codes(num_classes, num_parts)
     self.attribute_classes = (len(PATTERNS),) * num_parts
     self.class_names = ["-".join(PATTERNS[p][0] for p in code) for code in self.codes]
-    self._cache, self._keep = {}, CACHE_BYTES // (3 * resolution ** 2)
+    self._cache, self._keep = {}, CACHE_BYTES // (3 * resolution**2)
 
   def __getstate__(self):  # a copy (a worker process) gets the recipe, not the images drawn so far
     return self.__dict__ | {"_cache": {}}
@@ -133,11 +144,11 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int, period: int | N
   dx, dy = xx - cx, yy - cy
   u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
   v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
-  body = u ** 2 + v ** 2 <= 1
+  body = u**2 + v**2 <= 1
   img[body] = rng.uniform(60, 200) + rng.uniform(-12, 12, 3)
 
   hx, hy = cx + hdx, cy + hdy
-  img[(xx - hx) ** 2 + (yy - hy) ** 2 <= head ** 2] = rng.uniform(10, 50, 3)
+  img[(xx - hx) ** 2 + (yy - hy) ** 2 <= head**2] = rng.uniform(10, 50, 3)
 
   # Parts on a ring at 0.6 of the body's radii, part k at angle 2 pi k / n from the front.
   phi = 2 * np.pi * np.arange(len(code)) / len(code)
@@ -153,12 +164,22 @@ def render(rng: np.random.Generator, code: np.ndarray, res: int, period: int | N
     for _try in range(10):
       x, y = rng.uniform(half, res - half, 2)
       if ((x - cx) / (span_x + half)) ** 2 + ((y - cy) / (span_y + half)) ** 2 > 1:
-        _stamp(img, x, y, half, rng.integers(len(PATTERNS)), period, rng.uniform(170, 230) + rng.uniform(-12, 12, 3),
-               rng.uniform(30, 80) + rng.uniform(-12, 12, 3))
+        _stamp(
+          img,
+          x,
+          y,
+          half,
+          rng.integers(len(PATTERNS)),
+          period,
+          rng.uniform(170, 230) + rng.uniform(-12, 12, 3),
+          rng.uniform(30, 80) + rng.uniform(-12, 12, 3),
+        )
         break
 
-  box = np.array([min(cx - ext_x, hx - head), min(cy - ext_y, hy - head),
-                  max(cx + ext_x, hx + head), max(cy + ext_y, hy + head)], np.float32)
+  box = np.array(
+    [min(cx - ext_x, hx - head), min(cy - ext_y, hy - head), max(cx + ext_x, hx + head), max(cy + ext_y, hy + head)],
+    np.float32,
+  )
   parts = np.stack([px, py], axis=1).astype(np.float32)
   return np.clip(img, 0, 255).astype(np.uint8), box, parts
 
@@ -167,4 +188,4 @@ def _stamp(img, x, y, half, pattern, period, light, dark):
   """A (2 half)^2 square of stripes of two colours centred on pixel (x, y)."""
   r0, c0 = int(y) - half, int(x) - half
   tex = _texture(int(pattern), 2 * half, period)[..., None]
-  img[r0:r0 + 2 * half, c0:c0 + 2 * half] = np.where(tex > 0, light, dark)
+  img[r0 : r0 + 2 * half, c0 : c0 + 2 * half] = np.where(tex > 0, light, dark)

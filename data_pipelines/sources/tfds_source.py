@@ -41,8 +41,7 @@ class TFDSSource(Source):
   from a Sequence of them (the union of "objects/bbox": Stanford Dogs); data sets without either give None.
   """
 
-  def __init__(self, name: str, split: str, data_dir=None, image_key: str | None = None,
-               label_key: str | None = None):
+  def __init__(self, name: str, split: str, data_dir=None, image_key: str | None = None, label_key: str | None = None):
     data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
     builder = _open_builder(name, data_dir)
     info = builder.info
@@ -73,8 +72,7 @@ class TFDSSource(Source):
     # Skip decoding every image-like feature (the image, but also e.g. CUB's segmentation masks): the
     # image is decoded later in load_image, the others are not used.
     decoders = {k: tfds.decode.SkipDecoding() for k in features.keys() if isinstance(features[k], _IMAGE)}
-    self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False, try_gcs=False,
-                                decoders=decoders)
+    self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False, try_gcs=False, decoders=decoders)
     check_nonempty(self, split)
 
   def __len__(self) -> int:
@@ -86,9 +84,11 @@ class TFDSSource(Source):
       labels = self._read_labels()
       bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
       if bad.size:
-        raise DataError(f"{self.name}: {bad.size} examples have no valid label (e.g. example {bad[0]} has "
-                        f"{labels[bad[0]]}, expected 0..{self.num_classes - 1}); unlabelled splits such as "
-                        "some test splits cannot be used for training or evaluation.")
+        raise DataError(
+          f"{self.name}: {bad.size} examples have no valid label (e.g. example {bad[0]} has "
+          f"{labels[bad[0]]}, expected 0..{self.num_classes - 1}); unlabelled splits such as "
+          "some test splits cannot be used for training or evaluation."
+        )
       self._labels = labels
     return self._labels
 
@@ -98,20 +98,26 @@ class TFDSSource(Source):
     # a top-level ClassLabel is the int64 feature of the same name; taking it from the raw proto is ~10x
     # faster than TFDS's decoding of every feature. Should the layout ever differ, decode the usual way.
     name, split, data_dir = self._open_args
-    raw = tfds.data_source(name, split=split, data_dir=data_dir, download=False, try_gcs=False,
-                           deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    raw = tfds.data_source(
+      name,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      try_gcs=False,
+      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+    )
     n = len(raw)
     labels = np.empty(n, np.int64)
     try:
       for start in range(0, n, _LABELS_CHUNK):
         records = raw.__getitems__(list(range(start, min(n, start + _LABELS_CHUNK))))
-        labels[start:start + len(records)] = [
-            tf_example_pb2.Example.FromString(r).features.feature[self.label_key].int64_list.value[0]
-            for r in records]
+        labels[start : start + len(records)] = [
+          tf_example_pb2.Example.FromString(r).features.feature[self.label_key].int64_list.value[0] for r in records
+        ]
     except (IndexError, KeyError, ValueError, DecodeError):
       for start in range(0, n, _LABELS_CHUNK):
         examples = self._ds.__getitems__(list(range(start, min(n, start + _LABELS_CHUNK))))
-        labels[start:start + len(examples)] = [_lookup(ex, self.label_key) for ex in examples]
+        labels[start : start + len(examples)] = [_lookup(ex, self.label_key) for ex in examples]
     return labels
 
   def describe(self, index: int) -> str:
@@ -180,9 +186,10 @@ def _open_builder(name: str, data_dir: str | None):
   if not formats & tfds.core.file_adapters.FileFormat.with_random_access():
     found = ", ".join(sorted(f.value for f in formats)) or "unknown"
     raise DataError(
-        f"The TFDS data set {name!r} in {builder.data_dir} is stored as {found}, which has no random access "
-        f"(`tfds build` without --file_format); remove that directory and prepare it again as ArrayRecord: "
-        f"tfds build {name} --data_dir {_root(builder)} --file_format=array_record")
+      f"The TFDS data set {name!r} in {builder.data_dir} is stored as {found}, which has no random access "
+      f"(`tfds build` without --file_format); remove that directory and prepare it again as ArrayRecord: "
+      f"tfds build {name} --data_dir {_root(builder)} --file_format=array_record"
+    )
   return builder
 
 
@@ -200,8 +207,10 @@ def _unknown_name_message(name: str, data_dir: str | None) -> str:
     known.update(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   near = difflib.get_close_matches(base, sorted(known), n=3, cutoff=0.6)
   hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-  return (f"Unknown TFDS data set {name!r}: no TFDS builder has that name and no prepared data set of that "
-          f"name is in {root}.{hint} The data sets TFDS knows are listed by tfds.list_builders().")
+  return (
+    f"Unknown TFDS data set {name!r}: no TFDS builder has that name and no prepared data set of that "
+    f"name is in {root}.{hint} The data sets TFDS knows are listed by tfds.list_builders()."
+  )
 
 
 def _too_deep_message(name: str, data_dir: str | None) -> str | None:
@@ -213,20 +222,26 @@ def _too_deep_message(name: str, data_dir: str | None) -> str | None:
   path = pathlib.Path(data_dir).resolve()
   for folder in (path, *list(path.parents)[:3]):
     if folder.name == base and next(folder.glob("**/dataset_info.json"), None) is not None:
-      return (f"The TFDS data set {name!r} is prepared in {folder.parent}, above the data.root given ({data_dir}): "
-              f"TFDS takes the folder that holds {base}/, --config.data.root={folder.parent}.")
+      return (
+        f"The TFDS data set {name!r} is prepared in {folder.parent}, above the data.root given ({data_dir}): "
+        f"TFDS takes the folder that holds {base}/, --config.data.root={folder.parent}."
+      )
   return None
 
 
 def _not_prepared_message(name: str, builder) -> str:
   root = _root(builder)
-  msg = (f"The TFDS data set {name!r} is not prepared in {root} (looked for {builder.data_dir}). "
-         f"Prepare it once (this needs TensorFlow): pip install 'fgattn-jax[prepare]', then "
-         f"tfds build {name} --data_dir {root} --file_format=array_record")
+  msg = (
+    f"The TFDS data set {name!r} is not prepared in {root} (looked for {builder.data_dir}). "
+    f"Prepare it once (this needs TensorFlow): pip install 'fgattn-jax[prepare]', then "
+    f"tfds build {name} --data_dir {root} --file_format=array_record"
+  )
   manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
   if manual:  # tfds build looks for them in <data_dir>/downloads/manual unless given --manual_dir
-    msg += (f". Before that, {name} needs files downloaded by hand into {root / 'downloads' / 'manual'}: "
-            f"{' '.join(manual.split()).rstrip('.')}")
+    msg += (
+      f". Before that, {name} needs files downloaded by hand into {root / 'downloads' / 'manual'}: "
+      f"{' '.join(manual.split()).rstrip('.')}"
+    )
   return msg + "."
 
 
@@ -237,8 +252,10 @@ def _check_split(builder, name: str, split: str) -> None:
     num_examples = splits[split].num_examples
   except (KeyError, ValueError) as e:
     why = "" if "Unknown split" in str(e) else f" ({' '.join(str(e).split())})"  # e.g. a malformed slice
-    raise DataError(f"The TFDS data set {name!r} has no split {split!r}{why}; its splits: {available}. "
-                    "Slices such as 'train[:90%]' or 'train[-500:]' are accepted too.") from None
+    raise DataError(
+      f"The TFDS data set {name!r} has no split {split!r}{why}; its splits: {available}. "
+      "Slices such as 'train[:90%]' or 'train[-500:]' are accepted too."
+    ) from None
   if num_examples == 0:
     raise DataError(f"The {split!r} split of the TFDS data set {name!r} is empty; its splits: {available}.")
 
@@ -248,14 +265,17 @@ def _pick(features, kind, override: str | None, preferred: tuple, what: str) -> 
   candidates = [k for k in features.keys() if isinstance(features[k], kind)]
   if override is not None:
     if override not in candidates:
-      raise DataError(f"{what}_key={override!r} is not a top-level {kind.__name__} feature of this data set; "
-                      f"those are: {candidates or 'none'}.")
+      raise DataError(
+        f"{what}_key={override!r} is not a top-level {kind.__name__} feature of this data set; "
+        f"those are: {candidates or 'none'}."
+      )
     return override
   for key in (*preferred, *candidates):
     if key in candidates:
       return key
-  raise DataError(f"This TFDS data set has no top-level {kind.__name__} feature to use as the {what}; its "
-                  f"features: {features}")
+  raise DataError(
+    f"This TFDS data set has no top-level {kind.__name__} feature to use as the {what}; its features: {features}"
+  )
 
 
 def _find_attributes(features) -> list[tuple[str, int]]:

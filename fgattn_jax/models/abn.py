@@ -53,9 +53,17 @@ def stride_one(stage: nnx.Module) -> nnx.Module:
 
 
 class ABN(nnx.Module):
-
-  def __init__(self, backbone: Backbone, num_classes: int | tuple[int, ...], *, branch: int | str = -1,
-               map_kernel: int = 1, residual: bool = True, freeze_extractor: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone: Backbone,
+    num_classes: int | tuple[int, ...],
+    *,
+    branch: int | str = -1,
+    map_kernel: int = 1,
+    residual: bool = True,
+    freeze_extractor: bool = False,
+    rngs: nnx.Rngs,
+  ):
     if map_kernel not in (1, 3):
       raise ValueError(f"abn.map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
     self.after_pool = branch == AFTER_POOL
@@ -118,13 +126,20 @@ class ABN(nnx.Module):
       return out | {"logits": logits.astype(jnp.float32), "attention_logits": att_logits}
     pre = pre_logits.reshape(t, b, -1)
     ends = list(itertools.accumulate(self.tasks))
-    return out | {"logits": [head(pre[i]).astype(jnp.float32) for i, head in enumerate(self.task_heads)],
-                  "attention_logits": [att_logits[:, e - c:e] for e, c in zip(ends, self.tasks)]}
+    return out | {
+      "logits": [head(pre[i]).astype(jnp.float32) for i, head in enumerate(self.task_heads)],
+      "attention_logits": [att_logits[:, e - c : e] for e, c in zip(ends, self.tasks)],
+    }
 
   def extractor_filter(self):
     """nnx filter of the feature extractor's parameters (the stages up to the branch)."""
-    return lambda path, x: (isinstance(x, nnx.Param) and len(path) > 2 and path[0] == "backbone"
-                            and path[1] == "stages" and path[2] <= self.branch)
+    return lambda path, x: (
+      isinstance(x, nnx.Param)
+      and len(path) > 2
+      and path[0] == "backbone"
+      and path[1] == "stages"
+      and path[2] <= self.branch
+    )
 
   def copy_attention_stage(self):
     """Re-initialises the attention stage from the backbone stage it copies (after loading pretrained weights)."""

@@ -49,9 +49,11 @@ class Backbone(nnx.Module):
     names = list(self.stage_names)
     if isinstance(stage, str):
       if stage not in names:
-        from fgattn_jax.config import ConfigError
-        raise ConfigError(f"{key} {stage!r} is not a stage of this backbone ({', '.join(names)}): set "
-                          f"--config.{key} to one of them")
+        from fgattn_jax.errors import ConfigError
+
+        raise ConfigError(
+          f"{key} {stage!r} is not a stage of this backbone ({', '.join(names)}): set --config.{key} to one of them"
+        )
       stage = names.index(stage)
     return stage % len(names)
 

@@ -7,14 +7,15 @@ PyTorch model and break exact weight import.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.nnx.nn import normalization
+
+# The backbones' ReLU and stage taps live in ops/hooks.py (saliency, in ops, sets their rules); the models use them
+# through this module.
+from fgattn_jax.ops.hooks import RELU_RULES, relu, relu_rule, tap, tapping  # noqa: F401
 
 # He initialisation over the fan-out, as torchvision initialises its convolutions.
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -27,8 +28,9 @@ def scaled(channels: int, width: float) -> int:
 
 def _conv_ohwi(lhs, rhs, window_strides, padding, *, dimension_numbers=None, **kwargs):
   del dimension_numbers  # nnx.Conv's (HWIO kernels)
-  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=("NHWC", "OHWI", "NHWC"),
-                                      **kwargs)
+  return jax.lax.conv_general_dilated(
+    lhs, rhs, window_strides, padding, dimension_numbers=("NHWC", "OHWI", "NHWC"), **kwargs
+  )
 
 
 class Conv(nnx.Conv):
@@ -48,8 +50,18 @@ class Conv(nnx.Conv):
 
 def conv(cin, cout, kernel, *, stride=1, padding=None, bias=False, dtype=jnp.float32, rngs):
   pad = (kernel - 1) // 2 if padding is None else padding
-  return Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-              use_bias=bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init, rngs=rngs)
+  return Conv(
+    cin,
+    cout,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=conv_init,
+    rngs=rngs,
+  )
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -61,8 +73,9 @@ class BatchNorm(nnx.BatchNorm):
 
   def __init__(self, features, *, frozen=False, dtype=jnp.float32, scale_init=nnx.initializers.ones, rngs):
     # PyTorch: running = 0.9 * running + 0.1 * batch, eps 1e-5. Flax's momentum is the kept fraction.
-    super().__init__(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                     scale_init=scale_init, rngs=rngs)
+    super().__init__(
+      features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, scale_init=scale_init, rngs=rngs
+    )
     self.frozen = frozen
 
   def __call__(self, x):
@@ -118,8 +131,11 @@ def _pool_views(x, kernel, stride, padding):
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
   ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
-  return [jax.lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                        (1, stride, stride, 1)) for i in range(kernel) for j in range(kernel)]
+  return [
+    jax.lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c), (1, stride, stride, 1))
+    for i in range(kernel)
+    for j in range(kernel)
+  ]
 
 
 def _max_pool(x, kernel, stride, padding):
@@ -146,11 +162,18 @@ def _max_pool(x, kernel, stride, padding):
     for k in range(kernel * kernel):
       i, j = divmod(k, kernel)
       # Back to the padded input's grid: element (a, b) of view (i, j) sits at (i + stride a, j + stride b).
-      part = jax.lax.pad(jnp.where(winner == k, g, zero), zero,
-                         ((0, 0, 0), (i, hp - i - (stride * (ho - 1) + 1), stride - 1),
-                          (j, wp - j - (stride * (wo - 1) + 1), stride - 1), (0, 0, 0)))
+      part = jax.lax.pad(
+        jnp.where(winner == k, g, zero),
+        zero,
+        (
+          (0, 0, 0),
+          (i, hp - i - (stride * (ho - 1) + 1), stride - 1),
+          (j, wp - j - (stride * (wo - 1) + 1), stride - 1),
+          (0, 0, 0),
+        ),
+      )
       dx = part if dx is None else dx + part
-    return (dx[:, padding:hp - padding, padding:wp - padding],)
+    return (dx[:, padding : hp - padding, padding : wp - padding],)
 
   pool.defvjp(forward, pool_bwd)
   return pool(x)
@@ -174,81 +197,3 @@ def adaptive_avg_pool(x, out_hw: tuple[int, int]):
 
 def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
-
-
-# Saliency (ops/saliency.py) changes how gradients pass the backbones' ReLUs and reads or perturbs their stages'
-# outputs. Both are read while a function is traced, so only code traced inside the context is affected: a jitted
-# function must set the context inside its own body (and be re-traced per rule), never around a cached call.
-_RELU_RULE = contextvars.ContextVar("relu_rule", default="plain")
-_TAP = contextvars.ContextVar("stage_tap", default=None)
-
-
-def _relu_with_backward(backward):
-  """A ReLU whose gradient is backward(x, g): x the forward input, g the incoming gradient."""
-  @jax.custom_vjp
-  def f(x):
-    return jax.nn.relu(x)
-
-  f.defvjp(lambda x: (jax.nn.relu(x), x), lambda x, g: (backward(x, g),))
-  return f
-
-
-@jax.custom_jvp
-def _relu_masked_by_output(x):
-  return jnp.maximum(x, 0)
-
-
-# jax.nn.relu's gradient passes where the input x is positive; this one where the output is (the same set: equal
-# gradients), so a backward pass needs the output only. Straight after a convolution with bias that lets XLA fuse
-# conv + bias + ReLU into one cuDNN call and drop the pre-activation: the output is kept for the next layer anyway.
-# The barrier stops XLA from rewriting `max(x, 0) > 0` back into `x > 0`. Measured on VGG-19's step (448, batch 32)
-# compiled for an H200 (benchmarks/hlo_report.py): 11 fewer kernels, 4.5 GB less memory traffic, temporaries
-# 6.3 -> 4.2 GiB. After a BatchNorm it gains nothing (XLA recomputes the normalisation in the backward pass instead
-# of keeping its output) and costs a little: ResNet-50 keeps jax.nn.relu.
-_relu_masked_by_output.defjvps(
-    lambda g, y, x: jnp.where(jax.lax.optimization_barrier(y) > 0, g, jnp.zeros_like(g)))
-
-_RELUS = {
-    "plain": jax.nn.relu,
-    # Guided backpropagation (Springenberg et al. 2015): the gradient passes where the input was positive (as the
-    # plain rule) and where it is itself positive (as the deconvnet rule).
-    "guided": _relu_with_backward(lambda x, g: jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g))),
-    # Zeiler and Fergus's deconvnet: a ReLU on the backward signal, whatever the forward input was.
-    "deconvnet": _relu_with_backward(lambda x, g: jax.nn.relu(g)),
-}
-RELU_RULES = tuple(_RELUS)
-
-
-def relu(x, after_conv: bool = False):
-  """The backbones' ReLU; its backward rule is 'plain' unless traced inside `relu_rule(...)`. after_conv=True where
-  x comes straight from a convolution or dense layer with bias: the same values and gradients, computed so that
-  XLA can fuse the ReLU into that layer (_relu_masked_by_output)."""
-  rule = _RELU_RULE.get()
-  return _relu_masked_by_output(x) if after_conv and rule == "plain" else _RELUS[rule](x)
-
-
-@contextlib.contextmanager
-def _setting(var: contextvars.ContextVar, value):
-  token = var.set(value)
-  try:
-    yield
-  finally:
-    var.reset(token)
-
-
-def relu_rule(rule: str):
-  """Traces the backbones' ReLUs with a backward rule: 'plain', 'guided' or 'deconvnet'."""
-  if rule not in _RELUS:
-    raise ValueError(f"unknown ReLU gradient rule {rule!r}: one of {', '.join(RELU_RULES)}")
-  return _setting(_RELU_RULE, rule)
-
-
-def tap(name: str, x):
-  """A backbone stage's output passes here: inside `tapping(fn)`, fn(name, x) may record it and return it
-  perturbed (to differentiate with respect to it); elsewhere it is returned unchanged."""
-  fn = _TAP.get()
-  return x if fn is None else fn(name, x)
-
-
-def tapping(fn):
-  return _setting(_TAP, fn)

@@ -1,35 +1,35 @@
 """MA-CNN, the Multi-Attention CNN (Zheng, Fu, Mei, Luo, ICCV 2017), on any registry backbone.
 
-    object stream      the backbone on the whole image; F = its feature map at `feature_stage` (conv5_4 for VGG-19)
-    channel grouping   per part i: GAP(F) -> FC C -> tanh -> FC C -> sigmoid = channel weights d_i
-    part maps          part_maps='paper': M_i = sigmoid(sum_c d_i[c] F[c]), the paper's equation. part_maps='deploy':
-                       M_i = tanh(mean_c d_i[c] F[c]), the released deploy file's form (F is
-                       non-negative, after a ReLU, so the paper's sigmoid would never fall below 0.5); the mean
-                       keeps the scale independent of the channel count. part_maps='centred' (the default):
-                       M_i = relu(tanh(mean_c d_i[c] (F[c] - mean_xy F[c]))), each channel minus its mean over
-                       the grid. Why: the deploy maps are never zero, and L_cng on them is dominated by their
-                       floors, which it lowers most by putting every map on the same sharpest part (on conv3_2
-                       of the synthetic model, grouping alone took the deploy maps from 2.26 to 1.88 distinct
-                       parts per image, the centred ones from 2.26 to 2.61); centred maps are zero off their part
-    part features      part_pooling='weighted' (the default): P_i = sum_xy M_i F / sum_xy M_i, the map-weighted mean
-                       of F, at F's scale whatever the maps' scale and the grid's size; 'sum' (the paper): P_i =
-                       sum_xy M_i F, which grows with the grid and the maps' mass. -> a classifier per part (trains
-                       the features under each map to tell the classes apart, the channel-grouping loss keeping
-                       the maps compact and apart). Not the grid's mean: with maps of mean 1e-2 (a channel mean
-                       through a tanh) P_i was 1e-3 of F, the part classifiers stayed at chance and the part loss
-                       at ln(classes)
-    part streams       optional: the input cropped around each map's peak (a square, shifted inside the image),
-                       resized to the part network's input, a backbone per part; the crop carries no gradient.
-                       The square's side is crop_fraction of the image's shorter side (the paper), or of the
-                       object's extent (crop_reference='object': parts of a small bird get small crops)
-    object_input       0 (the paper): the object stream sees the image as it comes. Else it sees the image resized
-                       (antialiased) to object_input x object_input while the part and object crops sample the
-                       full-resolution image: details finer than the object stream resolves, seen in the crops
-    object crop        optional (the paper's "+ object" for birds, here for any data): the object's box, found
-                       from the object stream's last conv activations (SCDA: cells whose channel sum is above
-                       its mean; no annotation), cropped, resized to the part input, its own backbone
-    joint classifier   [object pooled feature, object-crop and part-stream pooled features] -> linear (without
-                       part streams: the object feature and the attention-pooled part features)
+object stream      the backbone on the whole image; F = its feature map at `feature_stage` (conv5_4 for VGG-19)
+channel grouping   per part i: GAP(F) -> FC C -> tanh -> FC C -> sigmoid = channel weights d_i
+part maps          part_maps='paper': M_i = sigmoid(sum_c d_i[c] F[c]), the paper's equation. part_maps='deploy':
+                   M_i = tanh(mean_c d_i[c] F[c]), the released deploy file's form (F is
+                   non-negative, after a ReLU, so the paper's sigmoid would never fall below 0.5); the mean
+                   keeps the scale independent of the channel count. part_maps='centred' (the default):
+                   M_i = relu(tanh(mean_c d_i[c] (F[c] - mean_xy F[c]))), each channel minus its mean over
+                   the grid. Why: the deploy maps are never zero, and L_cng on them is dominated by their
+                   floors, which it lowers most by putting every map on the same sharpest part (on conv3_2
+                   of the synthetic model, grouping alone took the deploy maps from 2.26 to 1.88 distinct
+                   parts per image, the centred ones from 2.26 to 2.61); centred maps are zero off their part
+part features      part_pooling='weighted' (the default): P_i = sum_xy M_i F / sum_xy M_i, the map-weighted mean
+                   of F, at F's scale whatever the maps' scale and the grid's size; 'sum' (the paper): P_i =
+                   sum_xy M_i F, which grows with the grid and the maps' mass. -> a classifier per part (trains
+                   the features under each map to tell the classes apart, the channel-grouping loss keeping
+                   the maps compact and apart). Not the grid's mean: with maps of mean 1e-2 (a channel mean
+                   through a tanh) P_i was 1e-3 of F, the part classifiers stayed at chance and the part loss
+                   at ln(classes)
+part streams       optional: the input cropped around each map's peak (a square, shifted inside the image),
+                   resized to the part network's input, a backbone per part; the crop carries no gradient.
+                   The square's side is crop_fraction of the image's shorter side (the paper), or of the
+                   object's extent (crop_reference='object': parts of a small bird get small crops)
+object_input       0 (the paper): the object stream sees the image as it comes. Else it sees the image resized
+                   (antialiased) to object_input x object_input while the part and object crops sample the
+                   full-resolution image: details finer than the object stream resolves, seen in the crops
+object crop        optional (the paper's "+ object" for birds, here for any data): the object's box, found
+                   from the object stream's last conv activations (SCDA: cells whose channel sum is above
+                   its mean; no annotation), cropped, resized to the part input, its own backbone
+joint classifier   [object pooled feature, object-crop and part-stream pooled features] -> linear (without
+                   part streams: the object feature and the attention-pooled part features)
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class GroupTargets(nnx.Variable):
 
 
 class ChannelGrouping(nnx.Module):
-
   def __init__(self, channels: int, *, dtype, rngs):
     self.fc1 = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
@@ -58,14 +57,28 @@ class ChannelGrouping(nnx.Module):
 
 
 class MACNN(nnx.Module):
-
-  def __init__(self, backbone: Backbone, num_classes: int, num_parts: int, *, feature_stage: int | str = -1,
-               part_nets: list[Backbone] | None = None, crop_fraction: float = 0.25, crop_reference: str = "image",
-               object_net: Backbone | None = None, part_input: int = 224, part_maps: str = "centred",
-               part_pooling: str = "weighted", object_input: int = 0, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone: Backbone,
+    num_classes: int,
+    num_parts: int,
+    *,
+    feature_stage: int | str = -1,
+    part_nets: list[Backbone] | None = None,
+    crop_fraction: float = 0.25,
+    crop_reference: str = "image",
+    object_net: Backbone | None = None,
+    part_input: int = 224,
+    part_maps: str = "centred",
+    part_pooling: str = "weighted",
+    object_input: int = 0,
+    rngs: nnx.Rngs,
+  ):
     if num_parts < 1 or part_input < 1 or object_input < 0 or not 0 < crop_fraction <= 1:
-      raise ValueError(f"macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and "
-                       f".crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}")
+      raise ValueError(
+        f"macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and "
+        f".crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}"
+      )
     if part_maps not in ("centred", "deploy", "paper"):
       raise ValueError(f"macnn.part_maps must be 'centred', 'deploy' or 'paper', got {part_maps!r}")
     if part_pooling not in ("weighted", "sum"):
@@ -86,6 +99,7 @@ class MACNN(nnx.Module):
     self.group_targets = GroupTargets(jnp.zeros((num_parts, c), jnp.float32))
     self.part_nets = nnx.List(part_nets) if part_nets else None
     self.object_net = object_net
+
     def pooled_width(net):
       return output_width(net, lambda m, x: m.head(m.features(x)[0])[0], (part_input, part_input))
 

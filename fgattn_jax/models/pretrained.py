@@ -52,10 +52,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   only), told apart by their contents, not their names."""
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Weight file {path} does not exist. Point model.pretrained at a torchvision "
-                            ".pth or .safetensors file you have; nothing is downloaded.")
+    raise FileNotFoundError(
+      f"Weight file {path} does not exist. Point model.pretrained at a torchvision "
+      ".pth or .safetensors file you have; nothing is downloaded."
+    )
   if _is_safetensors(path):
     from safetensors.numpy import load_file
+
     try:
       raw = load_file(path)
     except Exception as e:  # whatever the reader raised, the file is not usable as weights
@@ -64,8 +67,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError as e:
-      raise WeightImportError(f"Reading {path} needs PyTorch (`pip install torch`); or convert it once to "
-                              ".safetensors, which loads with NumPy alone.") from e
+      raise WeightImportError(
+        f"Reading {path} needs PyTorch (`pip install torch`); or convert it once to "
+        ".safetensors, which loads with NumPy alone."
+      ) from e
     try:
       with open(path, "rb") as f:  # (a file object: torch.load would take a '.safetensors' name as that format)
         raw = torch.load(f, map_location="cpu", weights_only=True)
@@ -91,13 +96,19 @@ def state_dict_arrays(raw) -> dict[str, np.ndarray]:
     dicts = [k for k, v in raw.items() if isinstance(v, Mapping) and v]
     tensors = [k for k in dicts if all(_is_tensor(x) for x in raw[k].values())]
     # A known wrapper of tensors, else the one dict of tensors there is, else a known wrapper of more dicts.
-    pick = ([k for k in WRAPPERS if k in tensors] + (tensors if len(tensors) == 1 else [])
-            + [k for k in WRAPPERS if k in dicts])
+    pick = (
+      [k for k in WRAPPERS if k in tensors]
+      + (tensors if len(tensors) == 1 else [])
+      + [k for k in WRAPPERS if k in dicts]
+    )
     if not pick:
       keys = ", ".join(repr(k) for k in list(raw)[:8]) + (", ..." if len(raw) > 8 else "")
-      which = (f"several hold tensors ({', '.join(map(repr, tensors))}): save the network's, "
-               f"e.g. torch.save(checkpoint[{tensors[0]!r}], PATH)" if tensors
-               else "none of them holds the network's tensors; save them with torch.save(model.state_dict(), PATH)")
+      which = (
+        f"several hold tensors ({', '.join(map(repr, tensors))}): save the network's, "
+        f"e.g. torch.save(checkpoint[{tensors[0]!r}], PATH)"
+        if tensors
+        else "none of them holds the network's tensors; save them with torch.save(model.state_dict(), PATH)"
+      )
       raise TypeError(f"it holds a dict with the keys {keys}: {which}")
     raw = raw[pick[0]]
   if not isinstance(raw, Mapping) or not all(_is_tensor(v) for v in raw.values()):
@@ -121,8 +132,7 @@ def _is_safetensors(path: str) -> bool:
   'PK...', or a pickle.)"""
   with open(path, "rb") as f:
     head = f.read(9)
-  return (len(head) == 9 and head[8:9] == b"{"
-          and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path))
+  return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
 
 
 def _unreadable(path: str, error: Exception, reader: bool = True) -> WeightImportError:
@@ -135,14 +145,17 @@ def _unreadable(path: str, error: Exception, reader: bool = True) -> WeightImpor
   pickled = re.match(r"Unsupported global: GLOBAL ([\w.]+)", text)
   if pickled:
     return WeightImportError(
-        f"Weight file {path} holds a pickled Python object ({pickled[1]}), not a state dict: a whole model saved "
-        "with torch.save(model)? Save its weights instead, torch.save(model.state_dict(), PATH), and point "
-        "model.pretrained at that file.")
+      f"Weight file {path} holds a pickled Python object ({pickled[1]}), not a state dict: a whole model saved "
+      "with torch.save(model)? Save its weights instead, torch.save(model.state_dict(), PATH), and point "
+      "model.pretrained at that file."
+    )
   if reader:
     text = re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")[:200]
   short = type(error).__name__ + (f": {text}" if text else "")
-  return WeightImportError(f"Weight file {path} is not a readable torchvision .pth or .safetensors file ({short}). "
-                           "Point model.pretrained at a state dict saved by torch.save or safetensors.")
+  return WeightImportError(
+    f"Weight file {path} is not a readable torchvision .pth or .safetensors file ({short}). "
+    "Point model.pretrained at a state dict saved by torch.save or safetensors."
+  )
 
 
 def torchvision_architecture(keys) -> str | None:
@@ -155,11 +168,15 @@ def torchvision_architecture(keys) -> str | None:
     count = len(convs - bns)
     depth = next((name for name, per_block in vgg.DEPTHS.items() if sum(per_block) == count), None)
     return depth and depth + ("_bn" if bns else "")
-  blocks = [1 + max((int(k.split(".")[1]) for k in keys if k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()),
-                    default=-1) for i in (1, 2, 3, 4)]
+  blocks = [
+    1
+    + max((int(k.split(".")[1]) for k in keys if k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()), default=-1)
+    for i in (1, 2, 3, 4)
+  ]
   kind = "bottleneck" if any(".conv3." in k for k in keys) else "basic"
-  return next((name for name, (k, counts) in resnet.IMAGENET_DEPTHS.items() if (k, counts) == (kind, tuple(blocks))),
-              None)
+  return next(
+    (name for name, (k, counts) in resnet.IMAGENET_DEPTHS.items() if (k, counts) == (kind, tuple(blocks))), None
+  )
 
 
 def _expected(model: Backbone):
@@ -180,8 +197,14 @@ def _expected(model: Backbone):
       out[f"{prefix}.weight"] = (module.kernel, transform or (lambda w: w.T))
       out[f"{prefix}.bias"] = (module.bias, same)
     elif isinstance(module, layers.BatchNorm):
-      out.update({f"{prefix}.weight": (module.scale, same), f"{prefix}.bias": (module.bias, same),
-                  f"{prefix}.running_mean": (module.mean, same), f"{prefix}.running_var": (module.var, same)})
+      out.update(
+        {
+          f"{prefix}.weight": (module.scale, same),
+          f"{prefix}.bias": (module.bias, same),
+          f"{prefix}.running_mean": (module.mean, same),
+          f"{prefix}.running_var": (module.var, same),
+        }
+      )
     else:
       raise TypeError(f"no torchvision conversion for {type(module).__name__} at {prefix}")
   return out
@@ -230,28 +253,38 @@ def load_torchvision(model: Backbone, source: str | os.PathLike | Mapping) -> Im
     if value is not None and value.shape == var.get_value().shape:
       converted[key] = value
     elif value is not None and key in class_keys:  # another class count: backbone-only import, on purpose
-      dropped[key] = (f"class layer of {sd[key].shape[0]} classes, the model has {var.get_value().shape[-1]}: "
-                      "kept its fresh initialisation (backbone-only import)")
+      dropped[key] = (
+        f"class layer of {sd[key].shape[0]} classes, the model has {var.get_value().shape[-1]}: "
+        "kept its fresh initialisation (backbone-only import)"
+      )
     else:
       ours = "" if value is None else f" -> {value.shape}"  # in our layout
       mismatched.append(f"{key}: file {sd[key].shape}{ours}, model {var.get_value().shape}")
   if mismatched:
-    problems.append(f"shapes that differ ({len(mismatched)}): {_some(mismatched, sep='; ')} (another depth or "
-                    "width multiplier?)")
+    problems.append(
+      f"shapes that differ ({len(mismatched)}): {_some(mismatched, sep='; ')} (another depth or width multiplier?)"
+    )
   if problems:
     file_bn, model_bn = (any(k.endswith(".running_mean") for k in keys) for keys in (sd, expected))
     vggs = all(any(k.startswith("features.") for k in keys) for keys in (sd, expected))  # torchvision's VGG names
     held, ours = torchvision_architecture(sd), torchvision_architecture(expected)
     if held and ours and held != ours:
-      problems.insert(0, f"the file holds torchvision's {held} and the model is a {ours}: set model.backbone={held} "
-                         f"to use this file, or point model.pretrained at a {ours} file")
+      problems.insert(
+        0,
+        f"the file holds torchvision's {held} and the model is a {ours}: set model.backbone={held} "
+        f"to use this file, or point model.pretrained at a {ours} file",
+      )
     elif vggs and file_bn != model_bn:
-      problems.insert(0, f"the file's network {'has' if file_bn else 'has no'} batch normalisation and "
-                         f"{type(model).__name__}'s {'has none' if file_bn else 'has'}: for torchvision's "
-                         f"vgg*{'_bn' if file_bn else ''} files, set model.backbone to a VGG "
-                         f"{'with' if file_bn else 'without'} BN (e.g. vgg19{'_bn' if file_bn else ''})")
-    raise WeightImportError(f"Cannot import torchvision weights into {type(model).__name__}:\n  "
-                            + "\n  ".join(problems))
+      problems.insert(
+        0,
+        f"the file's network {'has' if file_bn else 'has no'} batch normalisation and "
+        f"{type(model).__name__}'s {'has none' if file_bn else 'has'}: for torchvision's "
+        f"vgg*{'_bn' if file_bn else ''} files, set model.backbone to a VGG "
+        f"{'with' if file_bn else 'without'} BN (e.g. vgg19{'_bn' if file_bn else ''})",
+      )
+    raise WeightImportError(
+      f"Cannot import torchvision weights into {type(model).__name__}:\n  " + "\n  ".join(problems)
+    )
 
   for key, value in converted.items():
     var = expected[key][0]

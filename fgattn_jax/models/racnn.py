@@ -52,24 +52,42 @@ class APN(nnx.Module):
 
 
 class RACNN(nnx.Module):
-
-  def __init__(self, nets: list[Backbone], num_classes: int, *, scale_input: int = 224, apn_hidden: int = 1024,
-               apn_grid: int = 7, k: float = 10.0, min_half_fraction: float = 0.25, max_half_fraction: float = 0.5,
-               keep_inside: bool = True, apn_init_half_fraction: float = 1 / 3, scale1_input: int = 0,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    nets: list[Backbone],
+    num_classes: int,
+    *,
+    scale_input: int = 224,
+    apn_hidden: int = 1024,
+    apn_grid: int = 7,
+    k: float = 10.0,
+    min_half_fraction: float = 0.25,
+    max_half_fraction: float = 0.5,
+    keep_inside: bool = True,
+    apn_init_half_fraction: float = 1 / 3,
+    scale1_input: int = 0,
+    rngs: nnx.Rngs,
+  ):
     if len(nets) < 2:
       raise ValueError(f"racnn.num_scales: RA-CNN needs at least two scales, got {len(nets)}")
     if scale_input < 1 or scale1_input < 0 or apn_grid < 1 or apn_hidden < 1:
-      raise ValueError("racnn.scale_input, .apn_grid and .apn_hidden must be 1 or more and .scale1_input 0 (the "
-                       f"data's image_size) or more; got {scale_input}, {apn_grid}, {apn_hidden}, {scale1_input}")
+      raise ValueError(
+        "racnn.scale_input, .apn_grid and .apn_hidden must be 1 or more and .scale1_input 0 (the "
+        f"data's image_size) or more; got {scale_input}, {apn_grid}, {apn_hidden}, {scale1_input}"
+      )
     if not 0 <= min_half_fraction <= max_half_fraction <= 0.5 or not 0 < apn_init_half_fraction <= 0.5:
-      raise ValueError("racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
-                       f"(0, 0.5]; got {min_half_fraction}, {max_half_fraction}, {apn_init_half_fraction}")
+      raise ValueError(
+        "racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
+        f"(0, 0.5]; got {min_half_fraction}, {max_half_fraction}, {apn_init_half_fraction}"
+      )
     self.nets = nnx.List(nets)
     self.num_scales, self.scale_input, self.scale1_input, self.k = len(nets), scale_input, scale1_input, k
     self.max_half_fraction = max_half_fraction
-    self.min_half_fraction, self.keep_inside, self.apn_init_half_fraction = (min_half_fraction, keep_inside,
-                                                                             apn_init_half_fraction)
+    self.min_half_fraction, self.keep_inside, self.apn_init_half_fraction = (
+      min_half_fraction,
+      keep_inside,
+      apn_init_half_fraction,
+    )
     dtype = nets[0].compute_dtype
     size = (scale_input, scale_input)
     conv = [output_width(n, lambda m, x: m.features(x)[0], size) for n in nets[:-1]]
@@ -80,8 +98,13 @@ class RACNN(nnx.Module):
   def propose(self, s: int, f, image_hw):
     """Scale s's last conv features -> (B, 3) (t_x, t_y, t_l) in pixels of scale s's input (image_hw)."""
     out = self.apns[s](jax.lax.stop_gradient(f))
-    return racnn.apn_box(out, image_hw, min_half_fraction=self.min_half_fraction,
-                         max_half_fraction=self.max_half_fraction, keep_inside=self.keep_inside)
+    return racnn.apn_box(
+      out,
+      image_hw,
+      min_half_fraction=self.min_half_fraction,
+      max_half_fraction=self.max_half_fraction,
+      keep_inside=self.keep_inside,
+    )
 
   def __call__(self, x, *, proposals_only: bool = False):
     """Normalised images -> {'logits' (fused), 'scale_logits', 'boxes' and 'txyl' (per transition, in the coarser
@@ -90,8 +113,15 @@ class RACNN(nnx.Module):
     proposals_only: stop before the last scale's network (the APN pretraining needs only the proposals and their
     targets; in training mode the last network would run, updating its batch statistics, even unused): no
     'logits', and 'scale_logits' of the other scales."""
-    out = {"scale_logits": [], "boxes": [], "image_boxes": [], "zooms": [], "txyl": [], "apn_targets": [],
-           "input_hw": []}
+    out = {
+      "scale_logits": [],
+      "boxes": [],
+      "image_boxes": [],
+      "zooms": [],
+      "txyl": [],
+      "apn_targets": [],
+      "input_hw": [],
+    }
     pre, dtype, image = [], x.dtype, x
     # The current scale's frame in the image's: pixel (u, v) is at offset + scale * (u, v), per axis (x, y).
     offset, scale = jnp.zeros((x.shape[0], 2), jnp.float32), jnp.ones((1, 2), jnp.float32)

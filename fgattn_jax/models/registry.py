@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.config import ConfigError
+from fgattn_jax.errors import ConfigError
 from fgattn_jax.models import resnet, vgg, wideresnet
 from fgattn_jax.models.backbone import Backbone
 
@@ -35,8 +35,7 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
-def build_backbone(name: str, num_classes: int, *, dtype="float32", rngs: nnx.Rngs | int = 0,
-                   **kwargs) -> Backbone:
+def build_backbone(name: str, num_classes: int, *, dtype="float32", rngs: nnx.Rngs | int = 0, **kwargs) -> Backbone:
   """Builds backbone `name` (see BACKBONES) with `num_classes` outputs.
 
   dtype is the compute dtype ('auto', 'bfloat16', 'float32' or a jnp dtype; parameters stay float32).

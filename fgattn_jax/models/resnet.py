@@ -19,9 +19,11 @@ from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone
 
 IMAGENET_DEPTHS = {  # (block kind, blocks per stage)
-    "resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+  "resnet18": ("basic", (2, 2, 2, 2)),
+  "resnet34": ("basic", (3, 4, 6, 3)),
+  "resnet50": ("bottleneck", (3, 4, 6, 3)),
+  "resnet101": ("bottleneck", (3, 4, 23, 3)),
+  "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
 CIFAR_DEPTHS = {f"resnet{d}": (d - 2) // 6 for d in (20, 32, 44, 56, 110)}
 CIFAR_BLOCKS = ("basic", "bottleneck", "auto")  # 'auto': ABN's code, Bottleneck from depth 44
@@ -46,8 +48,9 @@ class BasicBlock(nnx.Module):
     self.bn1 = norm(planes)
     self.conv2 = layers.conv(planes, planes, 3, dtype=dtype, rngs=rngs)
     self.bn2 = norm(planes)
-    self.downsample = (Downsample(cin, planes, stride, norm=norm, dtype=dtype, rngs=rngs)
-                       if stride != 1 or cin != planes else None)
+    self.downsample = (
+      Downsample(cin, planes, stride, norm=norm, dtype=dtype, rngs=rngs) if stride != 1 or cin != planes else None
+    )
 
   def __call__(self, x):
     y = layers.relu(self.bn1(self.conv1(x)))
@@ -66,8 +69,9 @@ class Bottleneck(nnx.Module):
     self.bn2 = norm(planes)
     self.conv3 = layers.conv(planes, cout, 1, dtype=dtype, rngs=rngs)
     self.bn3 = norm(cout)
-    self.downsample = (Downsample(cin, cout, stride, norm=norm, dtype=dtype, rngs=rngs)
-                       if stride != 1 or cin != cout else None)
+    self.downsample = (
+      Downsample(cin, cout, stride, norm=norm, dtype=dtype, rngs=rngs) if stride != 1 or cin != cout else None
+    )
 
   def __call__(self, x):
     y = layers.relu(self.bn1(self.conv1(x)))
@@ -77,11 +81,10 @@ class Bottleneck(nnx.Module):
 
 
 class ResStage(nnx.Module):
-
   def __init__(self, block, cin, planes, count, stride, **kw):
-    self.blocks = nnx.List([
-        block(cin if i == 0 else planes * block.expansion, planes, stride if i == 0 else 1, **kw)
-        for i in range(count)])
+    self.blocks = nnx.List(
+      [block(cin if i == 0 else planes * block.expansion, planes, stride if i == 0 else 1, **kw) for i in range(count)]
+    )
 
   def __call__(self, x):
     for b in self.blocks:
@@ -104,6 +107,7 @@ class Stem(nnx.Module):
 
 class LinearHead(nnx.Module):
   """Global average pool -> (dropout) -> linear."""
+
   pooled_linear = True  # CAM applies
 
   def __init__(self, cin, num_classes, *, dropout=0.0, dtype, rngs):
@@ -116,16 +120,27 @@ class LinearHead(nnx.Module):
 
 
 class ResNet(Backbone):
-
-  def __init__(self, depth_name: str, num_classes: int, *, width: float = 1.0, block: str = "",
-               dropout: float | None = None, frozen_bn: bool = False, freeze_features: bool = False,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    depth_name: str,
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    block: str = "",
+    dropout: float | None = None,
+    frozen_bn: bool = False,
+    freeze_features: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """block: CIFAR ResNets only, one of CIFAR_BLOCKS ('' = 'basic'); dropout: before the class layer."""
     imagenet = depth_name in IMAGENET_DEPTHS
     if imagenet:
       if block:
-        raise ValueError(f"{depth_name}'s blocks are fixed (torchvision's); a block choice ({block!r}) applies to "
-                         f"the CIFAR ResNets ({', '.join(CIFAR_DEPTHS)}) only: leave it empty")
+        raise ValueError(
+          f"{depth_name}'s blocks are fixed (torchvision's); a block choice ({block!r}) applies to "
+          f"the CIFAR ResNets ({', '.join(CIFAR_DEPTHS)}) only: leave it empty"
+        )
       kind, counts = IMAGENET_DEPTHS[depth_name]
       block, planes = (BasicBlock if kind == "basic" else Bottleneck), (64, 128, 256, 512)
     else:

@@ -24,7 +24,6 @@ WIDTHS = (64, 128, 256, 512, 512)
 
 
 class ConvBNReLU(nnx.Module):
-
   def __init__(self, cin, cout, *, bn, frozen_bn, dtype, rngs):
     self.conv = layers.conv(cin, cout, 3, bias=True, dtype=dtype, rngs=rngs)
     self.bn = layers.BatchNorm(cout, frozen=frozen_bn, dtype=dtype, rngs=rngs) if bn else None
@@ -53,8 +52,9 @@ class ClassifierHead(nnx.Module):
   """torchvision's VGG classifier; pre_logits is the second FC-4096 output (after ReLU and dropout)."""
 
   def __init__(self, cin, hidden, num_classes, *, dropout, dtype, rngs):
-    linear = functools.partial(nnx.Linear, dtype=dtype, param_dtype=jnp.float32,
-                               kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    linear = functools.partial(
+      nnx.Linear, dtype=dtype, param_dtype=jnp.float32, kernel_init=nnx.initializers.normal(0.01), rngs=rngs
+    )
     self.fc1 = linear(cin * 49, hidden)
     self.fc2 = linear(hidden, hidden)
     self.fc = linear(hidden, num_classes)
@@ -75,8 +75,9 @@ class GAPHead(nnx.Module):
 
   def __init__(self, cin, num_classes, *, dropout, dtype, rngs):
     self.drop = nnx.Dropout(dropout, rngs=rngs)
-    self.fc = nnx.Linear(cin, num_classes, dtype=dtype, param_dtype=jnp.float32,
-                         kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    self.fc = nnx.Linear(
+      cin, num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=nnx.initializers.normal(0.01), rngs=rngs
+    )
 
   def __call__(self, x, pooled: bool = False):  # noqa: ARG002 - averages the map it gets, pool5's or the last block's
     x = layers.global_avg_pool(x)
@@ -93,10 +94,20 @@ def _torch_fc1(cin: int):
 
 
 class VGG(Backbone):
-
-  def __init__(self, depth_name: str, num_classes: int, *, bn: bool = False, head: str = "classifier",
-               width: float = 1.0, dropout: float | None = None, frozen_bn: bool = False,
-               freeze_features: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    depth_name: str,
+    num_classes: int,
+    *,
+    bn: bool = False,
+    head: str = "classifier",
+    width: float = 1.0,
+    dropout: float | None = None,
+    frozen_bn: bool = False,
+    freeze_features: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if head not in ("classifier", "gap"):
       raise ValueError(f"model.head of a VGG must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {head!r}")
     depths = DEPTHS[depth_name]
@@ -104,11 +115,18 @@ class VGG(Backbone):
     self.bn, self.head_kind, self.freeze_features = bn, head, freeze_features
     self.stage_names = tuple(f"conv{b + 1}_{d}" for b, d in enumerate(depths))
     kw = dict(bn=bn, frozen_bn=frozen_bn or freeze_features, dtype=dtype, rngs=rngs)
-    self.stages = nnx.List([
-        VGGBlock(3 if b == 0 else widths[b - 1], widths[b], depths[b], pool=b > 0, **kw) for b in range(5)])
+    self.stages = nnx.List(
+      [VGGBlock(3 if b == 0 else widths[b - 1], widths[b], depths[b], pool=b > 0, **kw) for b in range(5)]
+    )
     if head == "classifier":
-      self.head = ClassifierHead(widths[-1], layers.scaled(4096, width), num_classes,
-                                 dropout=0.5 if dropout is None else dropout, dtype=dtype, rngs=rngs)
+      self.head = ClassifierHead(
+        widths[-1],
+        layers.scaled(4096, width),
+        num_classes,
+        dropout=0.5 if dropout is None else dropout,
+        dtype=dtype,
+        rngs=rngs,
+      )
     else:
       self.head = GAPHead(widths[-1], num_classes, dropout=dropout or 0.0, dtype=dtype, rngs=rngs)
 

@@ -25,8 +25,9 @@ class PreActBlock(nnx.Module):
     self.bn2 = norm(cout)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
     self.conv2 = layers.conv(cout, cout, 3, dtype=dtype, rngs=rngs)
-    self.shortcut = (layers.conv(cin, cout, 1, stride=stride, dtype=dtype, rngs=rngs)
-                     if stride != 1 or cin != cout else None)
+    self.shortcut = (
+      layers.conv(cin, cout, 1, stride=stride, dtype=dtype, rngs=rngs) if stride != 1 or cin != cout else None
+    )
 
   def __call__(self, x):
     a = layers.relu(self.bn1(x))
@@ -36,10 +37,10 @@ class PreActBlock(nnx.Module):
 
 
 class WideStage(nnx.Module):
-
   def __init__(self, cin, cout, count, stride, *, final_norm=None, **kw):
-    self.blocks = nnx.List([PreActBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw)
-                            for i in range(count)])
+    self.blocks = nnx.List(
+      [PreActBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw) for i in range(count)]
+    )
     self.final_bn = final_norm
 
   def __call__(self, x):
@@ -49,9 +50,18 @@ class WideStage(nnx.Module):
 
 
 class WideResNet(Backbone):
-
-  def __init__(self, name: str, num_classes: int, *, width: float = 1.0, dropout: float = 0.0,
-               frozen_bn: bool = False, freeze_features: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    name: str,
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    dropout: float = 0.0,
+    frozen_bn: bool = False,
+    freeze_features: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     depth, k = CONFIGS[name]
     n = (depth - 4) // 6
     widths = [layers.scaled(c, width) for c in (16, 16 * k, 32 * k, 64 * k)]
@@ -60,11 +70,12 @@ class WideResNet(Backbone):
     norm = lambda c: layers.BatchNorm(c, frozen=frozen, dtype=dtype, rngs=rngs)  # noqa: E731
     kw = dict(dropout=dropout, norm=norm, dtype=dtype, rngs=rngs)
     self.stage_names = ("stem", "layer1", "layer2", "layer3")
-    self.stages = nnx.List([
+    self.stages = nnx.List(
+      [
         layers.conv(3, widths[0], 3, dtype=dtype, rngs=rngs),
         WideStage(widths[0], widths[1], n, 1, **kw),
         WideStage(widths[1], widths[2], n, 2, **kw),
         WideStage(widths[2], widths[3], n, 2, final_norm=norm(widths[3]), **kw),
-    ])
+      ]
+    )
     self.head = LinearHead(widths[3], num_classes, dtype=dtype, rngs=rngs)
-

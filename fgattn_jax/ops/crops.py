@@ -62,8 +62,10 @@ def _axis_matrix(lo, hi, n_out, size, dtype):
 def axis_matrices(boxes, image_hw, out_hw, dtype):
   """(..., 4) boxes -> ((..., oh, H), (..., ow, W)) the rows' and the columns' interpolation matrices."""
   (h, w), (oh, ow) = image_hw, (int(n) for n in out_hw)
-  return (_axis_matrix(boxes[..., 1], boxes[..., 3], oh, h, dtype),
-          _axis_matrix(boxes[..., 0], boxes[..., 2], ow, w, dtype))
+  return (
+    _axis_matrix(boxes[..., 1], boxes[..., 3], oh, h, dtype),
+    _axis_matrix(boxes[..., 0], boxes[..., 2], ow, w, dtype),
+  )
 
 
 def resample(images, rows, cols):

@@ -62,7 +62,7 @@ def nearest_part_hits(maps, parts, image_hw, radius: float) -> dict:
   d2 = jnp.sum((jnp.nan_to_num(parts)[:, None] - peaks[:, :, None]) ** 2, axis=-1)  # (B, N, P)
   d2 = jnp.where(present[:, None], d2, jnp.inf)
   nearest = jnp.where(jnp.any(present, axis=1)[:, None], jnp.argmin(d2, axis=-1), -1)
-  hit = jnp.min(d2, axis=-1) <= radius ** 2
+  hit = jnp.min(d2, axis=-1) <= radius**2
   p = parts.shape[1]
   hit_parts = jnp.any(hit[..., None] & (nearest[..., None] == jnp.arange(p)), axis=1)  # (B, P)
   return {"nearest": nearest, "hit": hit, "distinct": jnp.sum(hit_parts, axis=-1)}
@@ -74,8 +74,8 @@ def _blur(images, sigma: float):
   k = jnp.exp(-0.5 * (jnp.arange(-r, r + 1) / sigma) ** 2)
   k = k / k.sum()
   x = jnp.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-  x = sum(k[i] * x[:, i:i + images.shape[1]] for i in range(2 * r + 1))
-  return sum(k[i] * x[:, :, i:i + images.shape[2]] for i in range(2 * r + 1))
+  x = sum(k[i] * x[:, i : i + images.shape[1]] for i in range(2 * r + 1))
+  return sum(k[i] * x[:, :, i : i + images.shape[2]] for i in range(2 * r + 1))
 
 
 @functools.partial(jax.jit, static_argnames="hw")

@@ -107,8 +107,9 @@ def attention_crop(images, boxes, out_hw, k=10.0):
     # formed and the mask's gradient is a product as well.
     mask_rows, mask_cols = _mask_factors(boxes, images.shape[1:3], k)
     rows, cols = crops.axis_matrices(boxes[:, None], images.shape[1:3], out_hw, x.dtype)  # (B, 1, oh, H), ...
-    return crops.resample(x, rows * mask_rows[:, None, None, :].astype(x.dtype),
-                          cols * mask_cols[:, None, None, :].astype(x.dtype))[:, 0].astype(out_dtype)
+    return crops.resample(
+      x, rows * mask_rows[:, None, None, :].astype(x.dtype), cols * mask_cols[:, None, None, :].astype(x.dtype)
+    )[:, 0].astype(out_dtype)
   masked = x * box_mask(boxes, images.shape[1:3], k).astype(x.dtype)[..., None]
   return crops.crop_resize(masked, boxes, out_hw).astype(out_dtype)
 
@@ -120,6 +121,7 @@ def ranking_loss(logits_coarse, logits_fine, labels, margin=0.05, mask=None):
   classifiers. The gradient reaches both scales; stop it on one side in the caller if the schedule needs that.
   mask: optional (B,) booleans of real examples (masked mean; all masked -> 0). Float32.
   """
+
   def true_prob(logits):
     p = jax.nn.softmax(jnp.asarray(logits).astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(p, jnp.asarray(labels)[:, None], axis=-1)[:, 0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fgattn_jax.models import layers
+from fgattn_jax.ops import hooks
 
 
 def parse_layer(spec: str) -> tuple[str, int]:
@@ -40,7 +40,7 @@ def layer_names(fn, images) -> list[str]:
     return x
 
   def run(x):
-    with layers.tapping(record):
+    with hooks.tapping(record):
       return fn(x)
 
   jax.eval_shape(run, images)
@@ -74,11 +74,12 @@ def tapped(fn, images, layer: str, delta=None):
     found[-1] = x
     return x
 
-  with layers.tapping(hook):
+  with hooks.tapping(hook):
     out = fn(images)
   if len(found) < which:
-    raise ValueError(f"layer {layer!r} does not run in this forward pass; its stages: "
-                     f"{', '.join(layer_names(fn, images))}")
+    raise ValueError(
+      f"layer {layer!r} does not run in this forward pass; its stages: {', '.join(layer_names(fn, images))}"
+    )
   return out, found[which - 1]
 
 
@@ -119,7 +120,7 @@ def cam(features, kernel, classes):
 
 def input_gradient(fn, images, classes, rule: str = "plain"):
   """(B, H, W, C) float32 d logit[class] / d image, through the backbones' ReLUs by `rule`."""
-  with layers.relu_rule(rule):
+  with hooks.relu_rule(rule):
     return jax.grad(lambda x: class_score(fn(x), classes))(images.astype(jnp.float32))
 
 
@@ -134,8 +135,18 @@ def guided_grad_cam(fn, images, classes, layer: str):
   return input_gradient(fn, images, classes, "guided") * gc[..., None]
 
 
-def amplify(fn, images, *, layer: str | None = None, channel: int | None = None, classes=None, steps: int = 20,
-            step_size: float = 0.05, low=None, high=None):
+def amplify(
+  fn,
+  images,
+  *,
+  layer: str | None = None,
+  channel: int | None = None,
+  classes=None,
+  steps: int = 20,
+  step_size: float = 0.05,
+  low=None,
+  high=None,
+):
   """Feature amplification (DeepDream): gradient ascent on the input for `steps` steps, each of step_size times
   the gradient over its mean magnitude (so the step does not depend on the objective's scale). The objective is
   the mean of `layer`'s activation (one channel, or all), or with `classes` (B,) those classes' logits. low/high:
@@ -150,7 +161,7 @@ def amplify(fn, images, *, layer: str | None = None, channel: int | None = None,
     if channel is not None:
       check_channel(layer, channel, a.shape[-1])
       a = a[..., channel]
-    a = a[:x.shape[0]].astype(jnp.float32)
+    a = a[: x.shape[0]].astype(jnp.float32)
     return jnp.sum(jnp.mean(a.reshape(a.shape[0], -1), axis=1))
 
   def step(_, x):

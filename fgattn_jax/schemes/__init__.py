@@ -1,7 +1,7 @@
 """Training schemes: each declares its model, its losses, its parameter groups and its evaluation heads;
 the engine in fgattn_jax.training runs any of them."""
 
-from fgattn_jax.config import ConfigError
+from fgattn_jax.errors import ConfigError
 from fgattn_jax.schemes.abn import ABNScheme
 from fgattn_jax.schemes.base import Scheme
 from fgattn_jax.schemes.baseline import Baseline

@@ -11,11 +11,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.config import ConfigError
+from fgattn_jax.errors import ConfigError
 from fgattn_jax.models.abn import ABN, AFTER_POOL, default_branch
 from fgattn_jax.ops import losses
-from fgattn_jax.schemes.base import Scheme, load_into
-from fgattn_jax.schemes.baseline import backbone_from_config
+from fgattn_jax.schemes.base import Scheme, backbone_from_config, load_into
 
 
 class ABNScheme(Scheme):
@@ -31,21 +30,33 @@ class ABNScheme(Scheme):
     backbone = backbone_from_config(config, freeze_features=False)
     branch = config.abn.branch or default_branch(config.model.backbone)
     if branch == AFTER_POOL and not config.model.backbone.startswith("vgg"):
-      raise ConfigError(f"abn.branch={AFTER_POOL!r} (after a VGG's last pooling) needs a VGG backbone, not "
-                        f"{config.model.backbone!r}: set --config.abn.branch to one of its stages, or '' for its "
-                        "default")
-    return ABN(backbone, tasks or config.data.num_classes, branch=branch, map_kernel=config.abn.map_kernel,
-               residual=config.abn.residual, freeze_extractor=config.model.freeze_features,
-               rngs=nnx.Rngs(config.seed + 1))
+      raise ConfigError(
+        f"abn.branch={AFTER_POOL!r} (after a VGG's last pooling) needs a VGG backbone, not "
+        f"{config.model.backbone!r}: set --config.abn.branch to one of its stages, or '' for its "
+        "default"
+      )
+    return ABN(
+      backbone,
+      tasks or config.data.num_classes,
+      branch=branch,
+      map_kernel=config.abn.map_kernel,
+      residual=config.abn.residual,
+      freeze_extractor=config.model.freeze_features,
+      rngs=nnx.Rngs(config.seed + 1),
+    )
 
   def check_data(self, config, source):
     # A task without its attribute would index past the batch's 'attributes' (clamped, silently wrong).
     tasks, have = tuple(config.abn.task_classes), tuple(source.attribute_classes)
     if tasks and tasks != have:
-      fix = (f"set abn.task_classes to the data's {have}" if have else
-             "leave abn.task_classes empty (one task on the labels) or use a data set with attributes")
-      raise ConfigError(f"abn.task_classes={tasks} does not match the attributes of {source.name} "
-                        f"({have or 'none'}): {fix}.")
+      fix = (
+        f"set abn.task_classes to the data's {have}"
+        if have
+        else "leave abn.task_classes empty (one task on the labels) or use a data set with attributes"
+      )
+      raise ConfigError(
+        f"abn.task_classes={tasks} does not match the attributes of {source.name} ({have or 'none'}): {fix}."
+      )
 
   def groups(self, model):
     branches = nnx.All(nnx.Param, nnx.Not(model.extractor_filter()))
@@ -54,14 +65,20 @@ class ABNScheme(Scheme):
   def forward(self, model, images, batch, *, train, wanted=None):
     out, mask = model(images), batch["mask"]
     if not self.multi_task:
-      return ({"att": losses.cross_entropy(out["attention_logits"], batch["label"], mask),
-               "per": losses.cross_entropy(out["logits"], batch["label"], mask)},
-              {"logits": out["logits"], "attention_branch": out["attention_logits"]})
+      return (
+        {
+          "att": losses.cross_entropy(out["attention_logits"], batch["label"], mask),
+          "per": losses.cross_entropy(out["logits"], batch["label"], mask),
+        },
+        {"logits": out["logits"], "attention_branch": out["attention_logits"]},
+      )
     targets = batch["attributes"]
-    mean_ce = lambda logits: jnp.mean(jnp.stack(  # noqa: E731
-        [losses.cross_entropy(l, targets[:, t], mask) for t, l in enumerate(logits)]))
-    outputs = {f"task{t}": l for t, l in enumerate(out["logits"])}
-    outputs |= {f"task{t}_attention_branch": l for t, l in enumerate(out["attention_logits"])}
+
+    def mean_ce(per_task):
+      return jnp.mean(jnp.stack([losses.cross_entropy(lg, targets[:, t], mask) for t, lg in enumerate(per_task)]))
+
+    outputs = {f"task{t}": lg for t, lg in enumerate(out["logits"])}
+    outputs |= {f"task{t}_attention_branch": lg for t, lg in enumerate(out["attention_logits"])}
     return {"att": mean_ce(out["attention_logits"]), "per": mean_ce(out["logits"])}, outputs
 
   def attention(self, model, images):

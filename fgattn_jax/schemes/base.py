@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flax import nnx
 
-from fgattn_jax.config import ConfigError
-from fgattn_jax.models import pretrained, registry
+from fgattn_jax.errors import ConfigError
+from fgattn_jax.models import build_backbone, pretrained, registry, resnet
 
 
 class Scheme:
@@ -82,3 +82,26 @@ def load_into(nets, path: str) -> frozenset:
   once. nets: (path prefix of the backbone in the model, backbone) pairs -> the model's nnx paths filled."""
   state_dict = pretrained.read_state_dict(path)
   return frozenset((*prefix, *p) for prefix, net in nets for p in pretrained.load_torchvision(net, state_dict).paths)
+
+
+def backbone_from_config(config, num_classes=None, seed_offset=0, freeze_features=None):
+  """The backbone config.model describes (every scheme builds its networks with it): the config's keys checked and
+  mapped to the constructor's arguments here, where the scheme meets the config, not in the models."""
+  m = config.model
+  freeze = m.freeze_features if freeze_features is None else freeze_features
+  kw = dict(width=m.width, frozen_bn=m.frozen_bn, freeze_features=freeze)
+  if m.backbone.startswith("vgg"):
+    kw["head"] = m.head
+  if m.dropout is not None:
+    kw["dropout"] = m.dropout
+  if m.block:
+    if m.backbone not in resnet.CIFAR_DEPTHS or m.block not in resnet.CIFAR_BLOCKS:
+      raise ConfigError(
+        f"model.block={m.block!r} applies to the CIFAR ResNets ({', '.join(resnet.CIFAR_DEPTHS)}) "
+        f"and is one of {', '.join(resnet.CIFAR_BLOCKS)}: model.backbone is {m.backbone!r}; "
+        "set --config.model.block='' or a CIFAR ResNet"
+      )
+    kw["block"] = m.block
+  return build_backbone(
+    m.backbone, num_classes or config.data.num_classes, dtype=m.dtype, rngs=nnx.Rngs(config.seed + seed_offset), **kw
+  )

@@ -19,10 +19,9 @@ from flax import nnx
 
 from fgattn_jax.models.macnn import MACNN
 from fgattn_jax.ops import grouping_init, losses
-from fgattn_jax.ops.images import normalize
 from fgattn_jax.ops import macnn as macnn_ops
-from fgattn_jax.schemes.base import Scheme, load_into
-from fgattn_jax.schemes.baseline import backbone_from_config
+from fgattn_jax.ops.images import normalize
+from fgattn_jax.schemes.base import Scheme, backbone_from_config, load_into
 
 
 def _under(*names):
@@ -37,24 +36,44 @@ class MACNNScheme(Scheme):
   def create(self, config):
     m = config.macnn
     self.lam, self.margin = m.lam, m.margin
-    part_nets = ([backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)]
-                 if m.part_streams else None)
+    part_nets = (
+      [backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)] if m.part_streams else None
+    )
     object_net = backbone_from_config(config, seed_offset=2 + m.num_parts) if m.object_crop else None
-    return MACNN(backbone_from_config(config), config.data.num_classes, m.num_parts,
-                 feature_stage=m.feature_stage or -1, part_nets=part_nets, crop_fraction=m.crop_fraction,
-                 crop_reference=m.crop_reference, object_net=object_net, part_input=m.part_input,
-                 part_maps=m.part_maps, part_pooling=m.part_pooling, object_input=m.object_input,
-                 rngs=nnx.Rngs(config.seed + 1))
+    return MACNN(
+      backbone_from_config(config),
+      config.data.num_classes,
+      m.num_parts,
+      feature_stage=m.feature_stage or -1,
+      part_nets=part_nets,
+      crop_fraction=m.crop_fraction,
+      crop_reference=m.crop_reference,
+      object_net=object_net,
+      part_input=m.part_input,
+      part_maps=m.part_maps,
+      part_pooling=m.part_pooling,
+      object_input=m.object_input,
+      rngs=nnx.Rngs(config.seed + 1),
+    )
 
   def groups(self, model):
-    return {"all": nnx.Param, "grouping": _under("grouping"),
-            "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "object_net", "joint"))),
-            "parts": _under("part_nets", "object_net", "joint")}
+    return {
+      "all": nnx.Param,
+      "grouping": _under("grouping"),
+      "convs": nnx.All(nnx.Param, nnx.Not(_under("grouping", "part_nets", "object_net", "joint"))),
+      "parts": _under("part_nets", "object_net", "joint"),
+    }
 
   # How far each loss needs the model to run (MACNN.__call__'s `until`): the alternating schedule's phases before
   # 'parts' run neither the part streams nor, in the grouping phases, the object stream's last stages.
-  NEEDS = {"cng": "parts", "group_init": "parts", "parts": "parts", "cls": "object", "streams": "joint",
-           "joint": "joint"}
+  NEEDS = {
+    "cng": "parts",
+    "group_init": "parts",
+    "parts": "parts",
+    "cls": "object",
+    "streams": "joint",
+    "joint": "joint",
+  }
   LEVELS = ("parts", "object", "joint")
 
   def forward(self, model, images, batch, *, train, wanted=None):
@@ -63,11 +82,14 @@ class MACNNScheme(Scheme):
     out = model(images, until=until)
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
-    mean_ce = lambda many: jnp.mean(jnp.stack([ce(l) for l in many]))  # noqa: E731
+    mean_ce = lambda many: jnp.mean(jnp.stack([ce(lg) for lg in many]))  # noqa: E731
     cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin)
     # Every loss the run reached (the cheap ones beside the wanted ones: their curves show what a phase does to them).
-    result = {"parts": mean_ce(out["part_logits"]), "cng": cng,
-              "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2)}
+    result = {
+      "parts": mean_ce(out["part_logits"]),
+      "cng": cng,
+      "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2),
+    }
     if until == "parts":
       return result, {}
     result["cls"], outputs = ce(out["object"]), {"object": out["object"]}
@@ -77,8 +99,8 @@ class MACNNScheme(Scheme):
     object_crop = [out["object_crop_logits"]] if "object_crop_logits" in out else []
     result |= {"streams": mean_ce(object_crop + streams), "joint": ce(out["logits"])}
     outputs = {"logits": out["logits"]} | outputs
-    outputs |= {"object_crop": l for l in object_crop}
-    outputs |= {f"part{i}": l for i, l in enumerate(streams)}
+    outputs |= {"object_crop": lg for lg in object_crop}
+    outputs |= {f"part{i}": lg for i, lg in enumerate(streams)}
     return result, outputs
 
   def attention(self, model, images):
@@ -110,8 +132,9 @@ class MACNNScheme(Scheme):
     graphdef, state = nnx.split(model)
     features = jax.jit(lambda st, x: nnx.merge(graphdef, st).attend(x)[0].astype(jnp.float32))
     dtype = model.backbone.compute_dtype
-    sample = [np.asarray(features(state, normalize(jnp.asarray(b["image"][b["mask"]]), dtype)))
-              for b in sample_batches()]
+    sample = [
+      np.asarray(features(state, normalize(jnp.asarray(b["image"][b["mask"]]), dtype))) for b in sample_batches()
+    ]
     labels, _ = grouping_init.kmeans(grouping_init.channel_peaks(np.concatenate(sample)), model.num_parts)
     model.group_targets.set_value(jnp.asarray(grouping_init.indicator_targets(labels, model.num_parts)))
     model.train()

@@ -23,8 +23,7 @@ from flax import nnx
 from fgattn_jax.models.racnn import RACNN
 from fgattn_jax.ops import losses
 from fgattn_jax.ops import racnn as racnn_ops
-from fgattn_jax.schemes.base import Scheme, load_into
-from fgattn_jax.schemes.baseline import backbone_from_config
+from fgattn_jax.schemes.base import Scheme, backbone_from_config, load_into
 
 
 def _under(*names):
@@ -40,11 +39,20 @@ class RACNNScheme(Scheme):
     r = config.racnn
     self.margin = r.margin
     nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
-    return RACNN(nets, config.data.num_classes, scale_input=r.scale_input, apn_hidden=r.apn_hidden,
-                 apn_grid=r.apn_grid, k=r.k, min_half_fraction=r.min_half_fraction,
-                 max_half_fraction=r.max_half_fraction, keep_inside=r.keep_inside,
-                 apn_init_half_fraction=r.apn_init_half_fraction,
-                 scale1_input=r.scale1_input, rngs=nnx.Rngs(config.seed + 1))
+    return RACNN(
+      nets,
+      config.data.num_classes,
+      scale_input=r.scale_input,
+      apn_hidden=r.apn_hidden,
+      apn_grid=r.apn_grid,
+      k=r.k,
+      min_half_fraction=r.min_half_fraction,
+      max_half_fraction=r.max_half_fraction,
+      keep_inside=r.keep_inside,
+      apn_init_half_fraction=r.apn_init_half_fraction,
+      scale1_input=r.scale1_input,
+      rngs=nnx.Rngs(config.seed + 1),
+    )
 
   def groups(self, model):
     return {"all": nnx.Param, "apn": _under("apns"), "convs": nnx.All(nnx.Param, nnx.Not(_under("apns")))}
@@ -56,17 +64,26 @@ class RACNNScheme(Scheme):
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
     scales = out["scale_logits"]
-    apn_init = jnp.mean(jnp.stack([
-        racnn_ops.smooth_l1(pred / min(hw), target / min(hw), mask=mask)
-        for pred, target, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])]))
+    apn_init = jnp.mean(
+      jnp.stack(
+        [
+          racnn_ops.smooth_l1(pred / min(hw), target / min(hw), mask=mask)
+          for pred, target, hw in zip(out["apn_out"], out["apn_targets"], out["input_hw"])
+        ]
+      )
+    )
     if proposals_only:
-      return {"apn_init": apn_init}, {f"scale{s + 1}": l for s, l in enumerate(scales)}
+      return {"apn_init": apn_init}, {f"scale{s + 1}": lg for s, lg in enumerate(scales)}
     rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
-    result = {"cls": jnp.mean(jnp.stack([ce(l) for l in scales])), "rank": rank, "fused": ce(out["logits"]),
-              "apn_init": apn_init}
-    log_probs = jnp.stack([jax.nn.log_softmax(l, axis=-1) for l in scales])
+    result = {
+      "cls": jnp.mean(jnp.stack([ce(lg) for lg in scales])),
+      "rank": rank,
+      "fused": ce(out["logits"]),
+      "apn_init": apn_init,
+    }
+    log_probs = jnp.stack([jax.nn.log_softmax(lg, axis=-1) for lg in scales])
     average = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(scales))
-    outputs = {"logits": out["logits"]} | {f"scale{s + 1}": l for s, l in enumerate(scales)} | {"average": average}
+    outputs = {"logits": out["logits"]} | {f"scale{s + 1}": lg for s, lg in enumerate(scales)} | {"average": average}
     return result, outputs
 
   def attention(self, model, images):

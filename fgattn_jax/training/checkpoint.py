@@ -29,11 +29,16 @@ class CheckpointDamaged(FileNotFoundError):
 
 def _damaged(directory: str, step: int, steps, e: Exception) -> CheckpointDamaged:
   earlier = [s for s in sorted(steps) if s < step]
-  fix = (f"move {os.path.join(directory, str(step))} (and data_state/process_*/{step}.json beside it) out of the "
-         f"way to resume from step {earlier[-1]}" if earlier else "train in a new --workdir")
+  fix = (
+    f"move {os.path.join(directory, str(step))} (and data_state/process_*/{step}.json beside it) out of the "
+    f"way to resume from step {earlier[-1]}"
+    if earlier
+    else "train in a new --workdir"
+  )
   first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-  return CheckpointDamaged(f"The checkpoint at step {step} in {directory} cannot be read ({first}): it is damaged "
-                           f"or incomplete; {fix}.")
+  return CheckpointDamaged(
+    f"The checkpoint at step {step} in {directory} cannot be read ({first}): it is damaged or incomplete; {fix}."
+  )
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -43,18 +48,22 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 class Checkpoints:
-
   def __init__(self, workdir: str, keep: int):
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.data_dir = os.path.join(os.path.abspath(workdir), "data_state", f"process_{jax.process_index()}")
-    policy = cm.AnyPreservationPolicy([
-        cm.LatestN(keep),
-        cm.BestN(get_metric_fn=lambda m: m["top1"], n=1, keep_checkpoints_without_metrics=False)])
+    policy = cm.AnyPreservationPolicy(
+      [cm.LatestN(keep), cm.BestN(get_metric_fn=lambda m: m["top1"], n=1, keep_checkpoints_without_metrics=False)]
+    )
     self.manager = ocp.CheckpointManager(
-        self.dir, options=ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=True,
-            # Without best_fn orbax writes no metrics at all, and BestN would have nothing to keep the best by.
-            best_fn=lambda m: m["top1"], best_mode="max"))
+      self.dir,
+      options=ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        enable_async_checkpointing=True,
+        # Without best_fn orbax writes no metrics at all, and BestN would have nothing to keep the best by.
+        best_fn=lambda m: m["top1"],
+        best_mode="max",
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -72,9 +81,12 @@ class Checkpoints:
       with open(tmp, "w") as f:
         json.dump(data_state, f)
       os.replace(tmp, os.path.join(self.data_dir, f"{step}.json"))
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     position=ocp.args.JsonSave(position)),
-                      metrics=eval_metrics, force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)),
+      metrics=eval_metrics,
+      force=True,
+    )
     self._prune_data_states(keep={step, *self.manager.all_steps()})
 
   def _prune_data_states(self, keep):
@@ -99,14 +111,16 @@ class Checkpoints:
     """-> (state placed like `state_like`, position dict, this process's data state or None)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
     try:
-      r = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                              position=ocp.args.JsonRestore()))
+      r = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), position=ocp.args.JsonRestore())
+      )
     except ValueError as e:
       if "not compatible with the stored shape" not in str(e):
         raise
       raise CheckpointMismatch(
-          f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. Another "
-          f"architecture or config, or {OLD_KERNELS}: train in a new workdir.") from e
+        f"The checkpoint at step {step} in {self.dir} does not fit this model: {str(e).split('.')[0]}. Another "
+        f"architecture or config, or {OLD_KERNELS}: train in a new workdir."
+      ) from e
     except Exception as e:  # noqa: BLE001 - a truncated or missing file: orbax and TensorStore raise many kinds
       raise _damaged(self.dir, step, self.manager.all_steps(), e) from None
     return r.state, r.position, self.restore_data_state(step)
@@ -121,8 +135,7 @@ class Checkpoints:
       raise _damaged(self.dir, step, self.manager.all_steps(), e) from None
 
   def best_step(self) -> int | None:
-    scored = [(m["top1"], s) for s in self.manager.all_steps()
-              if (m := self.manager.metrics(s)) and "top1" in m]
+    scored = [(m["top1"], s) for s in self.manager.all_steps() if (m := self.manager.metrics(s)) and "top1" in m]
     return max(scored)[1] if scored else self.latest_step()
 
   def wait(self):
@@ -141,24 +154,31 @@ def read_data_state(folder: str, process: int, step: int) -> dict | None:
   if not os.path.exists(path):
     if not os.path.exists(first):
       return None
-    log.warning("no input position of process %d saved at step %d (the run was saved by fewer processes): it "
-                "continues from process 0's", process, step)
+    log.warning(
+      "no input position of process %d saved at step %d (the run was saved by fewer processes): it "
+      "continues from process 0's",
+      process,
+      step,
+    )
     path = first
   try:
     with open(path) as f:
       state = json.load(f)
   except ValueError as e:
-    raise CheckpointDamaged(f"{path} is not the input position it should be ({e}): delete it to resume with the input "
-                            f"pipeline at its start, or move checkpoints/{step} out of the way to resume from the "
-                            "checkpoint before it.") from None
+    raise CheckpointDamaged(
+      f"{path} is not the input position it should be ({e}): delete it to resume with the input "
+      f"pipeline at its start, or move checkpoints/{step} out of the way to resume from the "
+      "checkpoint before it."
+    ) from None
   if path == first and process != 0:
     state["epoch_skipped"] = []  # the images process 0 could not read, not this one's
   return state
 
 
 # Why a checkpoint's shapes may not fit a model of the same architecture (layers.Conv).
-OLD_KERNELS = ("a checkpoint from before 2026-11-30, when convolution kernels were stored (kh, kw, in, out), now "
-               "(out, kh, kw, in)")
+OLD_KERNELS = (
+  "a checkpoint from before 2026-11-30, when convolution kernels were stored (kh, kw, in, out), now (out, kh, kw, in)"
+)
 
 
 def _here(directory: str, step: int):
@@ -183,14 +203,17 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
   try:
     steps = ckpts.manager.all_steps()
     if not steps:
-      raise FileNotFoundError(f"No checkpoint in {ckpts.dir}: train a run there first (a run stopped before its "
-                              "first checkpoint: run its training command again).")
+      raise FileNotFoundError(
+        f"No checkpoint in {ckpts.dir}: train a run there first (a run stopped before its "
+        "first checkpoint: run its training command again)."
+      )
     chosen = {"latest": ckpts.latest_step, "best": ckpts.best_step}.get(step, lambda: int(step))()
     if chosen not in steps:
       raise FileNotFoundError(f"No checkpoint at step {chosen} in {ckpts.dir}; there are {sorted(steps)}")
     try:
-      raw = ckpts.manager.restore(chosen, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_here(ckpts.dir, chosen)))).state["0"]
+      raw = ckpts.manager.restore(
+        chosen, args=ocp.args.Composite(state=ocp.args.StandardRestore(_here(ckpts.dir, chosen)))
+      ).state["0"]
     except Exception as e:  # noqa: BLE001
       raise _damaged(ckpts.dir, chosen, steps, e) from None
   finally:
@@ -201,11 +224,14 @@ def load_model_weights(workdir: str, model, step: int | str = "latest") -> int:
       key = str(k)
       if not isinstance(node, dict) or key not in node:
         raise CheckpointMismatch(
-            f"The checkpoint in {workdir} has no {'/'.join(map(str, path))}: another architecture or config?")
+          f"The checkpoint in {workdir} has no {'/'.join(map(str, path))}: another architecture or config?"
+        )
       node = node[key]
     value = node["value"] if isinstance(node, dict) else node
     if value.shape != var.get_value().shape:
-      raise CheckpointMismatch(f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model "
-                               f"{var.get_value().shape} (another architecture or config, or {OLD_KERNELS})")
+      raise CheckpointMismatch(
+        f"{'/'.join(map(str, path))}: checkpoint shape {value.shape}, model "
+        f"{var.get_value().shape} (another architecture or config, or {OLD_KERNELS})"
+      )
     var.set_value(jax.numpy.asarray(value, var.get_value().dtype))
   return chosen

@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import pipeline as data
-from fgattn_jax import evaluation
 from fgattn_jax import config as config_lib
-from fgattn_jax.config import ConfigError
+from fgattn_jax import evaluation
+from fgattn_jax.errors import ConfigError
 from fgattn_jax.models.registry import compute_dtype
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import checkpoint as ckpt_lib
@@ -81,6 +81,7 @@ class _Stop:
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
+
     mine = signal.Signals[self.requested].value if self.requested else 0
     signum = int(multihost_utils.process_allgather(np.int32(mine)).max())
     if signum and self.requested is None:
@@ -94,8 +95,19 @@ class _Stop:
 
 # The settings that make a run's checkpoints what they are: a run resumed with other values of these could not
 # load them, or would continue another plan. Everything else (data paths, learning rates, logging) may change.
-FIXED_ON_RESUME = ("scheme", "model.backbone", "model.width", "model.head", "model.block", "data.num_classes",
-                   "phase_order", "cycles", "abn", "macnn", "racnn")
+FIXED_ON_RESUME = (
+  "scheme",
+  "model.backbone",
+  "model.width",
+  "model.head",
+  "model.block",
+  "data.num_classes",
+  "phase_order",
+  "cycles",
+  "abn",
+  "macnn",
+  "racnn",
+)
 
 
 def check_resumable(config, workdir: str) -> list[str]:
@@ -109,24 +121,35 @@ def check_resumable(config, workdir: str) -> list[str]:
 
   def flat(cfg):  # dotted key -> value, both sides read back from JSON (tuples as lists)
     return {k: config_lib.lookup(cfg, k) for k in config_lib.flat_keys(cfg)}
+
   try:
     with open(path) as f:
       old = flat(ml_collections.ConfigDict(config_lib.backfill(json.load(f))))
   except ValueError as e:
-    raise ConfigError(f"{path} is not readable ({e}), so whether this config fits the checkpoints beside it cannot be "
-                      "checked: restore it (or delete it if this command's settings are the run's own).") from None
+    raise ConfigError(
+      f"{path} is not readable ({e}), so whether this config fits the checkpoints beside it cannot be "
+      "checked: restore it (or delete it if this command's settings are the run's own)."
+    ) from None
   new = flat(ml_collections.ConfigDict(json.loads(config.to_json())))
   nan = float("nan")  # a NaN (e.g. a fault-injection loss weight) equals itself here; 8 (an older run's) equals 8.0
-  changed = sorted(k for k in old.keys() | new.keys()
-                   if repr(old.get(k, nan)) != repr(new.get(k, nan)) and old.get(k, nan) != new.get(k, nan))
+  changed = sorted(
+    k
+    for k in old.keys() | new.keys()
+    if repr(old.get(k, nan)) != repr(new.get(k, nan)) and old.get(k, nan) != new.get(k, nan)
+  )
   fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
   if fixed:
     what = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in fixed[:4])
-    raise ConfigError(f"{workdir} holds checkpoints of another run ({what}{'; ...' if len(fixed) > 4 else ''}). "
-                      "Train in a new --workdir, or resume this one with its own settings (its config.json).")
+    raise ConfigError(
+      f"{workdir} holds checkpoints of another run ({what}{'; ...' if len(fixed) > 4 else ''}). "
+      "Train in a new --workdir, or resume this one with its own settings (its config.json)."
+    )
   if changed:
-    log.warning("resuming %s with changed settings: %s", workdir,
-                ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+    log.warning(
+      "resuming %s with changed settings: %s",
+      workdir,
+      ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
+    )
   return changed
 
 
@@ -146,9 +169,11 @@ def resumed_phase(position: dict, plan) -> int:
     return len(plan)
   names = [p.name for p in plan]
   if name not in names:
-    raise ConfigError(f"The latest checkpoint was saved in phase {name}, which this config no longer runs (its "
-                      "length is 0): resume with that phase's length as it was (the workdir's config.json), or "
-                      "train in a new --workdir.")
+    raise ConfigError(
+      f"The latest checkpoint was saved in phase {name}, which this config no longer runs (its "
+      "length is 0): resume with that phase's length as it was (the workdir's config.json), or "
+      "train in a new --workdir."
+    )
   return names.index(name)
 
 
@@ -157,14 +182,18 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   # --- Set up: devices, data, model, plan, reporting.
   # (A run that resumes has every weight in its checkpoint.)
   if config.model.require_pretrained and not config.model.pretrained and not ckpt_lib.has_checkpoint(workdir):
-    raise ConfigError(f"This config fine-tunes {config.model.backbone} from ImageNet weights: pass the torchvision "
-                      f"file you have, --config.model.pretrained=/path/to/{config.model.backbone}.pth (or "
-                      ".safetensors), or train from scratch with --config.model.require_pretrained=false.")
+    raise ConfigError(
+      f"This config fine-tunes {config.model.backbone} from ImageNet weights: pass the torchvision "
+      f"file you have, --config.model.pretrained=/path/to/{config.model.backbone}.pth (or "
+      ".safetensors), or train from scratch with --config.model.require_pretrained=false."
+    )
   main_process = jax.process_index() == 0
   mesh = mesh_lib.make_mesh(config.mesh.data)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
-    raise ConfigError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
-                      f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices")
+    raise ConfigError(
+      f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
+      f"{config.data.eval_batch_size} must be multiples of the {mesh.size} devices"
+    )
   changed = check_resumable(config, workdir)
   pi, pc = jax.process_index(), jax.process_count()
   train_data = data.build(config, config.data.train_split, pi, pc, training=True)
@@ -208,8 +237,14 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   stop = _Stop()
 
   # --- Resume: the latest checkpoint says which phase and step we are at.
-  position = {"phase": 0, "phase_name": plan[0].name, "phase_step": 0, "step": 0, "best_top1": None,
-              "new_layers": [list(p) for p in sorted(new_paths, key=repr)]}
+  position = {
+    "phase": 0,
+    "phase_name": plan[0].name,
+    "phase_step": 0,
+    "step": 0,
+    "best_top1": None,
+    "new_layers": [list(p) for p in sorted(new_paths, key=repr)],
+  }
   # A checkpoint saved inside a phase without an evaluation holds weights no loss has been computed from yet: the
   # next step's loss confirms them, or condemns them (a diverging run saves the update that diverged).
   unconfirmed = None
@@ -223,13 +258,20 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     if where == DONE and lengths:
       # Its last phase's schedule has run its course (a cosine's rate reached 0): lengthening it now would restart
       # the schedule part-way. The final model is evaluated as it is.
-      log.warning("the run in %s had finished all its phases: the new length (%s) does not extend it; to train "
-                  "longer, start a new --workdir (--config.init_from=%s starts from this run's weights)",
-                  workdir, ", ".join(lengths), workdir)
+      log.warning(
+        "the run in %s had finished all its phases: the new length (%s) does not extend it; to train "
+        "longer, start a new --workdir (--config.init_from=%s starts from this run's weights)",
+        workdir,
+        ", ".join(lengths),
+        workdir,
+      )
   elif main_process and earlier_metrics:
-    log.warning("%s holds the metrics of an earlier run but no checkpoint to resume: training starts at step 0, and "
-                "its records follow the earlier ones in %s (a new --workdir keeps them apart)", workdir,
-                writers.METRICS_FILE)
+    log.warning(
+      "%s holds the metrics of an earlier run but no checkpoint to resume: training starts at step 0, and "
+      "its records follow the earlier ones in %s (a new --workdir keeps them apart)",
+      workdir,
+      writers.METRICS_FILE,
+    )
 
   bar = writers.Progress(total_steps, initial=position["step"], enabled=progress and main_process)
   # (At least every step when asked for at all: a fraction of an epoch shorter than a step once rounded to 0, off.)
@@ -252,8 +294,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
       if not (resuming and position["phase_step"] > 0):  # the phase starts (is not resumed inside)
         # (Every process reads the same sample, whole batches: what a phase sets up from it, MA-CNN's k-means
         # targets, must be the same on every process; spread over every class, as the data may be stored by class.)
-        scheme.before_phase(phase.key, model, lambda: data.sample(
-            config, config.data.train_split, SAMPLE_BATCHES * config.data.eval_batch_size))
+        scheme.before_phase(
+          phase.key,
+          model,
+          lambda: data.sample(config, config.data.train_split, SAMPLE_BATCHES * config.data.eval_batch_size),
+        )
         # The plateau rule's window losses travel in the checkpoint's position: a phase resumed inside ends where
         # the uninterrupted one would have.
         position["plateau"] = []
@@ -280,9 +325,12 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         if data_state is not None:
           train_data.set_state(data_state)
         elif position["step"]:
-          log.warning("no input position was saved with the checkpoint at step %d (%s missing): the input pipeline "
-                      "starts again from its beginning, so this run will see other batches than an uninterrupted one",
-                      latest, os.path.join(ckpts.data_dir, f"{latest}.json"))
+          log.warning(
+            "no input position was saved with the checkpoint at step %d (%s missing): the input pipeline "
+            "starts again from its beginning, so this run will see other batches than an uninterrupted one",
+            latest,
+            os.path.join(ckpts.data_dir, f"{latest}.json"),
+          )
       # The step takes and returns the state's leaves (steps.py: flattening an nnx State per call costs ms); the
       # donated buffers of `state` must not be read again: checkpoints and evaluation rebuild it from the leaves.
       leaves, structure = jax.tree.flatten(state)
@@ -290,6 +338,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
       def current_state():
         return jax.tree.unflatten(structure, leaves)
+
       # (setdefault: a checkpoint written before the position had them)
       plateau = phases.Plateau(phase.plateau_patience, phase.plateau_min_delta, position.setdefault("plateau", []))
       sums, count = None, 0
@@ -314,10 +363,15 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           ckpts.discard(unconfirmed)
           removed, unconfirmed = f" (removed the checkpoint at step {unconfirmed}: its weights gave it)", None
         good = ckpts.latest_step()
-        kept = (f"the last good checkpoint, step {good}, is intact in {ckpts.dir}{removed}" if good is not None else
-                f"no good checkpoint was saved yet{removed}")
-        raise NonFiniteLoss(f"{what} The run stopped; {kept}. Lower phases.{phase.key}.optim.lr or set "
-                            f"phases.{phase.key}.optim.clip_norm, and run again to resume from it.")
+        kept = (
+          f"the last good checkpoint, step {good}, is intact in {ckpts.dir}{removed}"
+          if good is not None
+          else f"no good checkpoint was saved yet{removed}"
+        )
+        raise NonFiniteLoss(
+          f"{what} The run stopped; {kept}. Lower phases.{phase.key}.optim.lr or set "
+          f"phases.{phase.key}.optim.clip_norm, and run again to resume from it."
+        )
 
       def save(eval_metrics=None):
         nonlocal unconfirmed
@@ -331,12 +385,18 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         try:
           results = evaluate(scheme, eval_step, current_state()[0], eval_data, mesh)
         except evaluation.NonFiniteLogits:
-          diverged(f"The model's outputs became NaN or infinite in phase {phase.name} by step {position['step']} "
-                   "(its evaluation).")
+          diverged(
+            f"The model's outputs became NaN or infinite in phase {phase.name} by step {position['step']} "
+            "(its evaluation)."
+          )
         main = results[scheme.main_output]
         for name, r in results.items():
-          writer.write(position["step"], {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
-                       split="eval" if name == scheme.main_output else f"eval/{name}", phase=phase.name)
+          writer.write(
+            position["step"],
+            {k: r[k] for k in ("top1", "top5", "mean_class_accuracy", "ece", "nll")},
+            split="eval" if name == scheme.main_output else f"eval/{name}",
+            phase=phase.name,
+          )
         if position["best_top1"] is None or main["top1"] > position["best_top1"]:
           position["best_top1"] = main["top1"]
         return {"top1": main["top1"]}
@@ -357,8 +417,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         leaves, metrics = train_step(leaves, mesh_lib.to_device(next(it), mesh), structure)
         if unconfirmed is not None:  # the first loss from a saved state's weights (one wait for the device per save)
           if float(metrics["nonfinite"]):
-            diverged(f"The loss became NaN or infinite in phase {phase.name} at step {position['step'] + 1}, the "
-                     "first from the saved weights.")
+            diverged(
+              f"The loss became NaN or infinite in phase {phase.name} at step {position['step'] + 1}, the "
+              "first from the saved weights."
+            )
           unconfirmed = None
         sums = metrics if sums is None else _accumulate(sums, metrics)
         count += 1
@@ -367,8 +429,12 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         step = position["step"]
         if step % config.log.every_steps == 0 or position["phase_step"] == phase.steps:
           host = check_and_log()
-          bar.update(step, phase=phase.name, images_per_step=config.data.batch_size,
-                     **{k: host[k] for k in ("loss", "accuracy") if k in host})
+          bar.update(
+            step,
+            phase=phase.name,
+            images_per_step=config.data.batch_size,
+            **{k: host[k] for k in ("loss", "accuracy") if k in host},
+          )
           if plateau.stalled(host["loss"]):
             log.warning("phase %s: loss plateaued at step %d; moving on", phase.name, step)
             break
@@ -380,8 +446,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           save()
 
       # --- End of the phase: evaluate, save; the next phase starts from this model.
-      position.update(phase=index + 1, phase_name=plan[index + 1].name if index + 1 < len(plan) else DONE,
-                      phase_step=0)
+      position.update(phase=index + 1, phase_name=plan[index + 1].name if index + 1 < len(plan) else DONE, phase_step=0)
       save(run_eval())
       model, _ = nnx.merge(graphdef, current_state())
       latest = None

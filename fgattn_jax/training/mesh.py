@@ -12,10 +12,10 @@ import sys
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fgattn_jax.config import ConfigError
-
+from fgattn_jax.errors import ConfigError
 
 JOIN_TIMEOUT_S = 300  # jax.distributed's default
 
@@ -33,12 +33,20 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
   # Until every process has joined, jax.distributed waits without a word, then aborts with a message that blames a
   # task that died: say what it waits for.
   if launcher:
-    print(f"{launcher[0]} started {launcher[1]} processes: this one joins the others, waiting up to "
-          f"{JOIN_TIMEOUT_S} s for all of them", file=sys.stderr, flush=True)
+    print(
+      f"{launcher[0]} started {launcher[1]} processes: this one joins the others, waiting up to "
+      f"{JOIN_TIMEOUT_S} s for all of them",
+      file=sys.stderr,
+      flush=True,
+    )
     jax.distributed.initialize(initialization_timeout=JOIN_TIMEOUT_S)
   else:
-    print(f"process {process_id} of {num_processes}: waiting up to {JOIN_TIMEOUT_S} s for all {num_processes} to "
-          f"join at {coordinator}", file=sys.stderr, flush=True)
+    print(
+      f"process {process_id} of {num_processes}: waiting up to {JOIN_TIMEOUT_S} s for all {num_processes} to "
+      f"join at {coordinator}",
+      file=sys.stderr,
+      flush=True,
+    )
     jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=JOIN_TIMEOUT_S)
 
 
@@ -46,8 +54,10 @@ def cluster_launcher() -> tuple[str, int] | None:
   """(launcher, process count) where SLURM's srun or Open MPI's mpirun started this process as one of several (the
   variables jax.distributed reads to find its peers), else None."""
   env = os.environ
-  if all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")) \
-      and int(env.get("SLURM_NTASKS", "1")) > 1:
+  if (
+    all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID"))
+    and int(env.get("SLURM_NTASKS", "1")) > 1
+  ):
     return "SLURM", int(env["SLURM_NTASKS"])
   if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
     return "Open MPI", int(env["OMPI_COMM_WORLD_SIZE"])
@@ -82,6 +92,7 @@ def to_host(x) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

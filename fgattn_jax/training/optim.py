@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from fgattn_jax.config import ConfigError
+from fgattn_jax.errors import ConfigError
 
 
 def nnx_path(keypath) -> tuple:
@@ -27,7 +27,8 @@ def learning_rate(optim, schedule, steps: int, steps_per_epoch: int) -> optax.Sc
     main = optax.cosine_decay_schedule(optim.lr, max(steps - warmup, 1))
   elif schedule.kind == "step":
     main = optax.piecewise_constant_schedule(
-        optim.lr, {int(round(e * steps_per_epoch)) - warmup: schedule.decay for e in schedule.boundaries})
+      optim.lr, {int(round(e * steps_per_epoch)) - warmup: schedule.decay for e in schedule.boundaries}
+    )
   elif schedule.kind == "constant":
     main = optax.constant_schedule(optim.lr)
   else:
@@ -45,8 +46,10 @@ def make_optimizer(optim, schedule, steps: int, steps_per_epoch: int, new_paths:
 
   def base(rate):
     if optim.name == "sgd":
-      return optax.chain(optax.add_decayed_weights(optim.weight_decay, decay_mask),
-                         optax.sgd(rate, momentum=optim.momentum or None, nesterov=optim.nesterov))
+      return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay, decay_mask),
+        optax.sgd(rate, momentum=optim.momentum or None, nesterov=optim.nesterov),
+      )
     if optim.name == "adamw":
       return optax.adamw(rate, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask)
     raise ConfigError(f"optim.name={optim.name!r}: use 'sgd' or 'adamw'")
@@ -54,7 +57,8 @@ def make_optimizer(optim, schedule, steps: int, steps_per_epoch: int, new_paths:
   if new_paths and optim.new_layer_lr_mult != 1:
     mult = optim.new_layer_lr_mult
     labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda kp, _: "new" if nnx_path(kp) in new_paths else "pretrained", params)
+      lambda kp, _: "new" if nnx_path(kp) in new_paths else "pretrained", params
+    )
     tx = optax.multi_transform({"pretrained": base(lr), "new": base(lambda s: mult * lr(s))}, labels)
   else:
     tx = base(lr)

@@ -1,5 +1,5 @@
-"""A run as a list of phases, in config.phase_order. Consecutive phases with cycle=True repeat config.cycles times (alternating
-training: e.g. MA-CNN's grouping phase and classification phase); the rest run once where they stand."""
+"""A run as a list of phases, in config.phase_order. Consecutive phases with cycle=True repeat config.cycles times
+(alternating training: e.g. MA-CNN's grouping phase and classification phase); the rest run once where they stand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from fgattn_jax.config import ConfigError
+from fgattn_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,12 @@ def plan(config, steps_per_epoch: int, loss_names, groups) -> list[Phase]:
       raise ConfigError(f"phases.{key}.trains={p.trains!r}: the scheme's parameter groups are {', '.join(groups)}")
     unknown = set(p.losses.keys()) - set(loss_names)
     if unknown:
-      raise ConfigError(f"phases.{key}.losses names {', '.join(sorted(unknown))}; the scheme's losses are "
-                       f"{', '.join(loss_names)}")
-    phase = Phase(key, key, p.trains, dict(p.losses), p.optim, p.schedule, steps, p.plateau.patience,
-                  p.plateau.min_delta)
+      raise ConfigError(
+        f"phases.{key}.losses names {', '.join(sorted(unknown))}; the scheme's losses are {', '.join(loss_names)}"
+      )
+    phase = Phase(
+      key, key, p.trains, dict(p.losses), p.optim, p.schedule, steps, p.plateau.patience, p.plateau.min_delta
+    )
     if not p.cycle:
       flush()
     if steps > 0:
@@ -68,6 +70,6 @@ class Plateau:
     self.history.append(loss)
     if self.patience <= 0 or len(self.history) <= self.patience:
       return False
-    best_before = min(self.history[:-self.patience])
-    recent = float(np.mean(self.history[-self.patience:]))
+    best_before = min(self.history[: -self.patience])
+    recent = float(np.mean(self.history[-self.patience :]))
     return recent > best_before * (1 - self.min_delta)

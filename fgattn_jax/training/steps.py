@@ -42,12 +42,15 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
       total = sum(w * losses[k] for k, w in weighted.items())
       return total, (losses, outputs)
 
-    (total, (losses, outputs)), grads = nnx.value_and_grad(
-        loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
+    (total, (losses, outputs)), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
     lr = lr_schedule(optimizer.step.get_value())
     optimizer.update(model, grads)
-    metrics = {"loss": total, **{f"loss/{k}": v for k, v in losses.items()}, "lr": lr,
-               "nonfinite": (~jnp.isfinite(total)).astype(jnp.float32)}
+    metrics = {
+      "loss": total,
+      **{f"loss/{k}": v for k, v in losses.items()},
+      "lr": lr,
+      "nonfinite": (~jnp.isfinite(total)).astype(jnp.float32),
+    }
     # Training accuracy: of the main output, or where the phase does not compute it, of the first one it does
     # (MA-CNN's object stream before its part streams train); none where the phase computes no logits.
     main = scheme.main_output if scheme.main_output in outputs else next(iter(outputs), None)
@@ -56,8 +59,14 @@ def make_train_step(scheme, graphdef, wrt, loss_weights: dict, lr_schedule, dtyp
     return jax.tree.leaves(nnx.state((model, optimizer))), metrics
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0, static_argnums=2,
-                 compiler_options=dict(COMPILER_OPTIONS) or None)
+  return jax.jit(
+    step,
+    in_shardings=(repl, data),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
+    static_argnums=2,
+    compiler_options=dict(COMPILER_OPTIONS) or None,
+  )
 
 
 def make_eval_step(scheme, model_graphdef, dtype, mesh):
@@ -71,5 +80,10 @@ def make_eval_step(scheme, model_graphdef, dtype, mesh):
     return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
   repl, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=data, static_argnums=2,
-                 compiler_options=dict(COMPILER_OPTIONS) or None)
+  return jax.jit(
+    step,
+    in_shardings=(repl, data),
+    out_shardings=data,
+    static_argnums=2,
+    compiler_options=dict(COMPILER_OPTIONS) or None,
+  )

@@ -41,6 +41,7 @@ class MetricWriter:
     if tensorboard:
       # Imported here: tensorboardX imports torch whenever torch is installed, which costs seconds.
       from tensorboardX.event_file_writer import EventsWriter
+
       tb_dir = os.path.join(self.workdir, "tensorboard")
       os.makedirs(tb_dir, exist_ok=True)
       # EventsWriter writes synchronously; tensorboardX's SummaryWriter queues events to a thread that its
@@ -65,6 +66,7 @@ class MetricWriter:
     if self._events is not None:
       from tensorboardX.proto.event_pb2 import Event
       from tensorboardX.proto.summary_pb2 import Summary
+
       summary = Summary(value=[Summary.Value(tag=f"{split}/{k}", simple_value=v) for k, v in values.items()])
       self._events.write_event(Event(wall_time=now, step=int(step), summary=summary))
       self._events.flush()
@@ -151,10 +153,12 @@ def plot_curves(workdir, out_path=None) -> str:
   others = sorted({r["split"] for r in records} - {"train"})
   train_keys = sorted({k for r in records if r["split"] == "train" for k in r})
   panels = [
-      ("loss", [("train", "loss")] + [("train", k) for k in train_keys if k.startswith("loss/")]
-       + [(s, "loss") for s in others]),
-      ("accuracy", [("train", "accuracy")] + [(s, "top1") for s in others]),
-      ("learning rate", [("train", "lr")]),
+    (
+      "loss",
+      [("train", "loss")] + [("train", k) for k in train_keys if k.startswith("loss/")] + [(s, "loss") for s in others],
+    ),
+    ("accuracy", [("train", "accuracy")] + [(s, "top1") for s in others]),
+    ("learning rate", [("train", "lr")]),
   ]
   panels = [(title, [(s, k, *_series(records, s, k)) for s, k in keys]) for title, keys in panels]
   panels = [(title, [c for c in curves if c[2]]) for title, curves in panels]
@@ -186,10 +190,24 @@ def plot_curves(workdir, out_path=None) -> str:
     lo, hi = axes[0].get_xlim()
     for phase, start, end in spans:
       if end - start > 0.06 * (hi - lo):
-        axes[0].text((start + end) / 2, 1.0, phase, transform=axes[0].get_xaxis_transform(), ha="center",
-                     va="bottom", fontsize="small", color=colors[phase], clip_on=False)
-    fig.legend(handles=[Patch(color=colors[p], alpha=0.3, label=p) for p in phases], loc="outside lower center",
-               ncols=min(len(phases), 6), title="phase", fontsize="small")
+        axes[0].text(
+          (start + end) / 2,
+          1.0,
+          phase,
+          transform=axes[0].get_xaxis_transform(),
+          ha="center",
+          va="bottom",
+          fontsize="small",
+          color=colors[phase],
+          clip_on=False,
+        )
+    fig.legend(
+      handles=[Patch(color=colors[p], alpha=0.3, label=p) for p in phases],
+      loc="outside lower center",
+      ncols=min(len(phases), 6),
+      title="phase",
+      fontsize="small",
+    )
   fig.savefig(out_path)
   return out_path
 
@@ -199,8 +217,7 @@ class Progress:
   Disabled (no output) when enabled=False, or when stderr is not a terminal and quiet=True; otherwise, when stderr
   is not a terminal (CI logs), it prints a plain line every `every` updates (and at the end) instead of redrawing."""
 
-  def __init__(self, total_steps: int, *, initial: int = 0, enabled: bool = True, every: int = 50,
-               quiet: bool = False):
+  def __init__(self, total_steps: int, *, initial: int = 0, enabled: bool = True, every: int = 50, quiet: bool = False):
     self.total, self.every = total_steps, max(1, every)
     self._stream = sys.stderr
     terminal = self._stream.isatty()
@@ -231,8 +248,13 @@ class Progress:
       return
     eta = tqdm.tqdm.format_interval(self._sec_per_step * (self.total - step)) if self._sec_per_step else "?"
     width = len(str(self.total))
-    fields = [f"step {step:>{width}}/{self.total} ({100 * step / max(self.total, 1):.0f}%)", f"phase {phase}",
-              values, f"{ips} img/s", f"ETA {eta}"]
+    fields = [
+      f"step {step:>{width}}/{self.total} ({100 * step / max(self.total, 1):.0f}%)",
+      f"phase {phase}",
+      values,
+      f"{ips} img/s",
+      f"ETA {eta}",
+    ]
     self._pending = " | ".join(x for x in fields if x)
     if self._updates % self.every == 0 or step >= self.total:
       self._print_pending()
