@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fgattn_jax import cli
+from fgattn_jax import cli, trained_run
 
 
 def main(argv=None) -> int:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
   from fgattn_jax import evaluation
   from fgattn_jax.training import loop
 
-  run = cli.load_run(p, args, pairs, jax.process_index(), jax.process_count())
+  run = trained_run.load_run(p, args, pairs, jax.process_index(), jax.process_count())
   if run is None:
     return 2
   cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
@@ -70,11 +70,11 @@ def main(argv=None) -> int:
     from fgattn_jax import explain
     from fgattn_jax.ops import saliency
 
-    stages = saliency.layer_names(*cli.probe(scheme, model, pipe))
-    layer = cli.check_layer(
+    stages = saliency.layer_names(*explain.probe(scheme, model, pipe))
+    layer = explain.check_layer(
       p, scheme, model, stages, args.layer or explain.default_layer(scheme, model), image_frame=True
     )[0]
-  mesh, eval_step, state = cli.eval_program(run)
+  mesh, eval_step, state = trained_run.eval_program(run)
   try:
     results = loop.evaluate(scheme, eval_step, state, pipe, mesh)
   except evaluation.NonFiniteLogits:

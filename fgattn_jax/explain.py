@@ -3,6 +3,7 @@ guided Grad-CAM for the predicted and the true class. visualize draws them; eval
 
 from __future__ import annotations
 
+import argparse
 import functools
 
 import jax
@@ -86,3 +87,51 @@ def amplified(scheme, model, batch, *, layer, channel, use_class, steps, step_si
 def to_uint8(normalised) -> np.ndarray:
   """Normalised images (what the model saw: crops, zooms, amplified inputs) -> uint8 RGB for display."""
   return np.clip(np.round(np.asarray(normalised, np.float32) * STD + MEAN), 0, 255).astype(np.uint8)
+
+
+def probe(scheme, model, pipe):
+  """(images -> the run's main logits, a zero image of the pipeline's shape): for reading the stages' names and
+  shapes (saliency.layer_names, layer_shape) without running anything."""
+  import numpy as np
+  from flax import nnx
+
+  from fgattn_jax import explain
+
+  model = nnx.clone(model)
+  model.eval()  # (in training mode BatchNorm would update its statistics inside the trace)
+  batch = {k: v[:1] for k, v in next(iter(pipe)).items()}
+  return explain.logits_fn(scheme, model, batch), np.zeros(batch["image"].shape, np.float32)
+
+
+def check_layer(
+  p: argparse.ArgumentParser,
+  scheme,
+  model,
+  stages: list[str],
+  layer: str,
+  *,
+  drawn: bool = True,
+  image_frame: bool = False,
+):
+  """--layer, checked against the stages the model runs (saliency.layer_names): -> (its name as they have it:
+  conv5_4#1 is conv5_4, what it sees: 'image' or the index of the scheme's attention crop, scheme.layer_input).
+  A stage the model does not run, with `drawn` one whose input is drawn nowhere, and with image_frame one not in
+  the image's frame (the localisation metrics) are argparse errors naming the stages."""
+  from fgattn_jax.ops import saliency
+
+  try:
+    name, occurrence = saliency.parse_layer(layer)
+  except ValueError as e:
+    p.error(str(e))
+  layer = name if occurrence == 1 else layer
+  if layer not in stages:
+    p.error(f"layer {layer!r} does not run in this model; its stages: {', '.join(stages)}")
+  frame = scheme.layer_input(occurrence, model)
+  if (drawn and frame is None) or (image_frame and frame != "image"):
+    on_image = [s for s in stages if scheme.layer_input(saliency.parse_layer(s)[1], model) == "image"]
+    what = "an input that is not drawn (the object crop)" if frame is None else "a crop, not the image"
+    p.error(
+      f"layer {layer!r} sees {what}{': the metrics score maps in the image' if image_frame else ''}; "
+      f"stages on the image: {', '.join(on_image)}"
+    )
+  return layer, frame

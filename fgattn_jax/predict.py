@@ -17,7 +17,7 @@ import csv
 import os
 import sys
 
-from fgattn_jax import cli
+from fgattn_jax import cli, trained_run
 
 
 def main(argv=None) -> int:
@@ -47,13 +47,13 @@ def main(argv=None) -> int:
         "classifier; score the tasks with python -m fgattn_jax.evaluate"
       )
 
-  run = cli.load_run(p, args, pairs, images=args.paths, refuse=refuse)
+  run = trained_run.load_run(p, args, pairs, images=args.paths, refuse=refuse)
   if run is None:
     return 2
   cfg, scheme, step, pipe, names = run.cfg, run.scheme, run.step, run.pipe, run.names
   top = min(args.top, cfg.data.num_classes)
 
-  mesh, predict_step, state = cli.eval_program(run)
+  mesh, predict_step, state = trained_run.eval_program(run)
   leaves, structure = jax.tree.flatten(state)
   rows = []  # (path, [(class, probability), ...] best first)
   for batch in pipe:

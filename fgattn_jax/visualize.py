@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fgattn_jax import cli, overlays
+from fgattn_jax import cli, overlays, trained_run
 
 
 def main(argv=None) -> int:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   from fgattn_jax.models.registry import compute_dtype
   from fgattn_jax.ops import saliency
 
-  run = cli.load_run(p, args, pairs, images=args.images or None)
+  run = trained_run.load_run(p, args, pairs, images=args.images or None)
   if run is None:
     return 2
   cfg, split, scheme, model, step, pipe = run.cfg, run.split, run.scheme, run.model, run.step, run.pipe
@@ -98,11 +98,11 @@ def main(argv=None) -> int:
       steps=args.amplify_steps,
       step_size=args.amplify_step_size,
     )
-  probe_fn, probe_images = cli.probe(scheme, model, pipe)
+  probe_fn, probe_images = explain.probe(scheme, model, pipe)
   stages = saliency.layer_names(probe_fn, probe_images)
-  layer, frame = cli.check_layer(p, scheme, model, stages, layer)
+  layer, frame = explain.check_layer(p, scheme, model, stages, layer)
   if amplify and amplify["layer"]:  # (the image is amplified: any stage will do)
-    amplify["layer"] = cli.check_layer(p, scheme, model, stages, amplify["layer"], drawn=False)[0]
+    amplify["layer"] = explain.check_layer(p, scheme, model, stages, amplify["layer"], drawn=False)[0]
   if amplify and amplify["layer"] and amplify["channel"] is not None:
     try:
       saliency.check_channel(

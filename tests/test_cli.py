@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fgattn_jax import cli, evaluate, train
+from fgattn_jax import cli, evaluate, train, trained_run
 from fgattn_jax.config import load_config
 from fgattn_jax.training import loop, writers
 
@@ -227,15 +227,15 @@ def test_only_a_missing_config_key_is_called_one():
   for missing in (lambda: c.data.eval_batch_size, lambda: c["abn"]):
     with pytest.raises((AttributeError, KeyError)) as e:
       missing()
-    assert "(it lacks the key '" in cli.edited("config.json", e.value)
+    assert "(it lacks the key '" in trained_run.edited("config.json", e.value)
   # Any other AttributeError from building the model is shown as it is, not read as a key named 'NoneType'.
-  other = cli.edited("config.json", AttributeError("'NoneType' object has no attribute 'shape'"))
+  other = trained_run.edited("config.json", AttributeError("'NoneType' object has no attribute 'shape'"))
   assert "(AttributeError: 'NoneType' object has no attribute 'shape')" in other and "lacks" not in other
 
 
 def test_a_run_config_takes_the_settings_a_run_can_change(run_dir):
   p = cli.parser("test", "", [])
-  cfg = cli.run_config(p, str(run_dir), [("data.root", "/moved/data"), ("model.dtype", "float32")])
+  cfg = trained_run.run_config(p, str(run_dir), [("data.root", "/moved/data"), ("model.dtype", "float32")])
   assert (cfg.data.root, cfg.model.dtype, cfg.scheme) == ("/moved/data", "float32", "baseline")
   assert cli.checkpoint_arg("best") == "best" and cli.checkpoint_arg("1200") == "1200"
 
@@ -252,7 +252,7 @@ def test_a_run_saved_before_keys_were_added_reads_with_the_values_it_was_trained
       node = node[g]
     del node[name]
   (run_dir / "config.json").write_text(json.dumps(cfg))
-  run = cli.run_config(cli.parser("test", "", []), str(run_dir), [])
+  run = trained_run.run_config(cli.parser("test", "", []), str(run_dir), [])
   assert (run.model.block, run.model.dropout, run.data.augment.crop, run.data.top_classes) == ("", None, "resize", 0)
   assert (run.data.split.val_fraction, run.data.split.test_fraction, run.data.augment.eval_rotation) == (0.1, 0.1, 0)
 

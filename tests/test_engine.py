@@ -10,7 +10,7 @@ import pytest
 from engine_config import tiny
 from flax import nnx
 
-from fgattn_jax import cli
+from fgattn_jax import cli, trained_run
 from fgattn_jax.training import checkpoint as ckpt_lib
 from fgattn_jax.training import loop, optim, phases, steps, writers
 
@@ -471,13 +471,13 @@ def test_a_run_is_evaluated_on_the_devices_of_the_machine_at_hand(caplog):
   c = tiny()
   c.mesh.data, c.data.eval_batch_size = 6, 6
   with caplog.at_level("WARNING"):
-    cli.fit_to_devices(c, 4)
+    trained_run.fit_to_devices(c, 4)
   assert (c.mesh.data, c.data.eval_batch_size) == (-1, 8)
   assert "data.eval_batch_size=6 does not split over the 4 devices: evaluating in batches of 8" in caplog.text
   c.mesh.data, c.data.eval_batch_size = 2, 6
-  cli.fit_to_devices(c, 4)  # a mesh the machine has, and a batch that splits over it: as they are
+  trained_run.fit_to_devices(c, 4)  # a mesh the machine has, and a batch that splits over it: as they are
   assert (c.mesh.data, c.data.eval_batch_size) == (2, 6)
-  cli.fit_to_devices(c, 1)
+  trained_run.fit_to_devices(c, 1)
   assert (c.mesh.data, c.data.eval_batch_size) == (-1, 6)
 
 
