@@ -50,6 +50,15 @@ CIFAR = {
   "cifar100_wrn28_10": dict(backbone="wrn28_10", dropout=0.3, wd=5e-4, decay=0.2),
 }
 
+# The fine-grained presets: (the data set, whether the ImageNet features stay frozen), ResNet-50 from ImageNet.
+FINE_GRAINED = {
+  "cub": ("cub", False),
+  "aircraft": ("aircraft", False),
+  "cars": ("cars", False),
+  "dogs": ("dogs", False),
+  "cub_frozen": ("cub", True),
+}
+
 
 def get_config(arg=None):
   c = common.get_config()
@@ -108,10 +117,13 @@ def get_config(arg=None):
     c.phases.main = common.phase(epochs=90, lr=0.1, weight_decay=1e-4, new_layer_lr_mult=1.0, losses=losses)
     c.phases.main.schedule.update(kind="step", boundaries=(30, 60), decay=0.1)
     return c
-  common.use_dataset(c, arg.removesuffix("_frozen"))
+  if arg not in FINE_GRAINED:
+    raise ValueError(f"configs/abn.py has no preset {arg!r}; its presets: {', '.join(p for p in PRESETS if p)}")
+  dataset, frozen = FINE_GRAINED[arg]
+  common.use_dataset(c, dataset)
   c.model.backbone, c.model.require_pretrained = "resnet50", True
   c.data.batch_size, c.data.eval_batch_size = 16, 64
-  if arg.endswith("_frozen"):
+  if frozen:
     c.model.freeze_features = True  # the extractor (up to layer3) keeps its ImageNet weights and statistics
     c.phases.main = common.phase(trains="branches", epochs=30, lr=0.01, losses={"att": 0.25, "per": 1.0})
   else:
