@@ -65,11 +65,11 @@ class ABN(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if map_kernel not in (1, 3):
-      raise ValueError(f"abn.map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
+      raise ValueError(f"map_kernel must be 1 (the paper) or 3 (the official code), got {map_kernel}")
     self.after_pool = branch == AFTER_POOL
     if self.after_pool and not isinstance(backbone, vgg.VGG):
-      raise ValueError(f"abn.branch {AFTER_POOL!r} is a VGG's last pooling; {type(backbone).__name__} has none")
-    self.branch = len(backbone.stages) - 1 if self.after_pool else backbone.stage_index(branch, "abn.branch")
+      raise ValueError(f"branch {AFTER_POOL!r} is a VGG's last pooling; {type(backbone).__name__} has none")
+    self.branch = len(backbone.stages) - 1 if self.after_pool else backbone.stage_index(branch, "branch")
     self.backbone, self.residual = backbone, residual
     self.tasks = tuple(num_classes) if isinstance(num_classes, (tuple, list)) else (num_classes,)
     dtype = backbone.compute_dtype

@@ -44,16 +44,12 @@ class Backbone(nnx.Module):
     return logits.astype(jnp.float32), feats
 
   def stage_index(self, stage: int | str, key: str = "stage") -> int:
-    """A stage by name ('conv4_2', 'layer3') or index (negative from the end) -> its index. key: the config key
-    that named it, for the error (e.g. a VGG stage name left in a config switched to a ResNet)."""
+    """A stage by name ('conv4_2', 'layer3') or index (negative from the end) -> its index. key: the argument that
+    named it, for the error (the schemes check config keys first: schemes.base.check_stage)."""
     names = list(self.stage_names)
     if isinstance(stage, str):
       if stage not in names:
-        from fgattn_jax.errors import ConfigError
-
-        raise ConfigError(
-          f"{key} {stage!r} is not a stage of this backbone ({', '.join(names)}): set --config.{key} to one of them"
-        )
+        raise ValueError(f"{key} {stage!r} is not a stage of this backbone ({', '.join(names)})")
       stage = names.index(stage)
     return stage % len(names)
 

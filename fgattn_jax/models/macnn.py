@@ -76,18 +76,18 @@ class MACNN(nnx.Module):
   ):
     if num_parts < 1 or part_input < 1 or object_input < 0 or not 0 < crop_fraction <= 1:
       raise ValueError(
-        f"macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and "
-        f".crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}"
+        f"num_parts and part_input must be 1 or more, object_input 0 or more and "
+        f"crop_fraction in (0, 1]; got {num_parts}, {part_input}, {object_input}, {crop_fraction}"
       )
     if part_maps not in ("centred", "deploy", "paper"):
-      raise ValueError(f"macnn.part_maps must be 'centred', 'deploy' or 'paper', got {part_maps!r}")
+      raise ValueError(f"part_maps must be 'centred', 'deploy' or 'paper', got {part_maps!r}")
     if part_pooling not in ("weighted", "sum"):
-      raise ValueError(f"macnn.part_pooling must be 'weighted' or 'sum', got {part_pooling!r}")
+      raise ValueError(f"part_pooling must be 'weighted' or 'sum', got {part_pooling!r}")
     if crop_reference not in ("image", "object"):
-      raise ValueError(f"macnn.crop_reference must be 'image' or 'object', got {crop_reference!r}")
+      raise ValueError(f"crop_reference must be 'image' or 'object', got {crop_reference!r}")
     if object_net is not None and not part_nets:
-      raise ValueError("The object crop is a stream beside the part streams: it needs macnn.part_streams=True")
-    self.stage = backbone.stage_index(feature_stage, "macnn.feature_stage")
+      raise ValueError("The object crop is a stream beside the part streams: it needs the part streams")
+    self.stage = backbone.stage_index(feature_stage, "feature_stage")
     self.backbone, self.num_parts = backbone, num_parts
     self.crop_fraction, self.crop_reference, self.part_input = crop_fraction, crop_reference, part_input
     self.part_maps, self.part_pooling, self.object_input = part_maps, part_pooling, object_input

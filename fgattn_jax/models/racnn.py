@@ -69,15 +69,15 @@ class RACNN(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if len(nets) < 2:
-      raise ValueError(f"racnn.num_scales: RA-CNN needs at least two scales, got {len(nets)}")
+      raise ValueError(f"RA-CNN needs at least two scales (nets), got {len(nets)}")
     if scale_input < 1 or scale1_input < 0 or apn_grid < 1 or apn_hidden < 1:
       raise ValueError(
-        "racnn.scale_input, .apn_grid and .apn_hidden must be 1 or more and .scale1_input 0 (the "
-        f"data's image_size) or more; got {scale_input}, {apn_grid}, {apn_hidden}, {scale1_input}"
+        "scale_input, apn_grid and apn_hidden must be 1 or more and scale1_input 0 (the "
+        f"input's own size) or more; got {scale_input}, {apn_grid}, {apn_hidden}, {scale1_input}"
       )
     if not 0 <= min_half_fraction <= max_half_fraction <= 0.5 or not 0 < apn_init_half_fraction <= 0.5:
       raise ValueError(
-        "racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
+        "RA-CNN needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in "
         f"(0, 0.5]; got {min_half_fraction}, {max_half_fraction}, {apn_init_half_fraction}"
       )
     self.nets = nnx.List(nets)

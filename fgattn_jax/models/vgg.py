@@ -109,7 +109,7 @@ class VGG(Backbone):
     rngs: nnx.Rngs,
   ):
     if head not in ("classifier", "gap"):
-      raise ValueError(f"model.head of a VGG must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {head!r}")
+      raise ValueError(f"head of a VGG must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {head!r}")
     depths = DEPTHS[depth_name]
     widths = [layers.scaled(w, width) for w in WIDTHS]
     self.bn, self.head_kind, self.freeze_features = bn, head, freeze_features

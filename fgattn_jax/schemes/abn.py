@@ -14,7 +14,7 @@ from flax import nnx
 from fgattn_jax.errors import ConfigError
 from fgattn_jax.models.abn import ABN, AFTER_POOL, default_branch
 from fgattn_jax.ops import losses
-from fgattn_jax.schemes.base import Scheme, backbone_from_config, load_into
+from fgattn_jax.schemes.base import Scheme, backbone_from_config, check_stage, load_into
 
 
 class ABNScheme(Scheme):
@@ -35,6 +35,10 @@ class ABNScheme(Scheme):
         f"{config.model.backbone!r}: set --config.abn.branch to one of its stages, or '' for its "
         "default"
       )
+    if branch != AFTER_POOL:
+      check_stage(backbone, branch, "abn.branch")
+    if config.abn.map_kernel not in (1, 3):
+      self.refuse(f"abn.map_kernel must be 1 (the paper) or 3 (the official code), got {config.abn.map_kernel}")
     return ABN(
       backbone,
       tasks or config.data.num_classes,

@@ -17,19 +17,26 @@ class Scheme:
 
   def build(self, config) -> nnx.Module:
     """The model (create) with its parameters drawn in the layout that compiles fast (registry.initializing). A
-    value the model cannot be built with is a ConfigError (a one-line error in the commands); the models name the
-    config key in their messages."""
+    value the model cannot be built with is a ConfigError (a one-line error in the commands). The models name their
+    constructor's arguments; the config keys are the scheme's business: create() maps the keys to arguments, and the
+    message says which section of the config they come from."""
     with registry.initializing():
       try:
         return self.create(config)
       except ConfigError:
         raise
       except ValueError as e:
-        raise ConfigError(f"{self.name} cannot be built from this config: {e}") from e
+        section = self.name if self.name in config else "model"
+        raise ConfigError(f"{self.name} cannot be built from this config (its {section}.* keys): {e}") from e
 
   def create(self, config) -> nnx.Module:
-    """The model, float32 parameters, compute dtype from config.model.dtype."""
+    """The model, float32 parameters, compute dtype from config.model.dtype. Checks the config's values first
+    (refuse), naming the keys: the models name only their constructor's arguments."""
     raise NotImplementedError
+
+  def refuse(self, problem: str):
+    """A config value the model cannot be built with, as a one-line error naming its key."""
+    raise ConfigError(f"{self.name} cannot be built from this config: {problem}")
 
   def groups(self, model) -> dict[str, nnx.filterlib.Filter]:
     """Parameter groups that phases name in `trains`; 'all' must exist."""
@@ -91,6 +98,11 @@ def backbone_from_config(config, num_classes=None, seed_offset=0, freeze_feature
   freeze = m.freeze_features if freeze_features is None else freeze_features
   kw = dict(width=m.width, frozen_bn=m.frozen_bn, freeze_features=freeze)
   if m.backbone.startswith("vgg"):
+    if m.head not in ("classifier", "gap"):
+      raise ConfigError(
+        f"model.head of a VGG must be 'classifier' (torchvision's FC-4096 x2) or 'gap', got {m.head!r}: set "
+        "--config.model.head"
+      )
     kw["head"] = m.head
   if m.dropout is not None:
     kw["dropout"] = m.dropout
@@ -105,3 +117,13 @@ def backbone_from_config(config, num_classes=None, seed_offset=0, freeze_feature
   return build_backbone(
     m.backbone, num_classes or config.data.num_classes, dtype=m.dtype, rngs=nnx.Rngs(config.seed + seed_offset), **kw
   )
+
+
+def check_stage(backbone, stage, key: str) -> None:
+  """A stage the config names by key (abn.branch, macnn.feature_stage) must be one the backbone has (a VGG stage name
+  left in a config switched to a ResNet is the usual slip)."""
+  if isinstance(stage, str) and stage not in backbone.stage_names:
+    raise ConfigError(
+      f"{key} {stage!r} is not a stage of this backbone ({', '.join(backbone.stage_names)}): set --config.{key} to "
+      "one of them"
+    )

@@ -21,7 +21,7 @@ from fgattn_jax.models.macnn import MACNN
 from fgattn_jax.ops import grouping_init, losses
 from fgattn_jax.ops import macnn as macnn_ops
 from fgattn_jax.ops.images import normalize
-from fgattn_jax.schemes.base import Scheme, backbone_from_config, load_into
+from fgattn_jax.schemes.base import Scheme, backbone_from_config, check_stage, load_into
 
 
 def _under(*names):
@@ -35,13 +35,27 @@ class MACNNScheme(Scheme):
 
   def create(self, config):
     m = config.macnn
+    if m.num_parts < 1 or m.part_input < 1 or m.object_input < 0 or not 0 < m.crop_fraction <= 1:
+      self.refuse(
+        "macnn.num_parts and .part_input must be 1 or more, .object_input 0 or more and .crop_fraction in (0, 1]; "
+        f"got {m.num_parts}, {m.part_input}, {m.object_input}, {m.crop_fraction}"
+      )
+    for key, value, allowed in (("part_maps", m.part_maps, ("centred", "deploy", "paper")),
+                                ("part_pooling", m.part_pooling, ("weighted", "sum")),
+                                ("crop_reference", m.crop_reference, ("image", "object"))):  # fmt: skip
+      if value not in allowed:
+        self.refuse(f"macnn.{key} must be {' or '.join(map(repr, allowed))}, got {value!r}")
+    if m.object_crop and not m.part_streams:
+      self.refuse("macnn.object_crop is a stream beside the part streams: it needs macnn.part_streams=True")
     self.lam, self.margin = m.lam, m.margin
+    backbone = backbone_from_config(config)
+    check_stage(backbone, m.feature_stage, "macnn.feature_stage")
     part_nets = (
       [backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)] if m.part_streams else None
     )
     object_net = backbone_from_config(config, seed_offset=2 + m.num_parts) if m.object_crop else None
     return MACNN(
-      backbone_from_config(config),
+      backbone,
       config.data.num_classes,
       m.num_parts,
       feature_stage=m.feature_stage or -1,

@@ -37,6 +37,19 @@ class RACNNScheme(Scheme):
 
   def create(self, config):
     r = config.racnn
+    if r.num_scales < 2:
+      self.refuse(f"racnn.num_scales: RA-CNN needs at least two scales, got {r.num_scales}")
+    if r.scale_input < 1 or r.scale1_input < 0 or r.apn_grid < 1 or r.apn_hidden < 1:
+      self.refuse(
+        "racnn.scale_input, .apn_grid and .apn_hidden must be 1 or more and .scale1_input 0 (the data's image_size) "
+        f"or more; got {r.scale_input}, {r.apn_grid}, {r.apn_hidden}, {r.scale1_input}"
+      )
+    if not 0 <= r.min_half_fraction <= r.max_half_fraction <= 0.5 or not 0 < r.apn_init_half_fraction <= 0.5:
+      self.refuse(
+        "racnn needs 0 <= min_half_fraction <= max_half_fraction <= 0.5 and apn_init_half_fraction in (0, 0.5] (its "
+        "racnn.* keys); "
+        f"got {r.min_half_fraction}, {r.max_half_fraction}, {r.apn_init_half_fraction}"
+      )
     self.margin = r.margin
     nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
     return RACNN(
