@@ -1,5 +1,5 @@
-"""Accuracy of every scheme on one embedded synthetic task (issue #29): each head's top-1 over seeds, where each
-scheme's attention points against chance, and the issue's targets judged from them.
+"""Accuracy of every scheme on one embedded synthetic task (RESULTS.md, "Attention that pays"): each head's top-1
+over seeds, where each scheme's attention points against chance, and the targets judged from them.
 
     python -m benchmarks.accuracy                                   # the standard table: 4 schemes x seeds 0 1 2
     python -m benchmarks.accuracy --schemes macnn racnn --seeds 0   # some of it
@@ -609,7 +609,7 @@ def table(report: dict) -> str:
       "  note: the schemes' first networks differ (backbone, width or the side they see the image at): the "
       "comparison is not like for like"
     )
-  lines += ["", "Targets (issue #29):"]
+  lines += ["", "Targets:"]
   for target, text in TARGETS.items():
     mine = [v for v in report["verdict"] if v["target"] == target]
     if mine:

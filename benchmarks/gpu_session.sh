@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1
 # table 277 s, torch.compile's 280 s for 5 of its 8 rows): a stage may run until only the nominal time of the stages
 # after it is left, and at least its own nominal time while there is any, so that when more is asked for than the
 # budget holds, the first stages run and the last ones are skipped.
-# torch_graphs: torch.compile with CUDA graphs (reduce-overhead), the like-for-like PyTorch mode (issue #31); for
+# torch_graphs: torch.compile with CUDA graphs (reduce-overhead), the like-for-like PyTorch mode; for
 # repeats in one run use `python -m benchmarks.compare --all` instead of these stages.
 STAGES=${STAGES:-jax_train torch_eager torch_compile torch_graphs jax_passes pool_ab graphs_ab crop_ab profile
   input_pipeline phases largest}

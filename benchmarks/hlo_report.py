@@ -33,7 +33,7 @@ import tempfile
 
 TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")
 # Bytes per second of HBM (the cards' specification) and the bf16 matrix-product FLOP/s measured on an H100
-# (../shared/device/README.md; the H200 has the same chip).
+# (benchmarks/RESULTS.md; the H200 has the same chip).
 CARDS = {"h100": (3.35e12, 798e12), "h200": (4.8e12, 798e12)}
 SIZES = {
   "pred": 1,

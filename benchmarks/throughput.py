@@ -1,7 +1,7 @@
 """Training and evaluation throughput of a scheme: the engine's own jitted steps, synthetic batches on the device.
 
     python -m benchmarks.throughput --scheme racnn --backbone vgg19 --res 448 --batch 16
-    python -m benchmarks.throughput --all                  # the standard table (issue #9): needs a GPU or TPU
+    python -m benchmarks.throughput --all                  # the standard table: needs a GPU or TPU
     python -m benchmarks.throughput --all --cpu            # the same table at toy sizes: a smoke test (CI)
 
 One training step = the scheme's forward with every one of its losses (weight 1), the backward pass and an SGD
@@ -58,7 +58,8 @@ LARGEST_BATCH = {
     ("macnn", "resnet50"): 280,
   },
 }
-PEAKS = {"H100": 798.0, "H200": 798.0}  # bf16 matrix product TFLOP/s measured on the card (shared/device/README.md)
+# bf16 matrix-product TFLOP/s measured on the card (a matrix-product loop on an H100; the H200 has the same chip)
+PEAKS = {"H100": 798.0, "H200": 798.0}
 
 
 def config_for(scheme: str, backbone: str, res: int, batch: int, width: float, dtype: str):

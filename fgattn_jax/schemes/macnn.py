@@ -49,7 +49,7 @@ class MACNNScheme(Scheme):
       self.refuse("macnn.object_crop is a stream beside the part streams: it needs macnn.part_streams=True")
     self.lam, self.margin = m.lam, m.margin
     backbone = backbone_from_config(config)
-    check_stage(backbone, m.feature_stage, "macnn.feature_stage")
+    check_stage(backbone, m.feature_stage or -1, "macnn.feature_stage")  # ('': the last stage)
     part_nets = (
       [backbone_from_config(config, seed_offset=2 + i) for i in range(m.num_parts)] if m.part_streams else None
     )
