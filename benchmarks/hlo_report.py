@@ -275,7 +275,7 @@ def compile_for_gpu(
 
   mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))  # the engine's steps, on that device
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
-  (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
+  (train, train_args), (evaluate, eval_args) = throughput.setup_steps(scheme, c, abstract=True, mesh=mesh, phase=phase)
   fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
   lowered = fn.lower(*args)
   with tempfile.TemporaryDirectory() as dump:  # the thunk sequence is only in XLA's dump

@@ -109,7 +109,7 @@ def profile(
   import jax
 
   c = throughput.config_for(scheme, backbone, res, batch, width, dtype)
-  (train, (state, data, structure)), _ = throughput._setup(scheme, c)
+  (train, (state, data, structure)), _ = throughput.setup_steps(scheme, c)
   compiled = train.lower(state, data, structure).compile()
   if hlo:
     with open(hlo, "w") as f:

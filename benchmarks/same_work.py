@@ -48,7 +48,7 @@ def jax_side(scheme: str, backbone: str, res: int, batch: int) -> tuple[int, flo
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
   model = nnx.eval_shape(lambda: get_scheme(scheme).build(c))
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  (train, args), _ = throughput._setup(scheme, c, abstract=True)
+  (train, args), _ = throughput.setup_steps(scheme, c, abstract=True)
   return params, flops.count(train, *args, static_argnums=(2,)) / batch
 
 

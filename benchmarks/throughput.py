@@ -111,7 +111,7 @@ def phase_step(scheme, c, phase: str | None) -> tuple[dict, str]:
   return dict(c.phases[phase].losses), c.phases[phase].trains
 
 
-def _setup(scheme_name: str, c, *, abstract: bool = False, mesh=None, phase: str | None = None):
+def setup_steps(scheme_name: str, c, *, abstract: bool = False, mesh=None, phase: str | None = None):
   """The engine's jitted train and eval steps for config c, each with its arguments (the state's leaves, a synthetic
   batch on the device, the state's structure), or (abstract=True) only their shapes, enough to count FLOPs of
   full-size models in seconds: ((train, args), (evaluate, args)). mesh: the devices to compile for (default: every
@@ -182,7 +182,7 @@ def flop_profile(
   from benchmarks import flops
 
   def per_image(scheme, c, phase=None):  # -> (FLOPs per image, seconds spent tracing the step: part of compile_s)
-    (train, args), _ = _setup(scheme, c, abstract=True, phase=phase)
+    (train, args), _ = setup_steps(scheme, c, abstract=True, phase=phase)
     start = time.perf_counter()
     count = flops.count(train, *args, static_argnums=(2,))
     return count / batch, time.perf_counter() - start
@@ -252,7 +252,7 @@ def dispatch(
   import jax
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  (train, (leaves, data, structure)), _ = _setup(scheme_name, c, phase=phase)
+  (train, (leaves, data, structure)), _ = setup_steps(scheme_name, c, phase=phase)
   for _ in range(warmup):
     leaves = train(leaves, data, structure)[0]
   jax.block_until_ready(leaves)
@@ -302,7 +302,7 @@ def measure(
   from fgattn_jax.training import steps as steps_lib
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
-  (train, train_args), (evaluate, eval_args) = _setup(scheme_name, c, phase=phase)
+  (train, train_args), (evaluate, eval_args) = setup_steps(scheme_name, c, phase=phase)
   start = time.perf_counter()
   lowered = train.lower(*train_args)  # tracing the step (Python) and lowering it: the host's part of compiling
   trace_s = time.perf_counter() - start

@@ -65,7 +65,9 @@ def compile_for_tpu(
   chosen = layers.POOLING, crops.RESAMPLE
   layers.POOLING, crops.RESAMPLE = layers.pooling("tpu"), crops.formulation("tpu")
   try:
-    (train, train_args), (evaluate, eval_args) = throughput._setup(scheme, c, abstract=True, mesh=mesh, phase=phase)
+    (train, train_args), (evaluate, eval_args) = throughput.setup_steps(
+      scheme, c, abstract=True, mesh=mesh, phase=phase
+    )
     fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
     compiled = fn.lower(*args).compile()
   finally:

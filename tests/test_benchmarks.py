@@ -471,7 +471,7 @@ def test_the_graphs_switch_reaches_xla_through_the_engines_steps(monkeypatch):
   # Both steps hand their options to XLA: one it does not know fails their compilation, naming it.
   steps.COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": "NO_SUCH_COMMAND"}
   c = throughput.config_for("baseline", "resnet18", 32, 2, 1 / 16, "float32")
-  for fn, args in throughput._setup("baseline", c, abstract=True):
+  for fn, args in throughput.setup_steps("baseline", c, abstract=True):
     with pytest.raises(jax.errors.JaxRuntimeError, match="NO_SUCH_COMMAND"):
       fn.lower(*args).compile()
 
@@ -523,7 +523,7 @@ def test_the_tpu_report_traces_with_a_tpus_formulations(monkeypatch):
     seen.append((layers.pooling(), crops.formulation()))
     raise RuntimeError("traced")
 
-  monkeypatch.setattr(throughput, "_setup", setup)
+  monkeypatch.setattr(throughput, "setup_steps", setup)
   for pool, crop in (("auto", "auto"), ("slices", "gather")):
     monkeypatch.setattr(layers, "POOLING", pool)
     monkeypatch.setattr(crops, "RESAMPLE", crop)

@@ -79,7 +79,7 @@ def test_training_steps_with_batch_norm_equal_those_with_xla_pooling():
   for pooling in ("reduce_window", "slices"):
     try:
       layers.POOLING = pooling
-      (train, (leaves, data, structure)), _ = throughput._setup("baseline", c)
+      (train, (leaves, data, structure)), _ = throughput.setup_steps("baseline", c)
       for _ in range(2):
         leaves, _ = train(leaves, data, structure)
       after[pooling] = [np.asarray(x) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]

@@ -11,17 +11,17 @@ import os
 from pathlib import Path
 
 from data_pipelines.sources.base import DataError
-from data_pipelines.sources.folders import IMAGE_EXTENSIONS, _FileSource, _image_files
+from data_pipelines.sources.folders import IMAGE_EXTENSIONS, FileSource, image_files
 
 
-class ImageFiles(_FileSource):
+class ImageFiles(FileSource):
   name = "files"
 
   def __init__(self, paths, class_names):
     files = []
     for path in map(Path, paths):
       if path.is_dir():
-        files += _image_files(path)
+        files += image_files(path)
       elif path.is_file():
         files.append(path)  # named by the user: read whatever its extension (a corrupt one is skipped and named)
       else:

@@ -141,7 +141,7 @@ def _mat_column(table, key: str, path: Path) -> list:
   return [np.asarray(v).reshape(-1)[0].item() for v in np.atleast_1d(values).reshape(-1)]
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
   """Image files under folder (recursively), sorted; hidden files (e.g. macOS '._x.jpg') are skipped."""
   return sorted(_walk_images(folder))
 
@@ -211,7 +211,7 @@ def _stratified_pick(labels, split: str, val_fraction: float, test_fraction: flo
 # The common source: a list of image files with labels and, where known, boxes and parts.
 
 
-class _FileSource(Source):
+class FileSource(Source):
   """Subclasses parse their annotations and call _set(); examples are then read from the file list."""
 
   # True for the data sets that may ship without a split: they take val_fraction, test_fraction, seed and top_classes
@@ -283,7 +283,7 @@ CARS_URL = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (also mirrore
 DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
 
 
-class CUB(_FileSource):
+class CUB(FileSource):
   """CUB-200-2011: root is CUB_200_2011/ (or its parent), with images/, images.txt, image_class_labels.txt,
   train_test_split.txt, bounding_boxes.txt, classes.txt and parts/part_locs.txt (15 parts).
   Class names drop the number prefix: '001.Black_footed_Albatross' -> 'Black_footed_Albatross'."""
@@ -345,7 +345,7 @@ class CUB(_FileSource):
     self._set(split, base, [os.path.join(images_dir, relpath[i]) for i in ids], labels, class_names, boxes, parts)
 
 
-class Aircraft(_FileSource):
+class Aircraft(FileSource):
   """FGVC-Aircraft (fgvc-aircraft-2013b/ or its parent): data/images/<id>.jpg, data/images_<level>_<split>.txt,
   data/<variants|families|manufacturers>.txt and data/images_box.txt.
 
@@ -403,7 +403,7 @@ class Aircraft(_FileSource):
     return img[: -self.BANNER_ROWS]
 
 
-class Cars(_FileSource):
+class Cars(FileSource):
   """Stanford Cars (devkit layout): devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/, cars_test/
   and the test labels in cars_test_annos_withlabels.mat (in root or devkit/). Kaggle's mirror nests the image
   folders (cars_train/cars_train/); both are read."""
@@ -452,7 +452,7 @@ class Cars(_FileSource):
     )
 
 
-class Dogs(_FileSource):
+class Dogs(FileSource):
   """Stanford Dogs: Images/<wnid-Name>/<file>.jpg, train_list.mat and test_list.mat (file_list, annotation_list,
   labels 1-based) and, optionally, Annotation/<wnid-Name>/<file stem> (PASCAL VOC XML). Class k is the k-th
   Images folder in sorted order, named by the part after the first '-'. The box (the union of the boxes of all
@@ -507,7 +507,7 @@ def _voc_union_box(path: str):
   return _one_based_box(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
 
 
-class ImageFolder(_FileSource):
+class ImageFolder(FileSource):
   """One sub-folder per class (sorted by name; files sorted; IMAGE_EXTENSIONS in any case; a class folder without
   images is refused, __MACOSX and hidden folders are not classes). If root has
   train/, val/ or test/ folders, each holds its own <class>/<image> tree (labels follow the union of their
@@ -545,7 +545,7 @@ class ImageFolder(_FileSource):
       paths, labels = [], []
       for s in ["train", "val"] if split == "trainval" else [split]:
         for k, c in enumerate(class_names):
-          files = _image_files(root / s / c) if (root / s / c).is_dir() else []
+          files = image_files(root / s / c) if (root / s / c).is_dir() else []
           paths += files
           labels += [k] * len(files)
     else:
@@ -555,7 +555,7 @@ class ImageFolder(_FileSource):
       if not class_names:
         raise DataError(f"image folder: no class folders in {root}. Expected {layout}")
       _check_classes_have_images(root, class_names, [root])
-      files = [_image_files(root / c) for c in class_names]
+      files = [image_files(root / c) for c in class_names]
       kept = _top_classes([len(f) for f in files], top_classes)
       class_names, files = [class_names[k] for k in kept], [files[k] for k in kept]
       paths = [p for f in files for p in f]
@@ -568,7 +568,7 @@ class ImageFolder(_FileSource):
 GLDV2_URL = "https://github.com/cvdfoundation/google-landmark"
 
 
-class Landmarks(_FileSource):
+class Landmarks(FileSource):
   """Google Landmarks v2 (the train set): root holds train.csv (id,url,landmark_id; the urls are never fetched) and
   the images, train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg, as the release's images_NNN.tar extract inside train/. Often
   only some of the 500 tars are there: the examples are the listed images that are present (found by one walk of
