@@ -106,31 +106,18 @@ class Run:
     return [(self.class_names[i], float(probs[i])) for i in best]
 
 
-def read_config(workdir: str):
-  """The config a training run saved in workdir (keys added since filled in: config.ADDED_KEYS), locked."""
-  import ml_collections
-
-  from fgattn_jax import config as config_lib
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: give the folder a training run wrote (its --workdir)")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(config_lib.backfill(json.load(f)))
-  cfg.lock()
-  config_lib.validate(cfg)
-  return cfg
-
-
 def load_run(workdir: str, checkpoint: str | int = "latest") -> Run:
   """A trained run: its config, model with the checkpoint's weights ('latest': the trained model; 'best': the
   highest evaluation top-1 of any phase; or a step), and class names."""
+  from fgattn_jax import config as config_lib
   from fgattn_jax.schemes import get_scheme
+  from fgattn_jax.trained_run import read_config
   from fgattn_jax.training import checkpoint as ckpt_lib
   from fgattn_jax.training import loop
 
   workdir = os.fspath(workdir)
   cfg = read_config(workdir)
+  config_lib.validate(cfg)
   scheme = get_scheme(cfg.scheme)
   model = scheme.build(cfg)
   if scheme.main_output != "logits":

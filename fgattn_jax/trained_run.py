@@ -19,25 +19,38 @@ FIXED_BY_CHECKPOINT = ("scheme", "data.num_classes", "model.")
 FREE_IN_A_RUN = ("model.dtype",)
 
 
-def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
-  """The config a training run saved in workdir, with --config.KEY=VALUE overrides (e.g. a moved data root);
-  a missing run, a wrong key or a key the checkpoint fixes is an argparse error (exit 2, one line)."""
+def read_config(workdir: str):
+  """The config a training run saved in workdir (keys added since filled in: config.ADDED_KEYS), locked. A missing
+  run is a FileNotFoundError, a file that is no run config a ConfigError."""
   import ml_collections
 
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    p.error(f"{path} not found: --workdir must be the folder a training run wrote")
+    raise FileNotFoundError(f"{path} not found: --workdir must be the folder a training run wrote")
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:  # unreadable, or not JSON
-    p.error(f"{path} is not a readable run config ({e}): --workdir must be the folder a training run wrote")
+    raise config_lib.ConfigError(
+      f"{path} is not a readable run config ({e}): --workdir must be the folder a training run wrote"
+    ) from None
   if not isinstance(saved, dict) or not all(k in saved for k in ("scheme", "model", "data")):
-    p.error(
+    raise config_lib.ConfigError(
       f"{path} is not a run config (no scheme, model and data): --workdir must be the folder a training run wrote"
     )
   cfg = ml_collections.ConfigDict(config_lib.backfill(saved))
   cfg.lock()
+  return cfg
+
+
+def run_config(p: argparse.ArgumentParser, workdir: str, pairs):
+  """The config a training run saved in workdir, with --config.KEY=VALUE overrides (e.g. a moved data root);
+  a missing run, a wrong key or a key the checkpoint fixes is an argparse error (exit 2, one line)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    cfg = read_config(workdir)
+  except (FileNotFoundError, config_lib.ConfigError) as e:
+    p.error(str(e))
   for key, text in pairs:
     if key.startswith(FIXED_BY_CHECKPOINT) and key not in FREE_IN_A_RUN and key in config_lib.flat_keys(cfg):
       p.error(

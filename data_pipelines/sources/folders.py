@@ -13,6 +13,7 @@ its part points are used as they are.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import re
@@ -603,8 +604,7 @@ class Landmarks(FileSource):
         f"train.csv and some or all of the image tars from {GLDV2_URL}, extract the tars inside "
         "root/train/ and point the config at the root: --config.data.root=/path/to/gldv2"
       )
-    present = self._present(base / "train")
-    landmark_of, absent, again = self._listing(listing, present)
+    present, landmark_of, absent, again = _landmarks_layout(str(base), *_stamp(listing), *_stamp(base / "train"))
     ids = [i for i in present if i in landmark_of]  # sorted path order: the walk's, not the csv's
     if not ids:
       raise DataError(
@@ -701,6 +701,22 @@ class Landmarks(FileSource):
             last = urllib.parse.unquote(row[j].strip().rstrip("/").rsplit("/", 1)[-1])
             names.setdefault(int(row[i]), re.sub(r"^Category:", "", last) or row[i].strip())
     return [names.get(int(k), str(int(k))) for k in classes]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+  stat = path.stat() if path.exists() else None
+  return (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _landmarks_layout(base: str, *stamps) -> tuple[dict, dict, int, int]:
+  """(the images present, their landmarks, absent rows, repeated rows) of a Google Landmarks root: one walk of its
+  train/ and one read of its train.csv (4M rows) per process, not one per split opened (a run opens train and
+  eval, MA-CNN's phases the train split again). stamps: train.csv's and train/'s modification time and size: a new
+  train.csv or new top-level folders are read again; images extracted deeper into existing folders while a process
+  runs are seen by the next process."""
+  present = Landmarks._present(Path(base) / "train")
+  return present, *Landmarks._listing(Path(base) / "train.csv", present)
 
 
 # ---------------------------------------------------------------------------------------------------------------

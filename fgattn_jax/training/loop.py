@@ -452,11 +452,10 @@ class _Phase:
     """The phase's steps, then its end: evaluate, save; the next phase starts from this model."""
     r, phase, position = self.r, self.phase, self.r.position
     config = r.config
-    it = iter(r.train_data)
+    it, pc = iter(r.train_data), jax.process_count()
     while position["phase_step"] < phase.steps:
       # A stop is looked for before every step on one process; with several, where the step's metrics have just
       # been pulled to the host (the collective would otherwise cost each step its pipelining).
-      pc = jax.process_count()
       if (pc == 1 or position["phase_step"] == 0 or position["step"] % config.log.every_steps == 0) and r.stop.agreed():
         # (At a phase's start the previous phase's end is saved already, with its evaluation: saving it again
         # would drop that evaluation, and with it the step's claim to be the best.)
