@@ -57,9 +57,10 @@ class Run:
     x = self.transform(images)
     return {"image": x, "label": np.zeros(len(x), np.int32), "mask": np.ones(len(x), bool)}
 
-  def explain(self, images, layer: str | None = None) -> dict:
-    """Everything fgattn_jax.explain computes for the images (probabilities, the scheme's attention, Grad-CAM and
-    guided Grad-CAM of the predicted class at `layer`, default the explained backbone's last stage), as NumPy."""
+  def explain(self, images, layer: str | None = None, guided: bool = True) -> dict:
+    """Everything fgattn_jax.explain computes for the images (probabilities, the scheme's attention, Grad-CAM and,
+    with guided, guided Grad-CAM of the predicted class at `layer`, default the explained backbone's last stage), as
+    NumPy."""
     import jax
 
     from fgattn_jax import explain
@@ -67,7 +68,8 @@ class Run:
 
     layer = layer or explain.default_layer(self.scheme, self.model)
     dtype = compute_dtype(self.config.model.dtype)
-    out = explain.explain(self.scheme, self.model, self._batch(images), layer=layer, dtype=dtype, cam=False)
+    batch = self._batch(images)
+    out = explain.explain(self.scheme, self.model, batch, layer=layer, dtype=dtype, cam=False, guided=guided)
     return jax.tree.map(np.asarray, out)
 
   def predict(self, images) -> np.ndarray:
@@ -91,14 +93,27 @@ class Run:
 
     return nnx.jit(probabilities)
 
+  @functools.cached_property
+  def _attention(self):
+    """The jitted forward pass to the scheme's attention (no gradients: Grad-CAM is explain's)."""
+    from flax import nnx
+
+    from fgattn_jax.models.registry import compute_dtype
+    from fgattn_jax.ops.images import normalize
+
+    dtype = compute_dtype(self.config.model.dtype)
+    return nnx.jit(lambda model, image: self.scheme.attention(model, normalize(image, dtype)))
+
   def attention(self, images) -> dict:
     """The scheme's own attention (Scheme.attention): e.g. ABN's 'maps', MA-CNN's 'part_maps' and 'boxes', RA-CNN's
     'boxes' and 'crops', as NumPy arrays."""
-    return self.explain(images)["attention"]
+    import jax
+
+    return jax.tree.map(np.asarray, self._attention(self.model, self.transform(images)))
 
   def gradcam(self, images, layer: str | None = None) -> np.ndarray:
     """(N, h, w) Grad-CAM of each image's predicted class at `layer` (default: the explained backbone's last stage)."""
-    return self.explain(images, layer)["gradcam_pred"]
+    return self.explain(images, layer, guided=False)["gradcam_pred"]
 
   def top(self, probs, k: int = 5) -> list[tuple[str, float]]:
     """One image's k most probable classes: [(name, probability), ...], best first."""
