@@ -24,10 +24,10 @@ export PYTHONUNBUFFERED=1
 # budget holds, the first stages run and the last ones are skipped.
 # torch_graphs: torch.compile with CUDA graphs (reduce-overhead), the like-for-like PyTorch mode; for
 # repeats in one run use `python -m benchmarks.compare --all` instead of these stages.
-STAGES=${STAGES:-jax_train torch_eager torch_compile torch_graphs jax_passes pool_ab graphs_ab crop_ab profile
-  input_pipeline phases largest}
+STAGES=${STAGES:-jax_train torch_eager torch_compile torch_graphs jax_passes pool_ab graphs_ab streams_ab crop_ab
+  profile input_pipeline phases largest}
 declare -A nominal=([jax_train]=280 [torch_eager]=90 [torch_compile]=420 [torch_graphs]=420 [jax_passes]=60
-                    [pool_ab]=60 [graphs_ab]=120 [crop_ab]=80 [profile]=140 [input_pipeline]=35 [phases]=60
+                    [pool_ab]=60 [graphs_ab]=120 [streams_ab]=150 [crop_ab]=80 [profile]=140 [input_pipeline]=35 [phases]=60
                     [largest]=300)
 
 if [[ -z "${CPU:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine: its missing packages
@@ -97,11 +97,12 @@ if [[ -n "${CPU:-}" ]]; then  # toy sizes: every stage's code path, minutes on a
   size=(--cpu) torch_size=(--cpu) compile=() prof=(--cpu) prof_racnn=(--cpu) pipeline=(--sizes 64 --workers 0 2 --num-images 64 --steps 2)
   pool=(--scheme baseline --backbone vgg11_bn --cpu) crop=(--scheme racnn --backbone vgg11_bn --cpu)
   phases=(--scheme macnn --backbone vgg11_bn --cpu) graphs=(--scheme racnn --backbone resnet18 --cpu)
+  streams=(--scheme macnn --backbone resnet18 --cpu)
 else
   size=(--steps 30) torch_size=(--steps 30) compile=(--mode compile) prof=(--batch 32) prof_racnn=(--batch 16)
   pipeline=(--sizes 448 --workers 8 16 --num-images 256 --steps 10) pool=(--scheme baseline --backbone vgg19 --batch 32)
   crop=(--scheme racnn --backbone resnet50 --batch 16) phases=(--scheme macnn --backbone vgg19 --batch 16 --steps 30)
-  graphs=(--scheme racnn --backbone resnet50 --batch 16)
+  graphs=(--scheme racnn --backbone resnet50 --batch 16) streams=(--scheme macnn --backbone resnet50 --batch 16)
 fi
 
 {
@@ -134,6 +135,12 @@ for stage in $STAGES; do
       for g in fusions whole; do
         run graphs_ab python3 -m benchmarks.throughput "${graphs[@]}" "${size[@]}" --graphs "$g" \
           --json "$work/graphs.jsonl"
+      done ;;
+    streams_ab)  # MA-CNN's five crop streams one backbone after another against one vmapped network over their
+      # stacked weights (compiled for an H100: 5417 kernels in 1990 launches, or 2832 in 636; the same roofline)
+      for f in loop vmap; do
+        run streams_ab python3 -m benchmarks.throughput "${streams[@]}" "${size[@]}" --streams "$f" \
+          --json "$work/streams.jsonl"
       done ;;
     crop_ab)  # the crops' gathers (scatter-add gradient) against the interpolation-matrix products
       for p in gather matmul; do

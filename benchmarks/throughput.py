@@ -298,6 +298,7 @@ def measure(
 
   from benchmarks import flops
   from fgattn_jax.models import layers
+  from fgattn_jax.models import macnn as macnn_model
   from fgattn_jax.ops import crops
   from fgattn_jax.training import steps as steps_lib
 
@@ -341,6 +342,7 @@ def measure(
     "train_mem_gib": program_memory(train_compiled) / 2**30,
     "pool": layers.pooling(),
     "crop": crops.formulation(),
+    "streams": macnn_model.STREAMS,
     "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other"),
   }
   result["peak_fraction"] = result["train_tflops"] / peak if peak else None
@@ -384,6 +386,7 @@ COLUMNS = [
   ("batch", "{}"),
   ("pool", "{}"),
   ("crop", "{}"),
+  ("streams", "{}"),
   ("graphs", "{}"),
   ("train_img_s", "{:.1f}"),
   ("train_ms", "{:.1f}"),
@@ -457,6 +460,14 @@ def add_formulation_args(p: argparse.ArgumentParser):
     "(ops.crops.formulation)",
   )
   p.add_argument(
+    "--streams",
+    default="loop",
+    choices=("loop", "vmap"),
+    help="MA-CNN's crop streams (part streams and object crop) one backbone after another (loop, the "
+    "default), or as one network over their stacked weights, each convolution a grouped one "
+    "(models.macnn.STREAMS)",
+  )
+  p.add_argument(
     "--graphs",
     default="fusions",
     choices=tuple(GRAPHS),
@@ -468,11 +479,11 @@ def add_formulation_args(p: argparse.ArgumentParser):
 
 def use_formulations(args):
   """Sets the module switches the formulation flags name; read when the steps are made and traced, so before any is."""
-  from fgattn_jax.models import layers
+  from fgattn_jax.models import layers, macnn
   from fgattn_jax.ops import crops
   from fgattn_jax.training import steps
 
-  layers.POOLING, crops.RESAMPLE = args.pool, args.crop
+  layers.POOLING, crops.RESAMPLE, macnn.STREAMS = args.pool, args.crop, args.streams
   steps.COMPILER_OPTIONS = dict(GRAPHS[args.graphs])
 
 

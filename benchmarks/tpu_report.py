@@ -81,6 +81,7 @@ def measure(
   """One compiled step's row: compile seconds, memory, cost, and the bound on its time."""
   from benchmarks import throughput
   from fgattn_jax.models import layers
+  from fgattn_jax.models import macnn as macnn_model
   from fgattn_jax.ops import crops
 
   start = time.perf_counter()
@@ -101,6 +102,7 @@ def measure(
     "step": "eval" if evaluation else f"train {phase}" if phase else "train",
     "pool": layers.pooling("tpu"),
     "crop": crops.formulation("tpu"),
+    "streams": macnn_model.STREAMS,
     "compile_s": compile_s,
     "mem_gib": memory / 2**30,
     "hbm_share": memory / hbm,
@@ -129,6 +131,8 @@ def _in_a_process(args, scheme, backbone, res, batch) -> dict:
         args.pool,
         "--crop",
         args.crop,
+        "--streams",
+        args.streams,
         *(["--eval"] if args.eval else []),
         "--scheme",
         scheme,
@@ -165,6 +169,7 @@ COLUMNS = [
   ("step", "{}"),
   ("pool", "{}"),
   ("crop", "{}"),
+  ("streams", "{}"),
   ("compile_s", "{:.0f}"),
   ("mem_gib", "{:.2f}"),
   ("hbm_share", "{:.0%}"),

@@ -545,7 +545,9 @@ def test_a_tpu_table_row_whose_compiler_crashes_is_a_failed_row(monkeypatch):
     return subprocess.CompletedProcess(cmd, -11, "", "F0000 stack overflow\n*** SIGSEGV STACK OVERFLOW\n")
 
   monkeypatch.setattr(subprocess, "run", crash)
-  args = argparse.Namespace(chip="v6e", pool="slices", crop="auto", eval=False, all=True, json="t.jsonl")
+  args = argparse.Namespace(
+    chip="v6e", pool="slices", crop="auto", streams="vmap", eval=False, all=True, json="t.jsonl"
+  )
   r = tpu_report._in_a_process(args, "baseline", "resnet50", 448, 32)
   assert r["error"].startswith("the compiling process died of signal 11: ") and "SIGSEGV" in r["error"]
   own = calls[0][calls[0].index("benchmarks.tpu_report") + 1 :]  # the row alone, into a file of its own
@@ -558,6 +560,8 @@ def test_a_tpu_table_row_whose_compiler_crashes_is_a_failed_row(monkeypatch):
       "slices",
       "--crop",
       "auto",
+      "--streams",
+      "vmap",
       "--scheme",
       "baseline",
       "--backbone",

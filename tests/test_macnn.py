@@ -14,7 +14,7 @@ from phase_step import batch_stats, changed, train_once
 from configs import macnn as macnn_config
 from data_pipelines import pipeline as data
 from fgattn_jax.config import load_config
-from fgattn_jax.ops import crops
+from fgattn_jax.ops import crops, hooks
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
 
@@ -284,3 +284,38 @@ def test_pretrained_weights_fill_every_stream(tmp_path):
   ]
   for w in first[1:]:
     np.testing.assert_array_equal(w, first[0])
+
+
+def test_streams_as_one_vmapped_network_equal_the_loop(monkeypatch):
+  """STREAMS='vmap' runs the part streams and the object crop as one network over their stacked weights: one
+  training step through the engine gives the same losses, the same updated weights and the same batch statistics
+  in every stream as running them one after another."""
+  from fgattn_jax.models import macnn as macnn_model
+
+  scheme = get_scheme("macnn")
+  model = scheme.build(tiny(object_crop=True))
+  images = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3))
+  graphdef, state = nnx.split(model)
+  after, convs = {}, {}
+  for form in ("loop", "vmap"):
+    monkeypatch.setattr(macnn_model, "STREAMS", form)
+    after[form] = train_once(scheme, model, {"streams": 1.0, "joint": 1.0}, "parts", images)
+    convs[form] = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(X)["logits"])(state)).count("conv_general")
+  # the five crop streams' convolutions are traced once, not five times (the object stream's stay)
+  per_net = convs["loop"] // 6
+  assert convs["vmap"] == 2 * per_net, convs
+  # saliency's stage taps see one stream at a time (explain counts them): with a tap set, the streams run as a loop
+  seen = []
+  with hooks.tapping(lambda name, x: seen.append(name) or x):
+    jax.eval_shape(lambda s: nnx.merge(graphdef, s)(X)["logits"], state)
+  assert seen.count(model.backbone.stage_names[0]) == 6
+  (loop, loop_metrics), (vmapped, vmap_metrics) = after["loop"], after["vmap"]
+  assert vmap_metrics == pytest.approx(loop_metrics, rel=1e-5)
+  for a, b, before in zip(
+    [loop.object_net, *loop.part_nets], [vmapped.object_net, *vmapped.part_nets], [model.object_net, *model.part_nets]
+  ):
+    for kind in (nnx.Param, nnx.BatchStat):
+      pa, pb, p0 = (jax.tree.leaves(nnx.state(m, kind)) for m in (a, b, before))
+      assert pa and changed(p0, pa)  # the step trained this stream (and updated its statistics)
+      for x, y in zip(pa, pb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

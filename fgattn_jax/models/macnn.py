@@ -40,7 +40,33 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import crops, images, localization
+from fgattn_jax.ops import crops, hooks, images, localization
+
+# How the crop streams (part streams and object crop: one backbone each, same architecture, same input size) run:
+# "loop", one backbone after another; "vmap", as one network over their stacked weights (each convolution a grouped
+# convolution of all streams, each elementwise kernel one for all). Same values and gradients (tests/test_macnn.py).
+# A module switch read at trace time, as layers.POOLING; `python -m benchmarks.throughput --streams` times either.
+STREAMS = "loop"
+
+
+def run_streams(nets, inputs):
+  """nets: backbones of one architecture; inputs: one (B, h, w, 3) batch per net -> [(pre_logits, logits)] per net,
+  batch statistics updated in each net as its own call would. STREAMS picks the formulation; a traced saliency tap
+  (ops/hooks.py, which counts the stages it sees one stream at a time) always gets the loop."""
+  if STREAMS == "loop" or len(nets) == 1 or hooks.tapping_active():
+    return [net.head(net.features(x)[0]) for net, x in zip(nets, inputs)]
+  graphdef, first = nnx.split(nets[0])
+  states = [first] + [nnx.split(net)[1] for net in nets[1:]]
+
+  def one(state, x):
+    net = nnx.merge(graphdef, state)
+    return net.head(net.features(x)[0]), nnx.state(net, nnx.Not(nnx.Param))  # what a forward pass changes
+
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  (pre, logits), new = jax.vmap(one)(stacked, jnp.stack(inputs))
+  for i, net in enumerate(nets):  # the batch statistics each stream computed
+    nnx.update(net, jax.tree.map(lambda leaf: leaf[i], new))
+  return [(pre[i], logits[i]) for i in range(len(nets))]
 
 
 class GroupTargets(nnx.Variable):
@@ -173,14 +199,16 @@ class MACNN(nnx.Module):
         object_boxes = out["object_box"] = localization.object_boxes(h, x.shape[1:3])
       boxes = self.part_boxes(maps, x.shape[1:3], object_boxes if self.crop_reference == "object" else None)
       patches = crops.crop_parts(x, boxes, size).astype(x.dtype)
-      streams = [net.head(net.features(patches[:, i])[0]) for i, net in enumerate(self.part_nets)]
-      out["stream_logits"] = [logits.astype(jnp.float32) for _, logits in streams]
+      nets, inputs = list(self.part_nets), [patches[:, i] for i in range(self.num_parts)]
+      if self.object_net is not None:
+        nets.append(self.object_net)
+        inputs.append(crops.crop_resize(x, object_boxes, size).astype(x.dtype))
+      streams = run_streams(nets, inputs)
+      out["stream_logits"] = [logits.astype(jnp.float32) for _, logits in streams[: self.num_parts]]
       out["boxes"], out["patches"] = boxes, patches
       if self.object_net is not None:
-        net = self.object_net
-        pre, logits = net.head(net.features(crops.crop_resize(x, object_boxes, size).astype(x.dtype))[0])
-        out["object_crop_logits"] = logits.astype(jnp.float32)
-        streams = [(pre, logits)] + streams
+        out["object_crop_logits"] = streams[-1][1].astype(jnp.float32)
+        streams = streams[-1:] + streams[: self.num_parts]
       joint_in = [obj_pre.astype(jnp.float32)] + [pre.astype(jnp.float32) for pre, _ in streams]
     out["logits"] = self.joint(jnp.concatenate(joint_in, axis=-1).astype(f.dtype)).astype(jnp.float32)
     return out

@@ -85,5 +85,10 @@ def tap(name: str, x):
   return x if fn is None else fn(name, x)
 
 
+def tapping_active() -> bool:
+  """Whether a stage tap is set for what is being traced."""
+  return _TAP.get() is not None
+
+
 def tapping(fn):
   return _setting(_TAP, fn)
