@@ -297,9 +297,8 @@ def measure(
   import jax
 
   from benchmarks import flops
-  from fgattn_jax.models import layers
   from fgattn_jax.models import macnn as macnn_model
-  from fgattn_jax.ops import crops
+  from fgattn_jax.ops import crops, pooling
   from fgattn_jax.training import steps as steps_lib
 
   c = config_for(scheme_name, backbone, res, batch, width, dtype)
@@ -340,7 +339,7 @@ def measure(
     "steps": steps,
     "warmup": warmup,
     "train_mem_gib": program_memory(train_compiled) / 2**30,
-    "pool": layers.pooling(),
+    "pool": pooling.formulation(),
     "crop": crops.formulation(),
     "streams": macnn_model.STREAMS,
     "graphs": next((k for k, v in GRAPHS.items() if v == steps_lib.COMPILER_OPTIONS), "other"),
@@ -447,9 +446,9 @@ def add_formulation_args(p: argparse.ArgumentParser):
     "--pool",
     default="auto",
     choices=("auto", "slices", "reduce_window"),
-    help="max pooling with layers.max_pool's own gradient (slices) or as XLA's reduce_window (its "
+    help="max pooling with ops.pooling.max_pool's own gradient (slices) or as XLA's reduce_window (its "
     "gradient a select-and-scatter); auto (the default, as in training): reduce_window on a TPU, "
-    "slices elsewhere (layers.pooling)",
+    "slices elsewhere (ops.pooling.formulation)",
   )
   p.add_argument(
     "--crop",
@@ -479,11 +478,11 @@ def add_formulation_args(p: argparse.ArgumentParser):
 
 def use_formulations(args):
   """Sets the module switches the formulation flags name; read when the steps are made and traced, so before any is."""
-  from fgattn_jax.models import layers, macnn
-  from fgattn_jax.ops import crops
+  from fgattn_jax.models import macnn
+  from fgattn_jax.ops import crops, pooling
   from fgattn_jax.training import steps
 
-  layers.POOLING, crops.RESAMPLE, macnn.STREAMS = args.pool, args.crop, args.streams
+  pooling.POOLING, crops.RESAMPLE, macnn.STREAMS = args.pool, args.crop, args.streams
   steps.COMPILER_OPTIONS = dict(GRAPHS[args.graphs])
 
 

@@ -14,7 +14,7 @@ convolutions, which XLA compiles itself there); the bound is the longer of the F
 the bytes at its HBM bandwidth (Google's published figures): no step is faster.
 
 The formulations are the ones training picks on a TPU (--pool/--crop auto: XLA's pooling and the crops' matrix
-products, layers.pooling and crops.formulation), unless named.
+products, pooling.formulation and crops.formulation), unless named.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def compile_for_tpu(
   from jax.experimental import topologies
 
   from benchmarks import throughput
-  from fgattn_jax.models import layers
-  from fgattn_jax.ops import crops
+  from fgattn_jax.ops import crops, pooling
 
   # A second process loading libtpu at once is refused (its lock file) unless told; the host name quiets a log line.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -62,8 +61,8 @@ def compile_for_tpu(
   mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ("data",))  # one chip (v4's two cores: one of them)
   c = throughput.config_for(scheme, backbone, res, batch, 1.0, "bfloat16")
   # "auto" asks the backend the steps are traced on: this machine's, not the chip's.
-  chosen = layers.POOLING, crops.RESAMPLE
-  layers.POOLING, crops.RESAMPLE = layers.pooling("tpu"), crops.formulation("tpu")
+  chosen = pooling.POOLING, crops.RESAMPLE
+  pooling.POOLING, crops.RESAMPLE = pooling.formulation("tpu"), crops.formulation("tpu")
   try:
     (train, train_args), (evaluate, eval_args) = throughput.setup_steps(
       scheme, c, abstract=True, mesh=mesh, phase=phase
@@ -71,7 +70,7 @@ def compile_for_tpu(
     fn, args = (evaluate, eval_args) if evaluation else (train, train_args)
     compiled = fn.lower(*args).compile()
   finally:
-    layers.POOLING, crops.RESAMPLE = chosen
+    pooling.POOLING, crops.RESAMPLE = chosen
   return compiled.as_text(), compiled
 
 
@@ -80,9 +79,8 @@ def measure(
 ) -> dict:
   """One compiled step's row: compile seconds, memory, cost, and the bound on its time."""
   from benchmarks import throughput
-  from fgattn_jax.models import layers
   from fgattn_jax.models import macnn as macnn_model
-  from fgattn_jax.ops import crops
+  from fgattn_jax.ops import crops, pooling
 
   start = time.perf_counter()
   _, compiled = compile_for_tpu(scheme, backbone, res, batch, chip, evaluation, phase)
@@ -100,7 +98,7 @@ def measure(
     "batch": batch,
     "chip": chip,
     "step": "eval" if evaluation else f"train {phase}" if phase else "train",
-    "pool": layers.pooling("tpu"),
+    "pool": pooling.formulation("tpu"),
     "crop": crops.formulation("tpu"),
     "streams": macnn_model.STREAMS,
     "compile_s": compile_s,

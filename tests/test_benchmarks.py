@@ -453,11 +453,11 @@ def test_hlo_report_counts_the_launches_of_a_thunk_sequence():
 
 
 def test_the_graphs_switch_reaches_xla_through_the_engines_steps(monkeypatch):
-  from fgattn_jax.models import layers
-  from fgattn_jax.ops import crops
+  from fgattn_jax.models import macnn
+  from fgattn_jax.ops import crops, pooling
   from fgattn_jax.training import steps
 
-  for module, name in ((steps, "COMPILER_OPTIONS"), (layers, "POOLING"), (crops, "RESAMPLE")):
+  for module, name in ((steps, "COMPILER_OPTIONS"), (pooling, "POOLING"), (crops, "RESAMPLE"), (macnn, "STREAMS")):
     monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
   p = argparse.ArgumentParser()
   throughput.add_formulation_args(p)
@@ -513,23 +513,22 @@ def test_the_tpu_report_traces_with_a_tpus_formulations(monkeypatch):
 
   from jax.experimental import topologies
 
-  from fgattn_jax.models import layers
-  from fgattn_jax.ops import crops
+  from fgattn_jax.ops import crops, pooling
 
   monkeypatch.setattr(topologies, "get_topology_desc", lambda **kw: types.SimpleNamespace(devices=jax.devices()))
   seen = []
 
   def setup(*args, **kwargs):
-    seen.append((layers.pooling(), crops.formulation()))
+    seen.append((pooling.formulation(), crops.formulation()))
     raise RuntimeError("traced")
 
   monkeypatch.setattr(throughput, "setup_steps", setup)
   for pool, crop in (("auto", "auto"), ("slices", "gather")):
-    monkeypatch.setattr(layers, "POOLING", pool)
+    monkeypatch.setattr(pooling, "POOLING", pool)
     monkeypatch.setattr(crops, "RESAMPLE", crop)
     with pytest.raises(RuntimeError, match="traced"):
       tpu_report.compile_for_tpu("racnn", "vgg11_bn", 32, 8, "v6e")
-    assert (layers.POOLING, crops.RESAMPLE) == (pool, crop)
+    assert (pooling.POOLING, crops.RESAMPLE) == (pool, crop)
   assert seen == [("reduce_window", "matmul"), ("slices", "gather")]  # a formulation named is kept
 
 

@@ -1,4 +1,4 @@
-"""Max pooling (layers.max_pool): PyTorch's values and gradients, ties included, without a scatter in the program."""
+"""Max pooling (ops/pooling.py): PyTorch's values and gradients, ties included, without a scatter in the program."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgattn_jax.models import layers
+from fgattn_jax.ops import pooling
 
 
 def torch_pool(x, g, kernel, stride, padding):
@@ -24,7 +24,7 @@ def test_max_pool_matches_pytorch_values_and_gradients_with_ties(kernel, stride,
   rng = np.random.default_rng(0)
   x = np.maximum(rng.normal(size=(2, *hw, 3)), 0).astype(np.float32)  # ReLU output: windows of tied zeros
   x[0, 2:4, 2:4, 1] = 0.5  # a window of four equal positive values
-  y, vjp = jax.vjp(lambda x: layers.max_pool(x, kernel, stride, padding), jnp.asarray(x))
+  y, vjp = jax.vjp(lambda x: pooling.max_pool(x, kernel, stride, padding), jnp.asarray(x))
   g = rng.normal(size=y.shape).astype(np.float32)
   (dx,) = vjp(jnp.asarray(g))
   ref_y, ref_dx = torch_pool(x, g, kernel, stride, padding)
@@ -37,16 +37,16 @@ def test_max_pool_matches_pytorch_values_and_gradients_with_ties(kernel, stride,
 
 def test_max_pool_keeps_bf16_and_equals_xla_pooling():
   x = jax.random.normal(jax.random.key(1), (2, 12, 12, 4), jnp.bfloat16)
-  f = jax.jit(jax.value_and_grad(lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))
+  f = jax.jit(jax.value_and_grad(lambda x: (pooling.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum()))
   value, grad = f(x)
-  assert grad.dtype == jnp.bfloat16 and layers.max_pool(x, 2, 2).dtype == jnp.bfloat16
+  assert grad.dtype == jnp.bfloat16 and pooling.max_pool(x, 2, 2).dtype == jnp.bfloat16
   try:
-    layers.POOLING = "reduce_window"
+    pooling.POOLING = "reduce_window"
     ref_value, ref_grad = jax.jit(
-      jax.value_and_grad(lambda x: (layers.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum())
+      jax.value_and_grad(lambda x: (pooling.max_pool(x, 3, 2, 1).astype(jnp.float32) ** 2).sum())
     )(x)
   finally:
-    layers.POOLING = "auto"
+    pooling.POOLING = "auto"
   assert value == ref_value
   np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32), rtol=1e-2)
 
@@ -57,14 +57,14 @@ def test_max_pool_gradient_has_no_select_and_scatter():
   x = jnp.ones((2, 16, 16, 8), jnp.bfloat16)
 
   def program():
-    return jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2).astype(jnp.float32).sum())).lower(x).as_text()
+    return jax.jit(jax.grad(lambda x: pooling.max_pool(x, 2, 2).astype(jnp.float32).sum())).lower(x).as_text()
 
   assert "select_and_scatter" not in program()
   try:
-    layers.POOLING = "reduce_window"
+    pooling.POOLING = "reduce_window"
     assert "select_and_scatter" in program()
   finally:
-    layers.POOLING = "auto"
+    pooling.POOLING = "auto"
 
 
 def test_training_steps_with_batch_norm_equal_those_with_xla_pooling():
@@ -76,15 +76,15 @@ def test_training_steps_with_batch_norm_equal_those_with_xla_pooling():
 
   c = throughput.config_for("baseline", "vgg11_bn", 96, 8, 1 / 4, "float32")  # where the equality test failed
   after = {}
-  for pooling in ("reduce_window", "slices"):
+  for form in ("reduce_window", "slices"):
     try:
-      layers.POOLING = pooling
+      pooling.POOLING = form
       (train, (leaves, data, structure)), _ = throughput.setup_steps("baseline", c)
       for _ in range(2):
         leaves, _ = train(leaves, data, structure)
-      after[pooling] = [np.asarray(x) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+      after[form] = [np.asarray(x) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
     finally:
-      layers.POOLING = "auto"
+      pooling.POOLING = "auto"
   for a, b in zip(after["reduce_window"], after["slices"]):
     np.testing.assert_array_equal(a, b)
 
@@ -94,12 +94,12 @@ def test_auto_picks_each_backends_formulations_and_a_setting_wins(monkeypatch):
   # scatter-free pooling and the gathers. A formulation set by name (the benchmarks' --pool, --crop) is kept.
   from fgattn_jax.ops import crops
 
-  assert (layers.POOLING, crops.RESAMPLE) == ("auto", "auto")
-  assert (layers.pooling(), crops.formulation()) == ("slices", "gather")
+  assert (pooling.POOLING, crops.RESAMPLE) == ("auto", "auto")
+  assert (pooling.formulation(), crops.formulation()) == ("slices", "gather")
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-  assert (layers.pooling(), crops.formulation()) == ("reduce_window", "matmul")
+  assert (pooling.formulation(), crops.formulation()) == ("reduce_window", "matmul")
   x = jnp.ones((1, 4, 4, 1))
-  assert "select_and_scatter" in jax.jit(jax.grad(lambda x: layers.max_pool(x, 2, 2).sum())).lower(x).as_text()
-  monkeypatch.setattr(layers, "POOLING", "slices")
+  assert "select_and_scatter" in jax.jit(jax.grad(lambda x: pooling.max_pool(x, 2, 2).sum())).lower(x).as_text()
+  monkeypatch.setattr(pooling, "POOLING", "slices")
   monkeypatch.setattr(crops, "RESAMPLE", "gather")
-  assert (layers.pooling(), crops.formulation()) == ("slices", "gather")
+  assert (pooling.formulation(), crops.formulation()) == ("slices", "gather")

@@ -26,6 +26,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers, resnet, vgg
 from fgattn_jax.models.backbone import Backbone, output_width
+from fgattn_jax.ops import pooling
 
 # The branch point by family: the stage after which the attention branch starts.
 DEFAULT_BRANCH = {"vgg": -1, "resnet": 3, "cifar": 2}  # VGG: the last conv block; ResNet: layer3; CIFAR: layer2
@@ -101,7 +102,7 @@ class ABN(nnx.Module):
   def _extract(self, x):
     """g(x) and the backbone's stage outputs up to it."""
     g, feats = self.backbone.features(x, stop=self.branch + 1)
-    return (layers.max_pool(g, 2, 2) if self.after_pool else g), feats
+    return (pooling.max_pool(g, 2, 2) if self.after_pool else g), feats
 
   def _attention_input(self, g):
     return g if self.att_stage is None else self.att_stage(g)
@@ -112,7 +113,7 @@ class ABN(nnx.Module):
     both logits are lists, one (B, K_t) array per task."""
     g, feats = self._extract(x)
     a = layers.relu(self.bn_att2(self.att_conv(self.bn_att(self._attention_input(g)))))
-    att_logits = layers.global_avg_pool(self.att_logits(a)).astype(jnp.float32)
+    att_logits = pooling.global_avg_pool(self.att_logits(a)).astype(jnp.float32)
     maps = jax.nn.sigmoid(self.bn_att3(self.att_map(a)).astype(jnp.float32))
     t, b = len(self.tasks), g.shape[0]
     m = jnp.moveaxis(maps, -1, 0)[..., None].astype(g.dtype)  # (T, B, h, w, 1)

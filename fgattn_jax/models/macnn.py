@@ -38,14 +38,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import crops, hooks, images, localization
+from fgattn_jax.ops import crops, hooks, images, localization, pooling
 
 # How the crop streams (part streams and object crop: one backbone each, same architecture, same input size) run:
 # "loop", one backbone after another; "vmap", as one network over their stacked weights (each convolution a grouped
 # convolution of all streams, each elementwise kernel one for all). Same values and gradients (tests/test_macnn.py).
-# A module switch read at trace time, as layers.POOLING; `python -m benchmarks.throughput --streams` times either.
+# A module switch read at trace time, as ops.pooling.POOLING; `python -m benchmarks.throughput --streams` times either.
 STREAMS = "loop"
 
 
@@ -139,7 +138,7 @@ class MACNN(nnx.Module):
     if self.object_input:
       x = images.resize_square(x, self.object_input)
     f, feats = self.backbone.features(x, stop=self.stage + 1)
-    d = jnp.stack([g(layers.global_avg_pool(f)) for g in self.grouping], axis=1)
+    d = jnp.stack([g(pooling.global_avg_pool(f)) for g in self.grouping], axis=1)
     f32 = f.astype(jnp.float32)
     if self.part_maps == "paper":  # the paper's equation: a sigmoid of the weighted channel sum
       return f, jax.nn.sigmoid(jnp.einsum("bhwc,bnc->bhwn", f32, d)), d, feats

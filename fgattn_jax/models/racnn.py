@@ -33,9 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone, output_width
-from fgattn_jax.ops import images, racnn
+from fgattn_jax.ops import images, pooling, racnn
 
 
 class APN(nnx.Module):
@@ -47,7 +46,7 @@ class APN(nnx.Module):
     self.fc2 = nnx.Linear(hidden, 3, dtype=dtype, rngs=rngs)
 
   def __call__(self, f):
-    pooled = layers.adaptive_avg_pool(f, (self.grid, self.grid))
+    pooled = pooling.adaptive_avg_pool(f, (self.grid, self.grid))
     return jax.nn.sigmoid(self.fc2(jnp.tanh(self.fc1(pooled.reshape(pooled.shape[0], -1)))).astype(jnp.float32))
 
 

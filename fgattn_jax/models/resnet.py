@@ -17,6 +17,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone
+from fgattn_jax.ops import pooling
 
 IMAGENET_DEPTHS = {  # (block kind, blocks per stage)
   "resnet18": ("basic", (2, 2, 2, 2)),
@@ -102,7 +103,7 @@ class Stem(nnx.Module):
 
   def __call__(self, x):
     x = layers.relu(self.bn1(self.conv1(x)))
-    return layers.max_pool(x, 3, 2, padding=1) if self.imagenet else x
+    return pooling.max_pool(x, 3, 2, padding=1) if self.imagenet else x
 
 
 class LinearHead(nnx.Module):
@@ -115,7 +116,7 @@ class LinearHead(nnx.Module):
     self.fc = nnx.Linear(cin, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x):
-    x = layers.global_avg_pool(x)
+    x = pooling.global_avg_pool(x)
     return x, self.fc(self.drop(x))
 
 

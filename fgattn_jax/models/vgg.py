@@ -17,6 +17,7 @@ from flax import nnx
 
 from fgattn_jax.models import layers
 from fgattn_jax.models.backbone import Backbone
+from fgattn_jax.ops import pooling
 
 # Convolutions per block.
 DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -42,7 +43,7 @@ class VGGBlock(nnx.Module):
 
   def __call__(self, x):
     if self.pool:
-      x = layers.max_pool(x, 2, 2)
+      x = pooling.max_pool(x, 2, 2)
     for c in self.convs:
       x = c(x)
     return x
@@ -63,7 +64,7 @@ class ClassifierHead(nnx.Module):
 
   def __call__(self, x, pooled: bool = False):
     """pooled: x is already pool5's output (ABN's branch after pool5)."""
-    x = layers.adaptive_avg_pool(x if pooled else layers.max_pool(x, 2, 2), (7, 7))
+    x = pooling.adaptive_avg_pool(x if pooled else pooling.max_pool(x, 2, 2), (7, 7))
     x = x.reshape(x.shape[0], -1)  # (h, w, c) order; the import permutes torchvision's (c, h, w)
     x = self.drop1(layers.relu(self.fc1(x), after_conv=True))
     x = self.drop2(layers.relu(self.fc2(x), after_conv=True))
@@ -80,7 +81,7 @@ class GAPHead(nnx.Module):
     )
 
   def __call__(self, x, pooled: bool = False):  # noqa: ARG002 - averages the map it gets, pool5's or the last block's
-    x = layers.global_avg_pool(x)
+    x = pooling.global_avg_pool(x)
     return x, self.fc(self.drop(x))
 
 

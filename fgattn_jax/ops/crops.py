@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 
 # "gather", "matmul" (module docstring) or "auto"; `python -m benchmarks.throughput --crop` times either. A module
-# switch, read at trace time, as layers.POOLING.
+# switch, read at trace time, as pooling.POOLING.
 RESAMPLE = "auto"
 
 
 def formulation(backend: str | None = None) -> str:
   """The crops' formulation in force: RESAMPLE, or for "auto" the products on a TPU (RA-CNN's compiled VGG-19 step
   moves 1.38 TB per step with the gathers' scatter-add there, 66 GB with the products: benchmarks/RESULTS.md) and
-  the gathers elsewhere. backend: as layers.pooling's."""
+  the gathers elsewhere. backend: as pooling.formulation's."""
   if RESAMPLE != "auto":
     return RESAMPLE
   return "matmul" if (backend or jax.default_backend()) == "tpu" else "gather"
