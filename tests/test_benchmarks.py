@@ -33,6 +33,7 @@ def test_flops_of_convolutions_their_gradients_and_products():
   assert flops.count(scanned, a, b) == 7 * 2 * 3 * 4 * 5 * 5
 
 
+@pytest.mark.slow  # the benchmark's own runs, as compare's below: a whole scheme's steps compiled and timed each
 @pytest.mark.parametrize(
   "scheme,backbone", [("baseline", "resnet18"), ("abn", "vgg11_bn"), ("macnn", "vgg11_bn"), ("racnn", "vgg11_bn")]
 )
