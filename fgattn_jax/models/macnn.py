@@ -54,14 +54,13 @@ def run_streams(nets, inputs):
   (ops/hooks.py, which counts the stages it sees one stream at a time) always gets the loop."""
   if STREAMS == "loop" or len(nets) == 1 or hooks.tapping_active():
     return [net.head(net.features(x)[0]) for net, x in zip(nets, inputs)]
-  graphdef, first = nnx.split(nets[0])
-  states = [first] + [nnx.split(net)[1] for net in nets[1:]]
+  graphdef = nnx.graphdef(nets[0])
 
   def one(state, x):
     net = nnx.merge(graphdef, state)
     return net.head(net.features(x)[0]), nnx.state(net, nnx.Not(nnx.Param))  # what a forward pass changes
 
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(net) for net in nets])
   (pre, logits), new = jax.vmap(one)(stacked, jnp.stack(inputs))
   for i, net in enumerate(nets):  # the batch statistics each stream computed
     nnx.update(net, jax.tree.map(lambda leaf: leaf[i], new))
