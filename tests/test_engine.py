@@ -342,6 +342,13 @@ def test_plateau_rule():
   assert not any(p.stalled(x) for x in (3.0, 2.0, 1.5, 1.2))
   assert p.stalled(1.199) is False  # the window (1.2, 1.199) still beats the best before it (1.5)
   assert p.stalled(1.2) is True  # now (1.199, 1.2) is within 1% of 1.2
+  # A negative loss (MA-CNN's grouping loss can be) stalls the same way: a flat one ends the phase, a falling one not.
+  flat = phases.Plateau(patience=2, min_delta=0.01)
+  assert [flat.stalled(-1.0) for _ in range(4)] == [False, False, True, True]
+  falling = phases.Plateau(patience=2, min_delta=0.01)
+  assert not any(falling.stalled(x) for x in (-1.0, -1.5, -2.0, -2.5, -3.0))
+  assert falling.stalled(-3.0) is False  # (-3.0, -3.0) beats the best before it (-2.5)
+  assert falling.stalled(-3.01) is True  # (-3.0, -3.01) gains under 1% on -3.0
 
 
 class Tiny(nnx.Module):

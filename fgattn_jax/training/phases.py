@@ -72,4 +72,6 @@ class Plateau:
       return False
     best_before = min(self.history[: -self.patience])
     recent = float(np.mean(self.history[-self.patience :]))
-    return recent > best_before * (1 - self.min_delta)
+    # Relative to the best's size, whatever its sign: MA-CNN's grouping loss (Dis + 2 Div, Div below zero where the
+    # other maps stay under the margin) can be negative, and best * (1 - min_delta) would then ask for a rise.
+    return recent > best_before - self.min_delta * abs(best_before)
