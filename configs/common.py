@@ -142,7 +142,9 @@ def phase(trains: str = "all", epochs: float = 10.0, losses: dict | None = None,
   p.optim.b1, p.optim.b2 = 0.9, 0.999  # adamw
   p.optim.weight_decay = 5e-4  # not applied to BatchNorm parameters and biases
   p.optim.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
-  p.optim.new_layer_lr_mult = 10.0  # parameters not filled from model.pretrained learn this much faster
+  # Parameters not filled from model.pretrained learn this much faster than the pretrained ones trained beside them
+  # (a phase that trains new layers only runs them at lr).
+  p.optim.new_layer_lr_mult = 10.0
   p.optim.update(optim)
   p.schedule = ml_collections.ConfigDict()
   p.schedule.kind = "cosine"  # 'cosine' | 'step' | 'constant'

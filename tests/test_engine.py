@@ -377,6 +377,35 @@ def test_new_layers_learn_faster_and_decay_skips_biases():
   np.testing.assert_allclose(delta["pretrained"]["bias"], -0.1)  # gradient only: no decay on biases
   np.testing.assert_allclose(delta["new"]["bias"], -1.0)  # x10
   np.testing.assert_allclose(delta["pretrained"]["kernel"], -0.1 * (1 + 0.5 * kernel), rtol=1e-5)
+  # Relative to the pretrained layers trained beside them: a phase of new layers only runs them at its own rate,
+  # with an optimiser state of the same structure (a run resumes across the change of phase).
+  only_new, _ = optim.make_optimizer(c.optim, c.schedule, 10, 5, new, trains_pretrained=False)
+  delta_new, opt = first_update(only_new, Tiny(), nnx.All(nnx.Param, nnx.PathContains("new")))
+  np.testing.assert_allclose(delta_new["new"]["bias"], -0.1)
+  assert not np.any(delta_new["pretrained"]["kernel"])
+  assert jax.tree.structure(only_new.init(nnx.state(Tiny(), nnx.Param))) == jax.tree.structure(
+    tx.init(nnx.state(Tiny(), nnx.Param))
+  )
+
+
+def test_a_phase_that_trains_only_new_layers_is_not_multiplied(tmp_path, monkeypatch):
+  """The engine tells the optimiser which phases train pretrained parameters: a head-only warm-up from ImageNet
+  weights ran its head at 10x the rate its preset gave it (0.1 for configs/baseline.py's 0.01); MA-CNN's grouping
+  layers and RA-CNN's APNs, tuned without weights, ran 10x faster as soon as weights were loaded."""
+  import torch
+  from torch_reference import TorchResNet, randomize_
+
+  weights = tmp_path / "resnet18.pth"
+  torch.save(randomize_(TorchResNet("resnet18", 1000, width=1 / 16)).state_dict(), weights)  # fc: 1000 classes
+  c = tiny(warmup=1, main=1)
+  c.phases.warmup.trains = "head"
+  c.model.pretrained = str(weights)
+  calls, make = [], optim.make_optimizer
+  monkeypatch.setattr(optim, "make_optimizer", lambda *a, **k: calls.append((a[4], a[5])) or make(*a, **k))
+  loop.run(c, str(tmp_path / "run"), progress=False)
+  (new_warmup, pretrained_warmup), (new_main, pretrained_main) = calls
+  assert new_warmup == new_main and any("head" in p for p in new_main)  # the head is new (10 classes, not 1000)
+  assert not pretrained_warmup and pretrained_main
 
 
 def test_frozen_groups_get_no_optimizer_state():

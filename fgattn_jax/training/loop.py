@@ -408,7 +408,10 @@ class _Phase:
       position["plateau"] = []
     r.model.train()
     wrt = r.groups[phase.trains]
-    tx, lr = optim.make_optimizer(phase.optim, phase.schedule, phase.steps, r.train_data.steps_per_epoch, r.new_paths)
+    trains_pretrained = any(p not in r.new_paths for p, _ in nnx.to_flat_state(nnx.state(r.model, wrt)))
+    tx, lr = optim.make_optimizer(
+      phase.optim, phase.schedule, phase.steps, r.train_data.steps_per_epoch, r.new_paths, trains_pretrained
+    )
     optimizer = nnx.Optimizer(r.model, tx, wrt=wrt)
     graphdef, state = nnx.split((r.model, optimizer))
     if nnx.graphdef(r.model) != r.model_graphdef:  # a phase changed the model's structure: compile afresh

@@ -38,9 +38,12 @@ def learning_rate(optim, schedule, steps: int, steps_per_epoch: int) -> optax.Sc
   return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), main], [warmup])
 
 
-def make_optimizer(optim, schedule, steps: int, steps_per_epoch: int, new_paths: frozenset = frozenset()):
+def make_optimizer(
+  optim, schedule, steps: int, steps_per_epoch: int, new_paths: frozenset = frozenset(), trains_pretrained: bool = True
+):
   """The optax transformation for one phase; new_paths are the nnx paths of freshly initialised parameters
-  (empty when nothing was loaded from pretrained weights: then no layer is "new")."""
+  (empty when nothing was loaded from pretrained weights: then no layer is "new"). trains_pretrained: whether the
+  phase trains any parameter outside new_paths."""
   lr = learning_rate(optim, schedule, steps, steps_per_epoch)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731 - kernels only
 
@@ -55,7 +58,10 @@ def make_optimizer(optim, schedule, steps: int, steps_per_epoch: int, new_paths:
     raise ConfigError(f"optim.name={optim.name!r}: use 'sgd' or 'adamw'")
 
   if new_paths and optim.new_layer_lr_mult != 1:
-    mult = optim.new_layer_lr_mult
+    # The multiplier is relative: new layers learn faster than the pretrained ones they train beside. A phase that
+    # trains new layers only (a classifier warm-up, MA-CNN's grouping layers, RA-CNN's APNs) runs at its own rate,
+    # the one its preset was tuned at; the optimiser state keeps the same structure either way (resume).
+    mult = optim.new_layer_lr_mult if trains_pretrained else 1.0
     labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
       lambda kp, _: "new" if nnx_path(kp) in new_paths else "pretrained", params
     )
