@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fgattn_jax.ops.dtypes import at_least_float32
+from fgattn_jax.ops.losses import masked_mean
 
 
 def normalize_maps(maps, eps=1e-6):
@@ -46,14 +47,16 @@ def peaks(maps):
   return jax.lax.stop_gradient(coords[flat])
 
 
-def _mean_over_parts(per_cell):
-  """(B, H, W, N) -> the per-map sum over cells, averaged over batch and parts."""
-  return jnp.mean(jnp.sum(per_cell, axis=(1, 2)))
+def _mean_over_parts(per_cell, mask=None):
+  """(B, H, W, N) -> the per-map sum over cells, averaged over parts and then over the batch's real examples
+  (mask: (B,) bool, False for padding or an unreadable image; None: every example)."""
+  per_example = jnp.mean(jnp.sum(per_cell, axis=(1, 2)), axis=-1)  # (B,)
+  return jnp.mean(per_example) if mask is None else masked_mean(per_example, mask)
 
 
-def distance_loss(maps):
+def distance_loss(maps, mask=None):
   """Dis = sum over cells of m_i(x, y) * ((x - t_x)^2 + (y - t_y)^2), t = the peak of m_i; on the normalised maps
-  and normalised coordinates; returns the mean over batch and parts (scalar float32)."""
+  and normalised coordinates; returns the mean over parts and the batch's real examples (scalar float32)."""
   maps = at_least_float32(maps)
   _, h, w, _ = maps.shape
   m = normalize_maps(maps)
@@ -61,7 +64,7 @@ def distance_loss(maps):
   t = peaks(maps)  # (B, N, 2)
   grid = grid_coordinates(h, w).astype(maps.dtype)  # (H, W, 2)
   d2 = jnp.sum((grid[None, :, :, None, :] - t[:, None, None, :, :]) ** 2, axis=-1)  # (B, H, W, N)
-  return _mean_over_parts(m * d2)
+  return _mean_over_parts(m * d2, mask)
 
 
 def _max_of_others(m):
@@ -75,9 +78,10 @@ def _max_of_others(m):
   return jnp.where(m >= first, second, first)
 
 
-def diversity_loss(maps, margin=0.02, clamp=False):
+def diversity_loss(maps, margin=0.02, clamp=False, mask=None):
   """Div = sum over cells of m_i(x, y) * (max_{k != i} m_k(x, y) - margin)   (the paper's form: no clamp);
-  clamp=True uses max(0, max_{k != i} m_k - margin). Mean over batch and parts. One part: 0 (no other map)."""
+  clamp=True uses max(0, max_{k != i} m_k - margin). Mean over parts and the batch's real examples (mask, as in
+  distance_loss). One part: 0 (no other map)."""
   maps = at_least_float32(maps)
   if maps.shape[-1] < 2:
     return jnp.zeros((), maps.dtype)
@@ -85,11 +89,11 @@ def diversity_loss(maps, margin=0.02, clamp=False):
   others = _max_of_others(m) - margin
   if clamp:
     others = jnp.maximum(others, 0.0)
-  return _mean_over_parts(m * others)
+  return _mean_over_parts(m * others, mask)
 
 
-def channel_grouping_loss(maps, lam=2.0, margin=0.02, clamp=False):
-  """L_cng = Dis + lam * Div; returns (total, {"dis": ..., "div": ...})."""
-  dis = distance_loss(maps)
-  div = diversity_loss(maps, margin=margin, clamp=clamp)
+def channel_grouping_loss(maps, lam=2.0, margin=0.02, clamp=False, mask=None):
+  """L_cng = Dis + lam * Div over the real examples (mask: (B,) bool, None: all); returns (total, {"dis", "div"})."""
+  dis = distance_loss(maps, mask)
+  div = diversity_loss(maps, margin=margin, clamp=clamp, mask=mask)
   return dis + lam * div, {"dis": dis, "div": div}

@@ -97,12 +97,14 @@ class MACNNScheme(Scheme):
     labels, mask = batch["label"], batch["mask"]
     ce = lambda logits: losses.cross_entropy(logits, labels, mask)  # noqa: E731
     mean_ce = lambda many: jnp.mean(jnp.stack([ce(lg) for lg in many]))  # noqa: E731
-    cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin)
+    cng, _ = macnn_ops.channel_grouping_loss(out["maps"], lam=self.lam, margin=self.margin, mask=mask)
     # Every loss the run reached (the cheap ones beside the wanted ones: their curves show what a phase does to them).
     result = {
       "parts": mean_ce(out["part_logits"]),
       "cng": cng,
-      "group_init": jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2),
+      "group_init": losses.masked_mean(
+        jnp.mean((out["channel_weights"] - model.group_targets[None]) ** 2, axis=(1, 2)), mask
+      ),
     }
     if until == "parts":
       return result, {}
