@@ -44,6 +44,22 @@ def test_kmeans_recovers_planted_groups(seed):
   np.testing.assert_array_equal(labels, again)  # deterministic
 
 
+def test_channels_silent_in_an_image_do_not_group_by_their_silence():
+  """After a ReLU a channel is often zero over a whole image: it has no peak there. Counted at argmax's top-left
+  cell, the channels silent in the same images grouped together instead of with their parts."""
+  f = np.zeros((2, 4, 5, 2), np.float32)
+  f[0, 1, 2, 0] = 1  # channel 0 fires in image 0 only; channel 1 never
+  np.testing.assert_allclose(channel_peaks(f), [[0.5, np.nan, 0.375, np.nan], [np.nan] * 4])
+  for seed in range(4):
+    rng = np.random.default_rng(seed)
+    feats, groups = planted_features(rng, images=16)
+    silent = rng.random((16, 24)) < 0.25
+    silent[:8, :12] = rng.random((8, 12)) < 0.9  # half the channels mostly silent in the first half of the images
+    feats[np.broadcast_to(silent[:, None, None, :], feats.shape)] = 0.0
+    labels, _ = kmeans(channel_peaks(feats), 3, seed=seed)
+    assert same_partition(labels, groups), seed
+
+
 def test_indicator_targets_and_errors():
   t = indicator_targets(np.array([1, 0, 1, 2]), 3)
   np.testing.assert_array_equal(t, [[0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]])
