@@ -383,10 +383,30 @@ def test_apn_targets_square_on_the_planted_peak():
   )
   inside = np.asarray(apn_targets(features, image_hw, 1 / 4))
   np.testing.assert_allclose(inside[:, 2], 56.0)
-  np.testing.assert_allclose(inside[2], [280 - 56, 56, 56], rtol=1e-6)  # the corner peak, clipped inside
-  np.testing.assert_allclose(inside[:2, :2], [[220, 80], [140, 112]], rtol=1e-6)
+  # The corner peak, clipped inside: 5% of the centres' range (280 - 112 across, 224 - 112 down) short of the border.
+  np.testing.assert_allclose(inside[2], [280 - 56 - 8.4, 56 + 5.6, 56], rtol=1e-6)
+  np.testing.assert_allclose(inside[:2, :2], [[280 - 56 - 8.4, 80], [140, 112]], rtol=1e-6)
   grad = jax.grad(lambda f: jnp.sum(racnn.apn_targets(f, image_hw)))(jnp.asarray(features))
   assert not np.asarray(grad).any()
+
+
+@pytest.mark.parametrize("grid, image_hw", [(28, (448, 448)), (7, (224, 280)), (6, (96, 96))])
+def test_every_apn_target_is_reached_without_saturating_the_sigmoid(grid, image_hw):
+  """For a peak in any cell, the kept-inside target is apn_box of an s inside [0.05, 0.95]: with the targets
+  clipped onto the range's ends, 64% of a 28-cell axis's peaks were reachable only at s = 0 or 1, and the APN
+  pretraining pushed those logits out without end."""
+  h, w = image_hw
+  n = grid * grid
+  features = np.zeros((n, grid, grid, 1), np.float32)
+  features[np.arange(n), np.arange(n) // grid, np.arange(n) % grid, 0] = 1.0
+  t = np.asarray(apn_targets(features, image_hw, 1 / 3))
+  lo, hi = 0.25 * min(h, w), 0.5 * min(h, w)  # configs/racnn.py's bounds
+  s_l = (t[:, 2] - lo) / (hi - lo)
+  s_x, s_y = (t[:, 0] - t[:, 2]) / (w - 2 * t[:, 2]), (t[:, 1] - t[:, 2]) / (h - 2 * t[:, 2])
+  s = np.stack([s_x, s_y, s_l], axis=-1)
+  assert s.min() >= 0.05 - 1e-6 and s.max() <= 0.95 + 1e-6
+  box = racnn.apn_box(jnp.asarray(s), image_hw, min_half_fraction=0.25, max_half_fraction=0.5)
+  np.testing.assert_allclose(box, t, rtol=1e-5, atol=1e-3)  # apn_box reaches each target exactly there
 
 
 def test_smooth_l1():

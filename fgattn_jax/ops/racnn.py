@@ -25,11 +25,21 @@ import optax
 from fgattn_jax.ops import crops, localization, losses
 from fgattn_jax.ops.dtypes import at_least_float32
 
+# How far inside apn_box's range of centres a pretraining target stays, as a fraction of that range. At the range's
+# ends (the square touching the border) a target is reached only as the sigmoid saturates (s_x -> 0 or 1): the APN
+# pretraining then drives the logits out without end and leaves the ranking loss a vanishing gradient, and that is
+# most targets (on a 28-cell grid with the target's side a third of the image's, 64% of the peak cells per axis lie
+# outside the middle third). At 0.05 the extreme target is s = 0.05 (a logit of -2.9), the box 1.7% of the side
+# off the border.
+TARGET_MARGIN = 0.05
 
-def _keep_inside(t_x, t_y, t_l, image_hw):
-  """Clips the centre to [t_l, side - t_l] per axis; t_l <= min(H, W) / 2 makes that interval non-empty."""
+
+def _keep_inside(t_x, t_y, t_l, image_hw, margin=0.0):
+  """Clips the centre to [t_l, side - t_l] per axis, less margin times that interval's length at each end;
+  t_l <= min(H, W) / 2 makes it non-empty."""
   h, w = image_hw
-  return jnp.clip(t_x, t_l, w - t_l), jnp.clip(t_y, t_l, h - t_l)
+  mx, my = margin * (w - 2 * t_l), margin * (h - 2 * t_l)
+  return jnp.clip(t_x, t_l + mx, w - t_l - mx), jnp.clip(t_y, t_l + my, h - t_l - my)
 
 
 def apn_box(s, image_hw, *, min_half_fraction=1 / 3, max_half_fraction=0.5, keep_inside=True):
@@ -136,15 +146,16 @@ def apn_targets(features, image_hw, half_fraction=1 / 3, keep_inside=True):
   """(B, h, w, C) conv features -> (B, 3) APN pretraining targets (t_x, t_y, t_l) in input pixels; no gradient.
 
   The square centred on the cell with the largest channel sum (the cell's centre mapped to input pixels; ties go to
-  the first cell in row-major order), half side = half_fraction * min(H, W). keep_inside clips the centre as
-  apn_box does, so that the target is reachable by a kept-inside prediction.
+  the first cell in row-major order), half side = half_fraction * min(H, W). keep_inside clips the centre into
+  apn_box's kept-inside centres, TARGET_MARGIN of their range short of each end, so that a kept-inside prediction
+  reaches the target without saturating its sigmoid.
   """
   total = jnp.sum(jnp.asarray(features).astype(jnp.float32), axis=-1)  # (B, h, w)
   centre = localization.peak_points(total, image_hw).astype(jnp.float32)  # (B, 2)
   t_l = jnp.full(centre.shape[:1], half_fraction * min(image_hw), jnp.float32)
   t_x, t_y = centre[:, 0], centre[:, 1]
   if keep_inside:
-    t_x, t_y = _keep_inside(t_x, t_y, t_l, image_hw)
+    t_x, t_y = _keep_inside(t_x, t_y, t_l, image_hw, TARGET_MARGIN)
   return jax.lax.stop_gradient(jnp.stack([t_x, t_y, t_l], axis=-1))
 
 
