@@ -11,6 +11,7 @@ from phase_step import batch_stats, changed, train_once
 
 from configs import racnn as racnn_config
 from fgattn_jax.config import load_config
+from fgattn_jax.ops import losses as loss_lib
 from fgattn_jax.ops import racnn
 from fgattn_jax.schemes import get_scheme
 from fgattn_jax.training import phases
@@ -120,6 +121,19 @@ def test_boxes_lie_inside_each_scales_image(bias, bounds):
 def test_bounds_are_checked():
   with pytest.raises(ValueError, match="min_half_fraction <= max_half_fraction"):
     get_scheme("racnn").build(tiny(min_half_fraction=0.3, max_half_fraction=0.2))
+  with pytest.raises(ValueError, match="cls_over_scales='max': use 'mean'"):
+    get_scheme("racnn").build(tiny(cls_over_scales="max"))
+
+
+def test_cls_is_the_mean_over_the_scales_or_the_papers_sum(built):
+  scheme, model = built
+  per_scale = [float(loss_lib.cross_entropy(lg, BATCH["label"], BATCH["mask"])) for lg in model(X)["scale_logits"]]
+  try:
+    for reduce, want in (("mean", np.mean(per_scale)), ("sum", np.sum(per_scale))):
+      scheme.cls_over_scales = reduce
+      np.testing.assert_allclose(float(scheme.forward(model, X, BATCH, train=False)[0]["cls"]), want, rtol=1e-5)
+  finally:
+    scheme.cls_over_scales = "mean"
 
 
 def test_parameter_groups_partition_the_model(built):
@@ -153,6 +167,8 @@ def test_where_each_loss_trains(built):
   g = grad_norms(scheme, model)
   rank, cls, fused, init = g["rank"], g["cls"], g["fused"], g["apn_init"]
   assert rank["apn0"] > 0 and rank["apn1"] > 0 and rank["fused"] == 0  # through the zoom into the APNs
+  # Never through the coarser scale's probability: end to end it trained scale 1's classifier to lose.
+  assert rank["net0"] == 0 and rank["net1"] > 0 and rank["net2"] > 0
   assert cls["net0"] > 0 and cls["net1"] > 0 and cls["net2"] > 0 and cls["fused"] == 0
   assert fused["fused"] > 0 and fused["net0"] > 0 and fused["net2"] > 0
   assert init["apn0"] > 0 and init["apn1"] > 0  # the regression reaches the APNs' layers only

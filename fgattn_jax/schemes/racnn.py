@@ -1,9 +1,10 @@
 """RA-CNN as a scheme. Losses (a phase weights any of them):
 
-    cls         mean cross-entropy of the scales' classifiers
+    cls         mean cross-entropy of the scales' classifiers (racnn.cls_over_scales='sum': the paper's sum)
     rank        sum over consecutive scales of max(0, p_t(s) - p_t(s + 1) + margin), p_t the softmax probability
-                of the true class (ops.racnn.ranking_loss); it reaches the APNs through the zoom, and both
-                scales' classifiers: the alternating schedule's 'apn' phase trains only the APNs (parameter group)
+                of the true class (ops.racnn.ranking_loss); p_t(s) held constant, so it reaches the APNs through
+                the finer scale's zoom and the finer scale's classifier, never to lower the coarser scale's p_t:
+                the alternating schedule's 'apn' phase trains only the APNs (parameter group)
     fused       cross-entropy of the fused classifier (the scales' pooled features concatenated -> linear)
     apn_init    the APN pretraining: smooth-L1 (beta = 1) between the APNs' (t_x, t_y, t_l) and the squares on the
                 peaks of the conv responses (ops.racnn.apn_targets), both divided by the scale's input side, so
@@ -34,6 +35,7 @@ class RACNNScheme(Scheme):
   name = "racnn"
   loss_names = ("cls", "rank", "fused", "apn_init")
   margin = 0.05
+  cls_over_scales = "mean"
 
   def create(self, config):
     r = config.racnn
@@ -50,6 +52,10 @@ class RACNNScheme(Scheme):
         "racnn.* keys); "
         f"got {r.min_half_fraction}, {r.max_half_fraction}, {r.apn_init_half_fraction}"
       )
+    # (A run saved before the key: the mean it was trained with.)
+    self.cls_over_scales = r.get("cls_over_scales", "mean")
+    if self.cls_over_scales not in ("mean", "sum"):
+      self.refuse(f"racnn.cls_over_scales={self.cls_over_scales!r}: use 'mean' (this project's) or 'sum' (the paper's)")
     self.margin = r.margin
     nets = [backbone_from_config(config, seed_offset=0 if s == 0 else 1 + s) for s in range(r.num_scales)]
     return RACNN(
@@ -87,9 +93,15 @@ class RACNNScheme(Scheme):
     )
     if proposals_only:
       return {"apn_init": apn_init}, {f"scale{s + 1}": lg for s, lg in enumerate(scales)}
-    rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
+    # The coarse side's probability is a constant of the ranking loss: its gradient would lower p_t(s), training
+    # scale s's classifier to be worse (end to end) and the APN before it to give scale s a worse crop, so that
+    # scale s + 1 wins by the coarse scale losing. It reaches the APNs through the finer scale's zoom only.
+    rank = sum(
+      racnn_ops.ranking_loss(jax.lax.stop_gradient(c), f, labels, self.margin, mask)
+      for c, f in zip(scales[:-1], scales[1:])
+    )
     result = {
-      "cls": jnp.mean(jnp.stack([ce(lg) for lg in scales])),
+      "cls": getattr(jnp, self.cls_over_scales)(jnp.stack([ce(lg) for lg in scales])),
       "rank": rank,
       "fused": ce(out["logits"]),
       "apn_init": apn_init,
