@@ -167,8 +167,9 @@ def test_where_each_loss_trains(built):
   g = grad_norms(scheme, model)
   rank, cls, fused, init = g["rank"], g["cls"], g["fused"], g["apn_init"]
   assert rank["apn0"] > 0 and rank["apn1"] > 0 and rank["fused"] == 0  # through the zoom into the APNs
-  # Never through the coarser scale's probability: end to end it trained scale 1's classifier to lose.
-  assert rank["net0"] == 0 and rank["net1"] > 0 and rank["net2"] > 0
+  # The paper's loss, through both sides' p_t (holding the coarser one was measured worse: benchmarks/RESULTS.md).
+  # (Scale 2's p_t enters both hinges with opposite signs: where both are active, as here, its gradient cancels.)
+  assert rank["net0"] > 0 and rank["net2"] > 0
   assert cls["net0"] > 0 and cls["net1"] > 0 and cls["net2"] > 0 and cls["fused"] == 0
   assert fused["fused"] > 0 and fused["net0"] > 0 and fused["net2"] > 0
   assert init["apn0"] > 0 and init["apn1"] > 0  # the regression reaches the APNs' layers only

@@ -2,9 +2,8 @@
 
     cls         mean cross-entropy of the scales' classifiers (racnn.cls_over_scales='sum': the paper's sum)
     rank        sum over consecutive scales of max(0, p_t(s) - p_t(s + 1) + margin), p_t the softmax probability
-                of the true class (ops.racnn.ranking_loss); p_t(s) held constant, so it reaches the APNs through
-                the finer scale's zoom and the finer scale's classifier, never to lower the coarser scale's p_t:
-                the alternating schedule's 'apn' phase trains only the APNs (parameter group)
+                of the true class (ops.racnn.ranking_loss); it reaches the APNs through the zoom, and both
+                scales' classifiers: the alternating schedule's 'apn' phase trains only the APNs (parameter group)
     fused       cross-entropy of the fused classifier (the scales' pooled features concatenated -> linear)
     apn_init    the APN pretraining: smooth-L1 (beta = 1) between the APNs' (t_x, t_y, t_l) and the squares on the
                 peaks of the conv responses (ops.racnn.apn_targets), both divided by the scale's input side, so
@@ -93,13 +92,9 @@ class RACNNScheme(Scheme):
     )
     if proposals_only:
       return {"apn_init": apn_init}, {f"scale{s + 1}": lg for s, lg in enumerate(scales)}
-    # The coarse side's probability is a constant of the ranking loss: its gradient would lower p_t(s), training
-    # scale s's classifier to be worse (end to end) and the APN before it to give scale s a worse crop, so that
-    # scale s + 1 wins by the coarse scale losing. It reaches the APNs through the finer scale's zoom only.
-    rank = sum(
-      racnn_ops.ranking_loss(jax.lax.stop_gradient(c), f, labels, self.margin, mask)
-      for c, f in zip(scales[:-1], scales[1:])
-    )
+    # The paper's loss: its gradient also lowers the coarser scale's p_t(s). Holding p_t(s) constant was measured
+    # worse, end to end and alternating (benchmarks/RESULTS.md, "The schemes read against DESIGN.md again").
+    rank = sum(racnn_ops.ranking_loss(c, f, labels, self.margin, mask) for c, f in zip(scales[:-1], scales[1:]))
     result = {
       "cls": getattr(jnp, self.cls_over_scales)(jnp.stack([ce(lg) for lg in scales])),
       "rank": rank,
