@@ -34,11 +34,11 @@ from fgattn_jax.ops.dtypes import at_least_float32
 TARGET_MARGIN = 0.05
 
 
-def _keep_inside(t_x, t_y, t_l, image_hw, margin=0.0):
-  """Clips the centre to [t_l, side - t_l] per axis, less margin times that interval's length at each end;
-  t_l <= min(H, W) / 2 makes it non-empty."""
+def _keep_inside(t_x, t_y, t_l, image_hw):
+  """Clips a target's centre to [t_l, side - t_l] per axis, less TARGET_MARGIN times that interval's length at each
+  end; t_l <= min(H, W) / 2 makes it non-empty."""
   h, w = image_hw
-  mx, my = margin * (w - 2 * t_l), margin * (h - 2 * t_l)
+  mx, my = TARGET_MARGIN * (w - 2 * t_l), TARGET_MARGIN * (h - 2 * t_l)
   return jnp.clip(t_x, t_l + mx, w - t_l - mx), jnp.clip(t_y, t_l + my, h - t_l - my)
 
 
@@ -155,7 +155,7 @@ def apn_targets(features, image_hw, half_fraction=1 / 3, keep_inside=True):
   t_l = jnp.full(centre.shape[:1], half_fraction * min(image_hw), jnp.float32)
   t_x, t_y = centre[:, 0], centre[:, 1]
   if keep_inside:
-    t_x, t_y = _keep_inside(t_x, t_y, t_l, image_hw, TARGET_MARGIN)
+    t_x, t_y = _keep_inside(t_x, t_y, t_l, image_hw)
   return jax.lax.stop_gradient(jnp.stack([t_x, t_y, t_l], axis=-1))
 
 
