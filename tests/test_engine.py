@@ -380,7 +380,7 @@ def test_new_layers_learn_faster_and_decay_skips_biases():
   # Relative to the pretrained layers trained beside them: a phase of new layers only runs them at its own rate,
   # with an optimiser state of the same structure (a run resumes across the change of phase).
   only_new, _ = optim.make_optimizer(c.optim, c.schedule, 10, 5, new, trains_pretrained=False)
-  delta_new, opt = first_update(only_new, Tiny(), nnx.All(nnx.Param, nnx.PathContains("new")))
+  delta_new, _ = first_update(only_new, Tiny(), nnx.All(nnx.Param, nnx.PathContains("new")))
   np.testing.assert_allclose(delta_new["new"]["bias"], -0.1)
   assert not np.any(delta_new["pretrained"]["kernel"])
   assert jax.tree.structure(only_new.init(nnx.state(Tiny(), nnx.Param))) == jax.tree.structure(

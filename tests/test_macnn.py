@@ -151,16 +151,18 @@ def test_an_example_masked_out_changes_no_loss(built):
   loss over [a, masked] is the loss over [a] alone, i.e. over [a, a]: the same shapes as the other tests (their
   compiled operations serve)."""
   scheme, model = built
-  model.eval()
   masked = {"label": BATCH["label"], "mask": jnp.array([True, False])}
   same = {"label": BATCH["label"][:1].repeat(2), "mask": BATCH["mask"]}
-  alone, _ = scheme.forward(model, jnp.concatenate([X[:1], X[:1]]), same, train=False)
-  for other in (X[1:], jnp.zeros_like(X[1:])):
-    got, _ = scheme.forward(model, jnp.concatenate([X[:1], other]), masked, train=False)
-    assert set(got) == set(alone)
-    for k in alone:
-      np.testing.assert_allclose(float(got[k]), float(alone[k]), rtol=1e-5, atol=1e-7, err_msg=k)
-  model.train()
+  model.eval()
+  try:  # (the module's shared model goes back to training mode whatever happens)
+    alone, _ = scheme.forward(model, jnp.concatenate([X[:1], X[:1]]), same, train=False)
+    for other in (X[1:], jnp.zeros_like(X[1:])):
+      got, _ = scheme.forward(model, jnp.concatenate([X[:1], other]), masked, train=False)
+      assert set(got) == set(alone)
+      for k in alone:
+        np.testing.assert_allclose(float(got[k]), float(alone[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+  finally:
+    model.train()
 
 
 def test_phases_run_only_what_their_losses_need(built):
